@@ -1,0 +1,264 @@
+"""The fold: θ = θG + combine(ω1·τ1, …, ωk·τk), streamed one tensor at a time.
+
+Each of θG's tensors is read from a memory map, the deltas of every pack that
+touches it are formed (for LoRA, B·A for that weight only) and combined in
+float32, and the result is cast to the output dtype and streamed into
+sharded safetensors. Everything is written into a temporary folder beside the
+target and renamed into place at the end, so a failed or interrupted fold
+leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from lora_merge import __version__
+from lora_merge.combine import RuleOptions, get_rule
+from lora_merge.errors import LoraMergeError
+from lora_merge.fingerprint import fingerprint_model, read_config
+from lora_merge.skillpack import DEFAULT_REGISTRY, SkillPack, load_pack, publish_folder, resolve_pack
+from lora_merge.task_vector import TargetModel, TaskVector
+from lora_merge.tensors import PICKLE_SUFFIXES, INDEX_NAME, PlannedTensor, ShardedWriter, WeightSet, parse_size
+from lora_merge.weights import GENERAL_MANIFEST, Weight, choose_weights, general_size_from_folder
+
+OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Files of the general model that are not weights but belong with the merged model.
+SKIP_COPY = {INDEX_NAME, "README.md", GENERAL_MANIFEST}
+
+
+@dataclass
+class FoldRequest:
+    """Everything `cli.py fold` can say, as one typed value."""
+
+    general: Path
+    packs: Sequence[str]
+    out: Path
+    adapters_dir: Path = DEFAULT_REGISTRY
+    weights: Sequence[float] | None = None
+    general_size: int | None = None
+    base: Path | None = None
+    method: str = "linear"
+    density: float = 1.0
+    seed: int = 0
+    dtype: str = "auto"
+    device: str = "cpu"
+    max_shard_size: str | int = "5GB"
+    force: bool = False
+    verify: bool = True
+    progress: bool = True
+
+
+@dataclass
+class FoldedPack:
+    name: str
+    path: str
+    kind: str
+    weight: Weight
+    sha256: dict[str, str]
+    instances: int | None
+    tensors: int
+
+
+@dataclass
+class FoldResult:
+    out: Path
+    packs: list[FoldedPack]
+    tensors_total: int
+    tensors_changed: int
+    bytes_written: int
+    seconds: float
+    shards: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_output(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise LoraMergeError(f"output {out} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise LoraMergeError(f"output {out} exists and is not a folder")
+
+
+def load_packs(names: Sequence[str], adapters_dir: Path, verify: bool = True) -> list[SkillPack]:
+    if not names:
+        raise LoraMergeError("no skill packs given: pass --adapters NAME[,NAME…]")
+    packs = [load_pack(resolve_pack(n, adapters_dir), verify=verify) for n in names]
+    seen: set[str] = set()
+    for p in packs:
+        if str(p.path.resolve()) in seen:
+            raise LoraMergeError(f"pack {p.name!r} is listed twice")
+        seen.add(str(p.path.resolve()))
+    return packs
+
+
+def resolve_device(device: str) -> torch.device:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LoraMergeError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise LoraMergeError(f"--device {device!r}: use cpu or cuda")
+    return torch.device(device)
+
+
+def output_dtype(requested: str, stored: torch.dtype) -> torch.dtype:
+    if not stored.is_floating_point or requested == "auto":
+        return stored
+    try:
+        return OUTPUT_DTYPES[requested]
+    except KeyError:
+        raise LoraMergeError(f"--dtype {requested!r}: choose auto, float32, bfloat16 or float16") from None
+
+
+def fold(req: FoldRequest) -> FoldResult:
+    """Fold skill packs into a general model and write the merged model folder."""
+    started = time.perf_counter()
+    out = Path(req.out)
+    check_output(out, req.force)
+    device = resolve_device(req.device)
+    rule = get_rule(req.method)
+    opts = RuleOptions(density=req.density, seed=req.seed)
+    general = WeightSet.open(req.general)
+    base = WeightSet.open(req.base) if req.base else None
+    packs = load_packs(req.packs, Path(req.adapters_dir), verify=req.verify)
+    g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
+    weights = choose_weights([p.name for p in packs], [p.instances for p in packs], req.weights, g_size)
+
+    config = read_config(Path(req.general))
+    target = TargetModel.from_weights(general, config)
+    vectors = [w.value * TaskVector.from_pack(p, target, base) for p, w in zip(packs, weights)]
+    warnings = compatibility_warnings(packs, Path(req.general), general)
+
+    touched = {k for v in vectors for k in v.keys()}
+    # When a pack changes either side of tied embeddings, the output unties them and stores the head.
+    untie = target.tied is not None and bool(touched & set(target.tied))
+    sources = {n: n for n in general.keys()} | (dict(target.virtual) if untie else {})
+    plan = [PlannedTensor(n, output_dtype(req.dtype, general.get(s).dtype), target.shapes[n])
+            for n, s in sources.items()]
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    writer = ShardedWriter(tmp, plan, parse_size(req.max_shard_size), {"lora_merge": __version__})
+    changed = 0
+    try:
+        for p in tqdm(plan, desc="fold", unit="tensor", disable=not req.progress):
+            theta = general.get(sources[p.name])
+            touching = [v.delta(p.name, device) for v in vectors if p.name in v]
+            if touching:
+                combined = rule(touching, opts, p.name)
+                result = (theta.to(device=device, dtype=torch.float32) + combined).to(p.dtype).cpu()
+                changed += 1
+            else:
+                result = theta.to(p.dtype)
+            writer.write(p.name, result)
+        shards = writer.finish()
+        copy_model_files(Path(req.general), tmp)
+        if untie:
+            untie_config(tmp / "config.json")
+            warnings.append("a pack changes one side of the tied input/output embeddings: the output unties them "
+                            "(tie_word_embeddings = false), as the adapted model computed")
+        result_info = FoldResult(
+            out=out,
+            packs=[
+                FoldedPack(p.name, str(p.path), p.kind, w, p.manifest.files if p.manifest else {}, p.instances, len(v.keys()))
+                for p, w, v in zip(packs, weights, vectors)
+            ],
+            tensors_total=len(plan),
+            tensors_changed=changed,
+            bytes_written=writer.bytes_written,
+            seconds=0.0,
+            shards=shards,
+            warnings=warnings,
+        )
+        write_merge_records(tmp, req, result_info, g_size)
+        publish_folder(tmp, out, force=req.force)
+    except BaseException:
+        writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result_info.seconds = time.perf_counter() - started
+    return result_info
+
+
+def compatibility_warnings(packs: Sequence[SkillPack], general_dir: Path, general: WeightSet) -> list[str]:
+    """Refuse packs from another model family; warn when the base differs but the layout fits."""
+    recorded = [p for p in packs if p.manifest and p.manifest.base_model.shapes_sha256]
+    if not recorded:
+        return []
+    fp = fingerprint_model(general_dir, general)
+    out = []
+    for p in recorded:
+        bfp = p.manifest.base_model
+        if bfp.shapes_sha256 == fp.shapes_sha256:
+            continue
+        diffs = bfp.differences(fp)
+        if any(not d.startswith("tensor names") for d in diffs):
+            raise LoraMergeError(
+                f"pack {p.name!r} was trained on {bfp.name_or_path or 'another model'}, which differs from the "
+                f"general model {general_dir} ({'; '.join(diffs[:3])}); fold it into a model of the same family"
+            )
+        out.append(f"pack {p.name!r}: base {bfp.name_or_path} has another tensor layout than {general_dir}")
+    return out
+
+
+def untie_config(path: Path) -> None:
+    """Set tie_word_embeddings to false wherever the config sets it (top level and text_config)."""
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text())
+    cfg["tie_word_embeddings"] = False
+    if isinstance(cfg.get("text_config"), dict):
+        cfg["text_config"]["tie_word_embeddings"] = False
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def copy_model_files(src: Path, dst: Path) -> None:
+    """Copy config, tokenizer, generation config, chat template… (never weights or pickles)."""
+    for f in src.iterdir():
+        if not f.is_file() or f.is_symlink():
+            continue
+        if f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES or f.name in SKIP_COPY:
+            continue
+        shutil.copy2(f, dst / f.name)
+
+
+def write_merge_records(folder: Path, req: FoldRequest, res: FoldResult, general_size: int | None) -> None:
+    """README model card and lora_merge.json describing the merge."""
+    from lora_merge.card import merged_card
+
+    record = {
+        "format_version": 1,
+        "role": "merged",
+        "tool_version": __version__,
+        "general_model": str(req.general),
+        "base_model": str(req.base) if req.base else None,
+        "method": req.method,
+        "density": req.density,
+        "seed": req.seed,
+        "formula": "θ = θG + Σk ωk·τk" if req.method == "linear" else f"θ = θG + {req.method}(ω1·τ1, …, ωk·τk)",
+        "data": {"instances": general_size},
+        "packs": [
+            {
+                "name": p.name,
+                "path": p.path,
+                "kind": p.kind,
+                "weight": p.weight.value,
+                "rule": p.weight.rule,
+                "weight_formula": p.weight.formula,
+                "instances": p.instances,
+                "sha256": p.sha256,
+                "tensors": p.tensors,
+            }
+            for p in res.packs
+        ],
+        "warnings": res.warnings,
+    }
+    (folder / GENERAL_MANIFEST).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    (folder / "README.md").write_text(merged_card(record))

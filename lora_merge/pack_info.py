@@ -1,0 +1,53 @@
+"""A readable summary of a skill pack: manifest, adapter settings, sizes and hashes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_merge.skillpack import SkillPack, load_pack
+from lora_merge.tensors import SafetensorsFile
+
+
+@dataclass
+class PackSummary:
+    name: str
+    path: Path
+    kind: str
+    base_model: str | None
+    instances: int | None
+    rank: int | None
+    alpha: float | None
+    rslora: bool
+    target_modules: list[str] | str | None
+    modules_to_save: list[str] | None
+    tensors: int
+    parameters: int
+    bytes_on_disk: int
+    hashes: list[tuple[str, bool, str]] = field(default_factory=list)
+    manifest: dict | None = None
+
+
+def summarize_pack(path: str | Path, verify: bool = False) -> PackSummary:
+    """Read a pack (without refusing it on a bad hash: the summary reports it)."""
+    pack: SkillPack = load_pack(path, verify=verify)
+    src = SafetensorsFile(pack.weights_file)
+    cfg = pack.adapter_config or {}
+    m = pack.manifest
+    return PackSummary(
+        name=pack.name,
+        path=pack.path,
+        kind=pack.kind,
+        base_model=(m.base_model.name_or_path if m else None) or cfg.get("base_model_name_or_path"),
+        instances=pack.instances,
+        rank=cfg.get("r", m.training.rank if m else None) if cfg else (m.training.rank if m else None),
+        alpha=cfg.get("lora_alpha") if cfg else None,
+        rslora=bool(cfg.get("use_rslora")),
+        target_modules=cfg.get("target_modules"),
+        modules_to_save=cfg.get("modules_to_save"),
+        tensors=len(src.tensors),
+        parameters=sum(t.numel for t in src.tensors.values()),
+        bytes_on_disk=sum(f.stat().st_size for f in pack.path.rglob("*") if f.is_file()),
+        hashes=pack.verify(),
+        manifest=m.model_dump(mode="json") if m else None,
+    )

@@ -1,0 +1,121 @@
+"""Pico models and packs built locally (tests, the walk-through, benchmarks): nothing is downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from lora_merge.fingerprint import fingerprint_model
+from lora_merge.skillpack import DataInfo, Manifest, TrainingInfo, write_manifest
+
+ARCHES = ("llama", "gpt2", "qwen2")
+
+
+def pico_config(arch: str = "llama", hidden: int = 32, layers: int = 2, vocab: int = 128, tie: bool = False):
+    """A transformers config for a tiny model of the given architecture."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    if arch == "llama":
+        return LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                           tie_word_embeddings=tie, max_position_embeddings=128)
+    if arch == "qwen2":
+        return Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                           tie_word_embeddings=tie, max_position_embeddings=128)
+    if arch == "gpt2":
+        return GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, vocab_size=vocab, n_positions=128,
+                          tie_word_embeddings=True)
+    raise ValueError(f"unknown pico architecture {arch!r}")
+
+
+def pico_model(arch: str = "llama", seed: int = 0, **kw):
+    """A randomly initialised tiny causal LM in float32, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(pico_config(arch, **kw))
+    return model.eval()
+
+
+def perturbed(model, seed: int, scale: float = 0.02):
+    """A copy of ``model`` with every parameter nudged: a stand-in for θG tuned from θpre."""
+    import copy
+
+    g = torch.Generator().manual_seed(seed)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return other
+
+
+def save_model(model, folder: Path, **kw) -> Path:
+    folder = Path(folder)
+    model.save_pretrained(folder, **kw)
+    return folder
+
+
+def randomize_lora(peft_model, seed: int, scale: float = 0.05) -> None:
+    """Give every LoRA factor non-zero values (a fresh adapter has B = 0 and changes nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def make_lora_pack(
+    base_model,
+    base_dir: Path | None,
+    out: Path,
+    name: str,
+    seed: int = 0,
+    instances: int | None = 100,
+    manifest: bool = True,
+    **lora_kwargs,
+) -> Path:
+    """A real PEFT LoRA adapter with random non-zero factors, saved as a skill pack."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    lora_kwargs.setdefault("r", 4)
+    lora_kwargs.setdefault("lora_alpha", 8)
+    lora_kwargs.setdefault("target_modules", "all-linear")
+    peft_model = get_peft_model(copy.deepcopy(base_model), LoraConfig(**lora_kwargs))
+    randomize_lora(peft_model, seed)
+    peft_model.save_pretrained(out)
+    if manifest:
+        write_manifest(out, Manifest(
+            name=name, kind="lora", description=f"pico test skill {name}",
+            base_model=fingerprint_model(base_dir) if base_dir else fingerprint_model_free(),
+            data=DataInfo(instances=instances), training=TrainingInfo(method="lora", strategy="ptm",
+                                                                    rank=lora_kwargs["r"], alpha=lora_kwargs["lora_alpha"]),
+        ))
+    return Path(out)
+
+
+def fingerprint_model_free():
+    from lora_merge.fingerprint import Fingerprint
+
+    return Fingerprint()
+
+
+def state_of(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a saved model folder, copied into memory (small models only)."""
+    from lora_merge.tensors import WeightSet
+
+    ws = WeightSet.open(folder)
+    return {k: ws.get(k).clone() for k in ws.keys()}
+
+
+def token_batch(vocab: int = 128, rows: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (rows, length), generator=g)
+
+
+def all_close(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor], atol: float) -> bool:
+    return all(torch.allclose(x, y, atol=atol, rtol=0) for x, y in zip(a, b))
