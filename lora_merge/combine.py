@@ -7,8 +7,8 @@ weight (one per pack) and returns their combined delta; the fold adds it to
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 

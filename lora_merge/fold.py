@@ -14,9 +14,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm import tqdm
@@ -27,7 +27,7 @@ from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model, read_config
 from lora_merge.skillpack import DEFAULT_REGISTRY, SkillPack, load_pack, publish_folder, resolve_pack
 from lora_merge.task_vector import TargetModel, TaskVector
-from lora_merge.tensors import PICKLE_SUFFIXES, INDEX_NAME, PlannedTensor, ShardedWriter, WeightSet, parse_size
+from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES, PlannedTensor, ShardedWriter, WeightSet, parse_size
 from lora_merge.weights import GENERAL_MANIFEST, Weight, choose_weights, general_size_from_folder
 
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -118,23 +118,44 @@ def output_dtype(requested: str, stored: torch.dtype) -> torch.dtype:
 
 def fold(req: FoldRequest) -> FoldResult:
     """Fold skill packs into a general model and write the merged model folder."""
+    check_output(Path(req.out), req.force)
+    general = WeightSet.open(req.general)
+    base = WeightSet.open(req.base) if req.base else None
+    packs = load_packs(req.packs, Path(req.adapters_dir), verify=req.verify)
+    g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
+    weights = choose_weights([p.name for p in packs], [p.instances for p in packs], req.weights, g_size)
+    target = TargetModel.from_weights(general, read_config(Path(req.general)))
+    terms = []
+    for p, w in zip(packs, weights):
+        tv = TaskVector.from_pack(p, target, base)
+        record = FoldedPack(p.name, str(p.path), p.kind, w, p.manifest.files if p.manifest else {}, p.instances,
+                            len(tv.keys()))
+        terms.append((w.value * tv, record))
+    warnings = compatibility_warnings(packs, Path(req.general), general)
+    return fold_vectors(req, general, target, terms, g_size, warnings)
+
+
+def fold_vectors(
+    req: FoldRequest,
+    general: WeightSet,
+    target: TargetModel,
+    terms: Sequence[tuple[TaskVector, FoldedPack]],
+    general_size: int | None,
+    warnings: list[str],
+    formula: str | None = None,
+) -> FoldResult:
+    """The streamed core: θG + rule(already ω-scaled vectors), written atomically to ``req.out``.
+
+    ``terms`` pairs each scaled task vector with the record the card shows for it.
+    Variants (linear_interp, wise_ft) reach their formulas by passing the right vectors.
+    """
     started = time.perf_counter()
     out = Path(req.out)
     check_output(out, req.force)
     device = resolve_device(req.device)
     rule = get_rule(req.method)
     opts = RuleOptions(density=req.density, seed=req.seed)
-    general = WeightSet.open(req.general)
-    base = WeightSet.open(req.base) if req.base else None
-    packs = load_packs(req.packs, Path(req.adapters_dir), verify=req.verify)
-    g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
-    weights = choose_weights([p.name for p in packs], [p.instances for p in packs], req.weights, g_size)
-
-    config = read_config(Path(req.general))
-    target = TargetModel.from_weights(general, config)
-    vectors = [w.value * TaskVector.from_pack(p, target, base) for p, w in zip(packs, weights)]
-    warnings = compatibility_warnings(packs, Path(req.general), general)
-
+    vectors = [tv for tv, _ in terms]
     touched = {k for v in vectors for k in v.keys()}
     # When a pack changes either side of tied embeddings, the output unties them and stores the head.
     untie = target.tied is not None and bool(touched & set(target.tied))
@@ -166,10 +187,7 @@ def fold(req: FoldRequest) -> FoldResult:
                             "(tie_word_embeddings = false), as the adapted model computed")
         result_info = FoldResult(
             out=out,
-            packs=[
-                FoldedPack(p.name, str(p.path), p.kind, w, p.manifest.files if p.manifest else {}, p.instances, len(v.keys()))
-                for p, w, v in zip(packs, weights, vectors)
-            ],
+            packs=[rec for _, rec in terms],
             tensors_total=len(plan),
             tensors_changed=changed,
             bytes_written=writer.bytes_written,
@@ -177,7 +195,7 @@ def fold(req: FoldRequest) -> FoldResult:
             shards=shards,
             warnings=warnings,
         )
-        write_merge_records(tmp, req, result_info, g_size)
+        write_merge_records(tmp, req, result_info, general_size, formula)
         publish_folder(tmp, out, force=req.force)
     except BaseException:
         writer.abort()
@@ -229,7 +247,8 @@ def copy_model_files(src: Path, dst: Path) -> None:
         shutil.copy2(f, dst / f.name)
 
 
-def write_merge_records(folder: Path, req: FoldRequest, res: FoldResult, general_size: int | None) -> None:
+def write_merge_records(folder: Path, req: FoldRequest, res: FoldResult, general_size: int | None,
+                        formula: str | None = None) -> None:
     """README model card and lora_merge.json describing the merge."""
     from lora_merge.card import merged_card
 
@@ -242,7 +261,7 @@ def write_merge_records(folder: Path, req: FoldRequest, res: FoldResult, general
         "method": req.method,
         "density": req.density,
         "seed": req.seed,
-        "formula": "θ = θG + Σk ωk·τk" if req.method == "linear" else f"θ = θG + {req.method}(ω1·τ1, …, ωk·τk)",
+        "formula": formula or ("θ = θG + Σk ωk·τk" if req.method == "linear" else f"θ = θG + {req.method}(ω1·τ1, …, ωk·τk)"),
         "data": {"instances": general_size},
         "packs": [
             {

@@ -16,9 +16,9 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 
@@ -115,7 +115,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
         infos[name] = _tensor_info(path, name, entry, data_start, data_len)
         spans.append((infos[name].start, infos[name].end, name))
     spans.sort()
-    for (s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
+    for (_s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
         if s1 < e0:
             raise LoraMergeError(f"{path}: corrupt safetensors file: tensors {n0!r} and {n1!r} overlap")
     return infos, metadata
@@ -260,12 +260,8 @@ def parse_size(text: str | int) -> int:
         return text
     s = text.strip().upper().replace(" ", "")
     units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
-    for unit, mult in units.items():
-        if s.endswith(unit):
-            number = s[: -len(unit)]
-            break
-    else:
-        number, mult = s, 1
+    unit = next((u for u in units if s.endswith(u)), None)
+    number, mult = (s[: -len(unit)], units[unit]) if unit else (s, 1)
     try:
         value = float(number)
     except ValueError:

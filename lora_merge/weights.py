@@ -8,9 +8,9 @@ variants (linear_interp, wise_ft). Sizes are training instances, not tokens.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from lora_merge.errors import LoraMergeError
 
