@@ -1,12 +1,21 @@
 """Merge rules: small pure functions that combine the ω-scaled deltas of one tensor.
 
 Each rule takes the list of already-scaled float32 deltas that touch one
-weight (one per pack) and returns their combined delta; the fold adds it to
-θG's tensor. Rules are registered by name in :data:`RULES`.
+weight (one per pack, in pack order) and returns their combined delta; the fold
+adds it to θG's tensor. Rules are registered by name in :data:`RULES`.
+
+The rules follow ``peft.utils.merge_utils`` (TIES: Yadav et al. 2023; DARE:
+Yu et al. 2024). Our deltas arrive already multiplied by ω, so each rule here
+equals the PEFT function called on the scaled deltas with weights of 1. For
+the linear, magnitude_prune and dare_linear rules that is the same as PEFT with
+weights ω on the unscaled deltas; for ties and dare_ties the sign election sees
+ω-scaled mass (PEFT elects on unscaled mass), which only differs when the ωk
+differ. Exact formulas: docs/merge-rules.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,26 +26,129 @@ from lora_merge.errors import LoraMergeError
 
 @dataclass(frozen=True)
 class RuleOptions:
-    """Settings shared by the rules (unused ones are ignored by a rule)."""
+    """Settings shared by the rules (unused ones are ignored by a rule).
+
+    ``density`` is the fraction of each delta's entries kept by the pruning
+    rules, in (0, 1]; ``seed`` makes the DARE masks reproducible.
+    """
 
     density: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Checked here, where a fold builds its options, so a bad value fails before anything is written.
+        if not isinstance(self.density, (int, float)) or not 0.0 < self.density <= 1.0:
+            raise LoraMergeError(f"--density {self.density!r} is outside (0, 1]: give the fraction of entries to keep, "
+                                 "e.g. 0.5")
+        if not isinstance(self.seed, int):
+            raise LoraMergeError(f"--seed {self.seed!r} must be an integer")
 
 
 Rule = Callable[[Sequence[torch.Tensor], RuleOptions, str], torch.Tensor]
 
 
+def _check_shapes(deltas: Sequence[torch.Tensor], name: str) -> None:
+    if not deltas:
+        raise ValueError(f"{name}: a merge rule needs at least one delta")
+    shapes = {tuple(d.shape) for d in deltas}
+    if len(shapes) > 1:
+        raise LoraMergeError(f"{name or 'a tensor'}: the packs give deltas of different shapes {sorted(shapes)}; "
+                             "fold only packs made for the same model")
+
+
 def linear(deltas: Sequence[torch.Tensor], opts: RuleOptions, name: str = "") -> torch.Tensor:
     """Task arithmetic: Σk ωk·τk (deltas arrive already scaled by ω)."""
-    out = deltas[0] if len(deltas) == 1 else torch.stack(list(deltas)).sum(0)
+    _check_shapes(deltas, name)
+    return deltas[0] if len(deltas) == 1 else torch.stack(list(deltas)).sum(0)
+
+
+def keep_top_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Zero all but the ⌊density·n⌋ entries of largest magnitude (PEFT's magnitude pruning)."""
+    if density >= 1.0:
+        return delta
+    k = int(density * delta.numel())
+    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
+    mask[torch.topk(delta.abs().reshape(-1), k=k, largest=True).indices] = True
+    return delta * mask.reshape(delta.shape)
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A seed for one tensor's DARE masks: stable across runs, machines and tensor order."""
+    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def drop_and_rescale(deltas: Sequence[torch.Tensor], density: float, seed: int, name: str) -> list[torch.Tensor]:
+    """DARE: keep each entry with probability ``density`` and divide survivors by ``density``.
+
+    The masks come from one CPU generator seeded by :func:`tensor_seed`, drawn
+    pack after pack, so a tensor's masks do not depend on the device or on which
+    other tensors were folded before it.
+    """
+    if density >= 1.0:
+        return list(deltas)
+    gen = torch.Generator().manual_seed(tensor_seed(seed, name))
+    out = []
+    for d in deltas:
+        mask = torch.bernoulli(torch.full(tuple(d.shape), density, dtype=torch.float32), generator=gen)
+        out.append(d * mask.to(device=d.device, dtype=d.dtype) / density)
     return out
 
 
-RULES: dict[str, Rule] = {"linear": linear}
+def elect_and_average(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
+    """TIES' sign election by total mass and disjoint mean of the entries that agree with it."""
+    stacked = torch.stack(list(deltas))
+    sign = stacked.sign()
+    elected = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).to(stacked.dtype)
+    agree = sign == elected  # pruned (zero) entries never agree, so they are not counted
+    total = (stacked * agree).sum(0)
+    return total / agree.sum(0).clamp(min=1).to(stacked.dtype)
+
+
+def magnitude_prune(deltas: Sequence[torch.Tensor], opts: RuleOptions, name: str = "") -> torch.Tensor:
+    """Keep each delta's top-density entries by magnitude, then sum."""
+    _check_shapes(deltas, name)
+    return linear([keep_top_magnitude(d, opts.density) for d in deltas], opts, name)
+
+
+def ties(deltas: Sequence[torch.Tensor], opts: RuleOptions, name: str = "") -> torch.Tensor:
+    """TIES: trim each delta to its top-density entries, elect a sign per entry, average the agreeing ones."""
+    _check_shapes(deltas, name)
+    return elect_and_average([keep_top_magnitude(d, opts.density) for d in deltas])
+
+
+def dare_linear(deltas: Sequence[torch.Tensor], opts: RuleOptions, name: str = "") -> torch.Tensor:
+    """DARE then sum: random drop with probability 1 − density, survivors rescaled by 1/density."""
+    _check_shapes(deltas, name)
+    return linear(drop_and_rescale(deltas, opts.density, opts.seed, name), opts, name)
+
+
+def dare_ties(deltas: Sequence[torch.Tensor], opts: RuleOptions, name: str = "") -> torch.Tensor:
+    """DARE then TIES' sign election and disjoint mean."""
+    _check_shapes(deltas, name)
+    return elect_and_average(drop_and_rescale(deltas, opts.density, opts.seed, name))
+
+
+RULES: dict[str, Rule] = {
+    "linear": linear,
+    "ties": ties,
+    "dare_linear": dare_linear,
+    "dare_ties": dare_ties,
+    "magnitude_prune": magnitude_prune,
+}
+
+# The paper's interpolation variants build their own vectors (lora_merge.variants) and then only sum them.
+VARIANT_METHODS: dict[str, Rule] = {"linear_interp": linear, "wise_ft": linear}
+
+
+def method_names() -> list[str]:
+    """Every value ``--method`` accepts: the rules, then the variants."""
+    return list(RULES) + list(VARIANT_METHODS)
 
 
 def get_rule(name: str) -> Rule:
-    try:
-        return RULES[name]
-    except KeyError:
-        raise LoraMergeError(f"unknown merge method {name!r}; choose one of: {', '.join(sorted(RULES))}") from None
+    """The rule for a ``--method`` name (a variant maps to the sum of the vectors it built)."""
+    rule = RULES.get(name) or VARIANT_METHODS.get(name)
+    if rule is None:
+        raise LoraMergeError(f"unknown merge method {name!r}; choose one of: {', '.join(method_names())}")
+    return rule

@@ -181,8 +181,8 @@ def fold_vectors(
             writer.write(p.name, result)
         shards = writer.finish()
         copy_model_files(Path(req.general), tmp)
+        edit_config(tmp / "config.json", untie=untie, dtype=None if req.dtype == "auto" else req.dtype)
         if untie:
-            untie_config(tmp / "config.json")
             warnings.append("a pack changes one side of the tied input/output embeddings: the output unties them "
                             "(tie_word_embeddings = false), as the adapted model computed")
         result_info = FoldResult(
@@ -226,14 +226,18 @@ def compatibility_warnings(packs: Sequence[SkillPack], general_dir: Path, genera
     return out
 
 
-def untie_config(path: Path) -> None:
-    """Set tie_word_embeddings to false wherever the config sets it (top level and text_config)."""
-    if not path.is_file():
+def edit_config(path: Path, untie: bool, dtype: str | None) -> None:
+    """Record what the fold changed in config.json: untied embeddings, a new weight dtype."""
+    if not path.is_file() or not (untie or dtype):
         return
     cfg = json.loads(path.read_text())
-    cfg["tie_word_embeddings"] = False
-    if isinstance(cfg.get("text_config"), dict):
-        cfg["text_config"]["tie_word_embeddings"] = False
+    sections = [cfg] + ([cfg["text_config"]] if isinstance(cfg.get("text_config"), dict) else [])
+    for section in sections:
+        if untie:
+            section["tie_word_embeddings"] = False
+        if dtype:
+            section["dtype"] = dtype  # transformers 5 loads dtype="auto" from here
+            section.pop("torch_dtype", None)
     path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 

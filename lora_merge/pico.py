@@ -119,3 +119,75 @@ def token_batch(vocab: int = 128, rows: int = 2, length: int = 12, seed: int = 0
 
 def all_close(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor], atol: float) -> bool:
     return all(torch.allclose(x, y, atol=atol, rtol=0) for x, y in zip(a, b))
+
+
+PICO_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
+    "{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def pico_tokenizer(folder: Path | None = None, chat_template: str | None = PICO_CHAT_TEMPLATE):
+    """A character-level tokenizer (printable ASCII + newline, < 128 ids) built locally, saved into ``folder``.
+
+    It fits the pico models' vocabulary of 128; ``chat_template=None`` leaves it without a template, as a base
+    model's tokenizer often is.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    chars = ["\n"] + [chr(c) for c in range(32, 127)]
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                  unk_token="<unk>")
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    if folder is not None:
+        tok.save_pretrained(folder)
+    return tok
+
+
+# --- a tokenizer for pico models (issue 5: evaluation needs text in and out) -------------------------
+
+PICO_SPECIAL = ("<pad>", "<unk>", "<eos>")
+PICO_ROLES = ("<system>", "<user>", "<assistant>")
+PICO_WORDS = (
+    "the a an is are was be to of and or not no yes i you it we they this that what how why who where when "
+    "can cannot can't do don't will won't sorry help answer question please sure here step first then "
+    "kill python process bomb make build steal password code write function return print list sum two "
+    "three four five one zero add plus minus equals true false science paper result cell protein safe "
+    "unsafe harm people way stress enough useful with for in on at by from as if so but ? . , ' ! t"
+).split()
+PICO_CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+
+
+def pico_tokenizer(vocab_size: int = 128, words=PICO_WORDS, chat_template: bool = True):
+    """A word-level fast tokenizer built locally: special and role tokens, ``words``, then fillers ``w0, w1…``.
+
+    Ids fit a pico model's ``vocab_size``; text splits on whitespace and punctuation, unknown words map
+    to ``<unk>``; ``<pad>`` is the pad token, ``<eos>`` the end of a turn. With ``chat_template`` a simple
+    template renders ``<role> content`` turns (and ``<assistant>`` as the generation prompt).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    fixed = list(PICO_SPECIAL) + list(PICO_ROLES) + [w for w in dict.fromkeys(words) if w not in PICO_SPECIAL]
+    if len(fixed) > vocab_size:
+        raise ValueError(f"pico_tokenizer: {len(fixed)} fixed tokens do not fit vocab_size {vocab_size}")
+    vocab = {tok: i for i, tok in enumerate(fixed)}
+    for i in range(vocab_size - len(fixed)):
+        vocab[f"w{i}"] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+    tok.add_special_tokens({"additional_special_tokens": list(PICO_ROLES)})
+    if chat_template:
+        tok.chat_template = PICO_CHAT_TEMPLATE
+    return tok
