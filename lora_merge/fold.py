@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from lora_merge import __version__
-from lora_merge.combine import RuleOptions, get_rule
+from lora_merge.combine import VARIANT_METHODS, RuleOptions, get_rule
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model, read_config
 from lora_merge.skillpack import DEFAULT_REGISTRY, SkillPack, load_pack, publish_folder, resolve_pack
@@ -46,6 +46,7 @@ class FoldRequest:
     weights: Sequence[float] | None = None
     general_size: int | None = None
     base: Path | None = None
+    cft: Path | None = None  # wise_ft: θG continued on D
     method: str = "linear"
     density: float = 1.0
     seed: int = 0
@@ -119,6 +120,13 @@ def output_dtype(requested: str, stored: torch.dtype) -> torch.dtype:
 def fold(req: FoldRequest) -> FoldResult:
     """Fold skill packs into a general model and write the merged model folder."""
     check_output(Path(req.out), req.force)
+    if req.method in VARIANT_METHODS:  # linear_interp / wise_ft build their own vectors
+        from lora_merge.variants import fold_variant
+
+        return fold_variant(req)
+    get_rule(req.method), RuleOptions(density=req.density, seed=req.seed)  # fail before any pack is read
+    if req.cft is not None:
+        raise LoraMergeError(f"--cft is only used by --method wise_ft, not {req.method}")
     general = WeightSet.open(req.general)
     base = WeightSet.open(req.base) if req.base else None
     packs = load_packs(req.packs, Path(req.adapters_dir), verify=req.verify)

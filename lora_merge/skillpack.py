@@ -148,6 +148,8 @@ def load_manifest(path: Path) -> Manifest:
         raise LoraMergeError(f"{path}: cannot read manifest ({e})") from None
     except json.JSONDecodeError as e:
         raise LoraMergeError(f"{path}: manifest is not valid JSON ({e.msg}, line {e.lineno})") from None
+    except RecursionError:
+        raise LoraMergeError(f"{path}: manifest nests too deeply to be a skill.json") from None
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
@@ -166,7 +168,7 @@ def load_pack(path: str | os.PathLike, verify: bool = True) -> SkillPack:
         try:
             adapter_config = json.loads((path / ADAPTER_CONFIG).read_text())
             assert isinstance(adapter_config, dict)
-        except (ValueError, AssertionError):
+        except (ValueError, AssertionError, RecursionError):
             raise LoraMergeError(f"{path / ADAPTER_CONFIG}: not a valid JSON object") from None
     has_adapter = (path / ADAPTER_WEIGHTS).exists()
     has_dense = (path / DENSE_WEIGHTS).exists()

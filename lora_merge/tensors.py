@@ -100,7 +100,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
         raise LoraMergeError(f"{path}: cannot read ({e.strerror})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # deep nesting: hostile, not a crash
         raise LoraMergeError(f"{path}: corrupt safetensors header (not valid JSON)") from None
     if not isinstance(header, dict):
         raise LoraMergeError(f"{path}: corrupt safetensors header (not a JSON object)")
@@ -126,7 +126,7 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, data_len
     if not isinstance(entry, dict):
         raise LoraMergeError(f"{bad} (not an object)")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:  # a list or dict here is unhashable
         raise LoraMergeError(f"{bad} (unsupported dtype {dtype!r})")
     if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
         raise LoraMergeError(f"{bad} (bad shape {shape!r})")

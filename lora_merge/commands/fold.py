@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from lora_merge.combine import method_names
 from lora_merge.commands.options import split_names
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.weights import parse_weights
@@ -13,12 +14,14 @@ from lora_merge.weights import parse_weights
 
 @click.command("fold")
 @click.option("--general", required=True, type=click.Path(path_type=Path), help="General model folder θG (safetensors).")
-@click.option("--adapters", required=True, help="Skill packs, comma separated: names under --adapters-dir or paths.")
+@click.option("--adapters", default=None, help="Skill packs, comma separated: names under --adapters-dir or paths.")
 @click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
 @click.option("--weights", default=None, help="ω per pack, e.g. 0.24,0.57. Default: ω = |D|/|G|.")
 @click.option("--general-size", type=int, default=None, help="|G|: instances θG was tuned on (for ω = |D|/|G|).")
 @click.option("--base", type=click.Path(path_type=Path), default=None, help="Pretrained base θpre (for replaced tensors).")
-@click.option("--method", default="linear", show_default=True, help="Merge rule for several packs.")
+@click.option("--method", default="linear", show_default=True, type=click.Choice(method_names()),
+              help="Merge rule (docs/merge-rules.md), or a paper variant: linear_interp (needs --base), wise_ft (--cft).")
+@click.option("--cft", type=click.Path(path_type=Path), default=None, help="wise_ft: θG continued-finetuned on D.")
 @click.option("--density", type=float, default=1.0, show_default=True, help="Kept fraction for ties/dare rules.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the dare rules.")
 @click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
@@ -27,15 +30,16 @@ from lora_merge.weights import parse_weights
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder for the merged model.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of pack weights (not recommended).")
-def fold_cmd(general, adapters, adapters_dir, weights, general_size, base, method, density, seed, dtype, device,
+def fold_cmd(general, adapters, adapters_dir, weights, general_size, base, method, cft, density, seed, dtype, device,
              max_shard_size, out, force, no_verify) -> None:
     """Fold one or several skill packs into a general model."""
-    names = split_names(adapters)
+    names = [] if adapters is None and method == "wise_ft" else split_names(adapters or "")
+    count = len(names) or 1  # wise_ft takes one ω for its --cft model
     if no_verify:
         click.secho("warning: --no-verify: pack weights are NOT checked against their manifest hashes", fg="yellow", err=True)
     req = FoldRequest(
         general=general, packs=names, out=out, adapters_dir=adapters_dir,
-        weights=parse_weights(weights, len(names)) if weights else None, general_size=general_size, base=base,
+        weights=parse_weights(weights, count) if weights else None, general_size=general_size, base=base, cft=cft,
         method=method, density=density, seed=seed, dtype=dtype, device=device, max_shard_size=max_shard_size,
         force=force, verify=not no_verify,
     )

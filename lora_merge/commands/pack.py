@@ -30,19 +30,27 @@ def inspect_cmd(path: str, adapters_dir: Path, as_json: bool) -> None:
         ("name", s.name), ("path", str(s.path)), ("kind", s.kind), ("base model", s.base_model or "unknown"),
         ("|D| instances", s.instances if s.instances is not None else "unknown (no skill.json)"),
         ("rank / alpha", f"{s.rank} / {s.alpha}" + (" (rsLoRA)" if s.rslora else "")),
-        ("target modules", s.target_modules), ("modules to save", s.modules_to_save or "none"),
+        ("target modules", _modules(s.target_modules)), ("modules to save", s.modules_to_save or "none"),
         ("tensors / parameters", f"{s.tensors} / {s.parameters:,}"), ("size on disk", f"{s.bytes_on_disk / 1e6:.2f} MB"),
     ]
     for k, v in rows:
         click.echo(f"{k:<22}{v}")
     for f, ok, detail in s.hashes:
-        click.secho(f"{'hash ' + f:<22}{'ok' if ok else 'FAILED'}: {detail}", fg=None if ok else "red")
+        click.secho(f"{'verified':<22}{f}: {'ok' if ok else 'FAILED'} ({detail})", fg=None if ok else "red")
     if s.manifest:
         t = s.manifest["training"]
         click.echo(f"{'training':<22}" + ", ".join(f"{k}={v}" for k, v in t.items() if v is not None))
         if s.manifest.get("recommended_weight"):
             rw = s.manifest["recommended_weight"]
             click.echo(f"{'recommended ω':<22}{rw['value']} ({rw['rule']})")
+
+
+def _modules(targets: list[str] | str | None) -> str:
+    """PEFT saves all-linear expanded to full paths; show the distinct module kinds."""
+    if not targets or isinstance(targets, str):
+        return str(targets)
+    kinds = sorted({t.split(".")[-1] for t in targets})
+    return f"{', '.join(kinds)} ({len(targets)} modules)" if len(kinds) < len(targets) else ", ".join(kinds)
 
 
 COMMANDS = [pack]
