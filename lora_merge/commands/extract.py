@@ -1,0 +1,41 @@
+"""`extract`: a skill pack τ = θD − θpre from a full-parameter finetuned model (dense, or LoRA by SVD)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lora_merge.extract import PACK_DTYPES, ExtractRequest, extract_pack
+
+
+@click.command("extract")
+@click.option("--model", required=True, type=click.Path(path_type=Path), help="Finetuned model θD (safetensors).")
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="Pretrained model θpre it started from.")
+@click.option("--name", required=True, help="Skill name (the pack folder under --adapters-dir).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Pack folder (default: adapters/NAME).")
+@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+@click.option("--rank", type=int, default=None, help="Compress τ to a LoRA pack of this rank by truncated SVD.")
+@click.option("--instances", type=int, default=None, help="|D|: training instances (for ω = |D|/|G|).")
+@click.option("--description", default="", help="One line for the pack card.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(sorted(PACK_DTYPES)))
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where τ and the SVDs are computed.")
+@click.option("--force", is_flag=True, help="Replace an existing pack folder.")
+@click.option("--show", type=int, default=10, show_default=True, help="Worst weights to list in the SVD report.")
+def extract_cmd(model, base, name, out, adapters_dir, rank, instances, description, dtype, device, force, show) -> None:
+    """Extract τ = θD − θpre into a skill pack."""
+    res = extract_pack(ExtractRequest(model=model, base=base, name=name, out=out, adapters_dir=adapters_dir, rank=rank,
+                                      instances=instances, description=description, dtype=dtype, device=device,
+                                      force=force))
+    click.echo(f"extracted {res.kind} pack {name!r} → {res.out}: {res.tensors} tensors, "
+               f"{res.bytes_written / 1e6:.1f} MB, {res.seconds:.1f} s")
+    if res.kind == "lora":
+        worst = sorted(res.errors, key=lambda e: e.relative, reverse=True)
+        click.echo(f"relative error ‖τ − B·A‖/‖τ‖ per weight (worst {min(show, len(worst))} of {len(worst)}):")
+        for e in worst[:show]:
+            what = f"rank {e.rank}" if e.rank else "dropped (not a LoRA target)"
+            click.echo(f"  {e.name:<48} {str(e.shape):<14} {what:<28} {e.relative:.4f}")
+        click.echo(f"overall relative error: {res.overall_error:.4f}")
+
+
+COMMANDS = [extract_cmd]
