@@ -156,3 +156,24 @@ def test_pack_inspect(world):
     assert res.exit_code == 0, res.output
     for needle in ("|D| instances", "100", "rank / alpha", "4 / 8", "adapter_model.safetensors: ok (sha256 ok)", "q_proj"):
         assert needle in res.output, needle
+
+
+def test_cuda_without_gpu_is_a_clear_error(world):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    tmp, reg, *_rest, gen_dir = world
+    res = run_fold(reg, gen_dir, tmp / "out", "--adapters", "good", "--weights", "1", "--device", "cuda")
+    assert_clean_failure(res, tmp / "out", "no CUDA GPU")
+
+
+def test_console_script_has_the_same_commands():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "lora-merge"
+    if not script.exists():
+        pytest.skip("package not installed as a console script in this environment")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    for command in main.commands:
+        assert command in out

@@ -96,3 +96,22 @@ def test_tied_embeddings(tmp_path, targets):
     touched_one_side = ("lm_head" in targets) != ("embed_tokens" in targets)
     if touched_one_side:
         assert not torch.equal(folded.lm_head.weight, folded.model.embed_tokens.weight)
+
+
+def test_prefixes_differ_between_adapter_and_checkpoint(tmp_path):
+    """An adapter made on GPT2LMHeadModel (transformer.h.0…) folds into a checkpoint storing h.0…."""
+    from lora_merge.tensors import save_tensors
+
+    model = pico_model("gpt2")
+    pack = make_lora_pack(model, None, tmp_path / "p", "p", seed=2, target_modules=["c_attn"], fan_in_fan_out=True)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    state = {k.removeprefix("transformer."): v.clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_tensors(bare / "model.safetensors", state, {"format": "pt"})
+    fold(FoldRequest(general=bare, packs=[str(pack)], out=tmp_path / "m", weights=[1.0], progress=False))
+    ref = PeftModel.from_pretrained(copy.deepcopy(model), pack).merge_and_unload().state_dict()
+    ours = state_of(tmp_path / "m")
+    assert set(ours) == set(state)
+    for k in ours:
+        assert torch.allclose(ours[k], ref["transformer." + k], atol=1e-5, rtol=0), k
+    assert not torch.equal(ours["h.0.attn.c_attn.weight"], state["h.0.attn.c_attn.weight"])
