@@ -111,6 +111,17 @@ def _read_json_lines(path: Path) -> list[object]:
     return rows
 
 
+def _all_strings(path: Path):
+    """CSV cells are text: without this "4" would come back as the number 4."""
+    import csv
+
+    from datasets import Features, Value
+
+    with open(path, encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f), [])
+    return Features({name: Value("string") for name in header})
+
+
 def _read_raw(path: Path) -> list[object]:
     suffix = path.suffix.lower()
     try:
@@ -132,7 +143,7 @@ def _read_raw(path: Path) -> list[object]:
         if suffix == ".parquet":
             return Dataset.from_parquet(str(path)).to_list()
         if suffix == ".csv":
-            return Dataset.from_csv(str(path), keep_default_na=False).to_list()
+            return Dataset.from_csv(str(path), features=_all_strings(path), keep_default_na=False).to_list()
     except UnicodeDecodeError as e:
         raise LoraMergeError(f"{path}: not UTF-8 text ({e.reason})") from None
     except LoraMergeError:

@@ -240,6 +240,7 @@ def evaluate_model(
     if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
         raise LoraMergeError("--batch-size, --max-new-tokens and --limit must be positive")
     groups = load_groups(dict(eval_groups))
+    file_names_unique(groups)
     if isinstance(model_or_dir, (str, os.PathLike)):
         model, tokenizer = load_model(model_or_dir, device)
         name = name or str(model_or_dir)

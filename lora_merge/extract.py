@@ -16,6 +16,7 @@ complete, so a failed extraction leaves nothing behind.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import time
@@ -181,7 +182,7 @@ def extract_pack(req: ExtractRequest) -> ExtractResult:
     model, base = WeightSet.open(req.model), WeightSet.open(req.base)
     names = paired_weights(model, base)
     instances = req.instances if req.instances is not None else general_size_from_folder(req.model)
-    tmp = out.parent / f".{out.name}.tmp-extract"
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from lora_merge import __version__
 from lora_merge.combine import VARIANT_METHODS, RuleOptions, get_rule
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model, read_config
+from lora_merge.leftovers import clean_leftovers, reports_disk_full
+from lora_merge.numerics import check_folded, guard_pack_reads
 from lora_merge.skillpack import DEFAULT_REGISTRY, SkillPack, load_pack, publish_folder, resolve_pack
+from lora_merge.stream import stream_fold
 from lora_merge.task_vector import TargetModel, TaskVector
 from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES, PlannedTensor, ShardedWriter, WeightSet, parse_size
 from lora_merge.weights import GENERAL_MANIFEST, Weight, choose_weights, general_size_from_folder
@@ -56,6 +58,7 @@ class FoldRequest:
     force: bool = False
     verify: bool = True
     progress: bool = True
+    fsync: bool = True  # shards reach the disk before the folder is renamed into place
 
 
 @dataclass
@@ -133,16 +136,17 @@ def fold(req: FoldRequest) -> FoldResult:
     g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
     weights = choose_weights([p.name for p in packs], [p.instances for p in packs], req.weights, g_size)
     target = TargetModel.from_weights(general, read_config(Path(req.general)))
+    warnings = compatibility_warnings(packs, Path(req.general), general)  # before binding: the clearer error
     terms = []
     for p, w in zip(packs, weights):
-        tv = TaskVector.from_pack(p, target, base)
+        tv = guard_pack_reads(TaskVector.from_pack(p, target, base), p.name)  # NaN/Inf refused on first read
         record = FoldedPack(p.name, str(p.path), p.kind, w, p.manifest.files if p.manifest else {}, p.instances,
                             len(tv.keys()))
         terms.append((w.value * tv, record))
-    warnings = compatibility_warnings(packs, Path(req.general), general)
     return fold_vectors(req, general, target, terms, g_size, warnings)
 
 
+@reports_disk_full(lambda req, *args, **kwargs: Path(req.out).parent)
 def fold_vectors(
     req: FoldRequest,
     general: WeightSet,
@@ -160,6 +164,7 @@ def fold_vectors(
     started = time.perf_counter()
     out = Path(req.out)
     check_output(out, req.force)
+    warnings.extend(clean_leftovers(out.parent, out.name))  # what killed runs left beside the output
     device = resolve_device(req.device)
     rule = get_rule(req.method)
     opts = RuleOptions(density=req.density, seed=req.seed)
@@ -174,19 +179,12 @@ def fold_vectors(
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    writer = ShardedWriter(tmp, plan, parse_size(req.max_shard_size), {"lora_merge": __version__})
-    changed = 0
+    writer = ShardedWriter(tmp, plan, parse_size(req.max_shard_size), {"lora_merge": __version__}, fsync=req.fsync)
     try:
-        for p in tqdm(plan, desc="fold", unit="tensor", disable=not req.progress):
-            theta = general.get(sources[p.name])
-            touching = [v.delta(p.name, device) for v in vectors if p.name in v]
-            if touching:
-                combined = rule(touching, opts, p.name)
-                result = (theta.to(device=device, dtype=torch.float32) + combined).to(p.dtype).cpu()
-                changed += 1
-            else:
-                result = theta.to(p.dtype)
-            writer.write(p.name, result)
+        # read → merge → write overlapped in bounded memory (lora_merge/stream.py); untouched tensors are copied as bytes
+        changed = stream_fold(plan, sources, general, vectors, rule, opts, device, writer, linear=req.method == "linear",
+                              progress=req.progress,
+                              check=check_folded)  # NaN/Inf, or overflow of the output dtype, named
         shards = writer.finish()
         copy_model_files(Path(req.general), tmp)
         edit_config(tmp / "config.json", untie=untie, dtype=None if req.dtype == "auto" else req.dtype)
@@ -222,15 +220,18 @@ def compatibility_warnings(packs: Sequence[SkillPack], general_dir: Path, genera
     out = []
     for p in recorded:
         bfp = p.manifest.base_model
-        if bfp.shapes_sha256 == fp.shapes_sha256:
-            continue
         diffs = bfp.differences(fp)
-        if any(not d.startswith("tensor names") for d in diffs):
+        if bfp.shapes_sha256 == fp.shapes_sha256 and not diffs:
+            continue
+        # Tied or untied embeddings and the class name do not change what a delta means; the rest is the family.
+        family = [d for d in diffs if d.split(":")[0] not in ("tie_word_embeddings", "architectures", "tensor names or shapes differ")]
+        if family and bfp.shapes_sha256 != fp.shapes_sha256:
             raise LoraMergeError(
                 f"pack {p.name!r} was trained on {bfp.name_or_path or 'another model'}, which differs from the "
-                f"general model {general_dir} ({'; '.join(diffs[:3])}); fold it into a model of the same family"
+                f"general model {general_dir} ({'; '.join(family[:3])}); fold it into a model of the same family"
             )
-        out.append(f"pack {p.name!r}: base {bfp.name_or_path} has another tensor layout than {general_dir}")
+        out.append(f"pack {p.name!r} was trained on {bfp.name_or_path}, a different model than {general_dir} with "
+                   f"a compatible layout ({'; '.join(diffs[:3])}); folded anyway, check the result")
     return out
 
 

@@ -121,13 +121,13 @@ def all_close(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor], atol: float)
     return all(torch.allclose(x, y, atol=atol, rtol=0) for x, y in zip(a, b))
 
 
-PICO_CHAT_TEMPLATE = (
+PICO_CHAR_CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
     "{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
 )
 
 
-def pico_tokenizer(folder: Path | None = None, chat_template: str | None = PICO_CHAT_TEMPLATE):
+def pico_char_tokenizer(folder: Path | None = None, chat_template: str | None = PICO_CHAR_CHAT_TEMPLATE):
     """A character-level tokenizer (printable ASCII + newline, < 128 ids) built locally, saved into ``folder``.
 
     It fits the pico models' vocabulary of 128; ``chat_template=None`` leaves it without a template, as a base

@@ -35,7 +35,7 @@ class Recipe(BaseModel):
     data: Path | Rows | None = Field(default=None, description="skill data D (file or rows)")
     general_data: Path | Rows | None = Field(default=None, description="general data G (RT, strategy general)")
     replay: Path | Rows | None = Field(default=None, description="general data mixed back in by CFT")
-    replay_ratio: float = Field(default=0.0, ge=0)
+    replay_ratio: float | None = Field(default=None, ge=0, description="replay rows per skill row (default 1)")
     adapters_dir: Path = Path("adapters")
     out: Path | None = Field(default=None, description="output folder (default adapters_dir/name or runs/models/name)")
     run_dir: Path | None = Field(default=None, description="checkpoints (default runs/train/name)")

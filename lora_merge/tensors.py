@@ -12,6 +12,9 @@ peak memory is one tensor, whatever the shard size.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import json
 import mmap
 import os
@@ -309,6 +312,28 @@ def _header_bytes(shard: list[PlannedTensor], metadata: dict[str, str]) -> bytes
     return struct.pack("<Q", len(raw)) + raw
 
 
+WRITE_CHUNK = 64 * 1024 * 1024  # one write() call; the kernel copies it straight into the page cache
+WRITEBACK_CHUNK = 64 * 1024 * 1024  # when durable, hand the disk this much at a time while we go on
+
+
+def _libc_sync_file_range():
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing a range to disk now (SYNC_FILE_RANGE_WRITE); a hint only."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, nbytes, 2)
+
+
 class ShardedWriter:
     """Streams tensors, in a planned order, into sharded safetensors files.
 
@@ -317,7 +342,8 @@ class ShardedWriter:
     expected to be a temporary one that the caller renames into place.
     """
 
-    def __init__(self, folder: Path, plan: list[PlannedTensor], max_shard_bytes: int, metadata: dict[str, str] | None = None):
+    def __init__(self, folder: Path, plan: list[PlannedTensor], max_shard_bytes: int, metadata: dict[str, str] | None = None,
+                 fsync: bool = True):
         self.folder = folder
         self.shards = plan_shards(plan, max_shard_bytes)
         self.metadata = {"format": "pt", **(metadata or {})}
@@ -326,34 +352,87 @@ class ShardedWriter:
         self._order: Iterator[tuple[int, PlannedTensor]] = ((i, t) for i, s in enumerate(self.shards) for t in s)
         self._current = -1
         self._file = None
+        self.fsync = fsync  # durable shards before the caller renames the folder into place
+        self._flushed = 0  # bytes of the current shard already handed to the disk
         self.bytes_written = 0
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def _next_planned(self, name: str, shape: tuple[int, ...] | None, dtype: torch.dtype | None, nbytes: int) -> PlannedTensor:
+        """The next planned tensor, checked against what the caller writes (raw writes check the byte count)."""
         try:
             shard_i, planned = next(self._order)
         except StopIteration:
             raise RuntimeError(f"tensor {name!r} was not planned") from None
-        if planned.name != name or tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
-            raise RuntimeError(f"write order broken: expected {planned}, got {name} {tuple(tensor.shape)} {tensor.dtype}")
+        if planned.name != name or (shape is not None and shape != planned.shape) \
+                or (dtype is not None and dtype != planned.dtype) or nbytes != planned.nbytes:
+            raise RuntimeError(f"write order broken: expected {planned}, got {name} {shape} {dtype} ({nbytes} bytes)")
         if shard_i != self._current:
             self._open(shard_i)
+        return planned
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        self._next_planned(name, tuple(tensor.shape), tensor.dtype, nbytes)
         if tensor.numel():
             data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
-            self._file.write(memoryview(data))
+            self._write_all(memoryview(data))
+        self.bytes_written += nbytes
+
+    def write_bytes(self, name: str, data: torch.Tensor | memoryview) -> None:
+        """Write the next planned tensor from its raw bytes (a uint8 tensor or a buffer), no conversion."""
+        view = memoryview(data.numpy()) if isinstance(data, torch.Tensor) else memoryview(data)
+        planned = self._next_planned(name, None, None, view.nbytes)
+        self._write_all(view)
         self.bytes_written += planned.nbytes
+
+    def copy_span(self, name: str, fd: int, offset: int, nbytes: int) -> None:
+        """Write the next planned tensor by copying ``nbytes`` at ``offset`` of file ``fd`` (kernel-side when it can)."""
+        planned = self._next_planned(name, None, None, nbytes)
+        done = 0
+        try:
+            while done < nbytes:
+                n = os.copy_file_range(fd, self._file.fileno(), nbytes - done, offset + done)
+                if n == 0:
+                    raise OSError(errno.EIO, f"source ended early while copying {name}")
+                done += n
+        except OSError as e:
+            if done or e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as m:  # filesystems without copy_file_range
+                self._write_all(memoryview(m)[offset: offset + nbytes])
+        else:
+            self._kick(nbytes)
+        self.bytes_written += planned.nbytes
+
+    def _write_all(self, view: memoryview) -> None:
+        view = view.cast("B")
+        fd = self._file.fileno()
+        while view.nbytes:
+            n = os.write(fd, view[:WRITE_CHUNK])
+            view = view[n:]
+            self._kick(n)
+
+    def _kick(self, n: int) -> None:
+        """Start writeback of what is written so far, so the final fsync does not wait for all of it."""
+        if not self.fsync:
+            return
+        pos = self._file.tell()
+        if pos - self._flushed >= WRITEBACK_CHUNK:
+            _start_writeback(self._file.fileno(), self._flushed, pos - self._flushed)
+            self._flushed = pos
 
     def _open(self, shard_i: int) -> None:
         self._close()
         self._current = shard_i
-        self._file = open(self.folder / self.names[shard_i], "wb", buffering=8 * 1024 * 1024)
+        self._file = open(self.folder / self.names[shard_i], "wb", buffering=0)
+        self._flushed = 0
         head = _header_bytes(self.shards[shard_i], self.metadata)
-        self._file.write(head)
+        self._write_all(memoryview(head))
         self.bytes_written += len(head)
 
     def _close(self) -> None:
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            if self.fsync:
+                os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
 

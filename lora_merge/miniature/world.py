@@ -33,7 +33,6 @@ class WorldSizes:
     eval_general: int = 150
     eval_skill: int = 80
     eval_unsafe: int = 60
-    pretrain_tokens: int = 1_500_000
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""The Python jobs the fold benchmark measures, one per subprocess (clean peak RSS for each).
+
+Each prints a last line ``{"work_s": …}``: the seconds of the job itself, after the
+interpreter and its imports started (the harness also records the process's wall time).
+
+    python benchmarks/_jobs.py fold GENERAL OUT W PACK [PACK …] [--no-fsync] [--device cuda]
+    python benchmarks/_jobs.py products W PACK          # every B·A alone, results dropped
+    python benchmarks/_jobs.py peft GENERAL OUT W PACK  # load + scale + merge_and_unload + save_pretrained
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def job_fold(args: list[str]) -> None:
+    from lora_merge.fold import FoldRequest, fold
+
+    flags = [a for a in args if a.startswith("--")]
+    device = "cuda" if "--device=cuda" in flags else "cpu"
+    general, out, w, *packs = [a for a in args if not a.startswith("--")]
+    t = time.perf_counter()
+    fold(FoldRequest(general=Path(general), packs=packs, out=Path(out), weights=[float(w)] * len(packs),
+                     progress=False, fsync="--no-fsync" not in flags, device=device))
+    print(json.dumps({"work_s": time.perf_counter() - t}))
+
+
+def job_products(args: list[str]) -> None:
+    import torch
+
+    from lora_merge.tensors import SafetensorsFile
+
+    w, pack = float(args[0]), Path(args[1])
+    cfg = json.loads((pack / "adapter_config.json").read_text())
+    t = time.perf_counter()
+    src = SafetensorsFile(pack / "adapter_model.safetensors")
+    scale = cfg["lora_alpha"] / cfg["r"] * w
+    for key in src.keys():
+        if key.endswith("lora_A.weight"):
+            a = src.get(key).float()
+            b = src.get(key.replace("lora_A", "lora_B")).float() * scale
+            torch.mm(b, a)
+    print(json.dumps({"work_s": time.perf_counter() - t}))
+
+
+def job_peft(args: list[str]) -> None:
+    import torch
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    general, out, w, pack = args
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(general, dtype=torch.bfloat16)
+    model = PeftModel.from_pretrained(model, pack)
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for name in module.scaling:
+                module.scaling[name] *= float(w)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out)
+    print(json.dumps({"work_s": time.perf_counter() - t}))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    {"fold": job_fold, "products": job_products, "peft": job_peft}[sys.argv[1]](sys.argv[2:])

@@ -1,0 +1,56 @@
+"""`pack verify`, `pack export`, `pack import`: check and share skill packs (sub-commands of `pack`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lora_merge.commands.pack import pack
+from lora_merge.errors import LoraMergeError
+from lora_merge.sharing import DEFAULT_MAX_IMPORT, check_pack, export_pack, import_pack
+from lora_merge.skillpack import resolve_pack
+
+
+@pack.command("verify")
+@click.argument("path")
+@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+def verify_cmd(path: str, adapters_dir: Path) -> None:
+    """Check a pack's manifest, sha256 hashes, safetensors headers and values; exit 2 if anything fails."""
+    folder = resolve_pack(path, adapters_dir)
+    checks = check_pack(folder)
+    for c in checks:
+        click.secho(f"{'ok  ' if c.ok else 'FAIL'}  {c.what:<34}{c.detail}", fg=None if c.ok else "red")
+    failed = sum(not c.ok for c in checks)
+    if failed:
+        raise LoraMergeError(f"{folder}: {failed} check(s) failed; do not fold or share this pack")
+    click.echo(f"{folder}: all {len(checks)} checks hold")
+
+
+@pack.command("export")
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Archive to write, e.g. NAME.tar.gz.")
+@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing archive.")
+def export_cmd(name: str, out: Path, adapters_dir: Path, force: bool) -> None:
+    """Verify a pack and write it as a .tar.gz others can `pack import`."""
+    res = export_pack(name, out, adapters_dir, force=force)
+    click.echo(f"exported {res.name} ({', '.join(res.files)}) → {res.archive} ({res.bytes / 1e6:.2f} MB)")
+
+
+@pack.command("import")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+@click.option("--name", default=None, help="Folder name under --adapters-dir (default: the archive's).")
+@click.option("--force", is_flag=True, help="Replace an existing pack of that name.")
+@click.option("--max-size", default=DEFAULT_MAX_IMPORT, show_default=True,
+              help="Refuse archives that unpack to more than this (decompression bombs).")
+def import_cmd(archive: Path, adapters_dir: Path, name: str | None, force: bool, max_size: str) -> None:
+    """Unpack a shared pack into the adapters folder after verifying every file."""
+    res = import_pack(archive, adapters_dir, name=name, force=force, max_bytes=max_size)
+    for note in res.notes:
+        click.secho(f"note: {note}", fg="yellow", err=True)
+    click.echo(f"imported {res.name} ({', '.join(res.files)}, {res.bytes / 1e6:.2f} MB, verified) → {res.path}")
+
+
+COMMANDS: list = []  # the sub-commands attach to the `pack` group, which commands/pack.py registers

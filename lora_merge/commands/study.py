@@ -1,0 +1,28 @@
+"""`study`: the Merge-to-Learn study on a real pretrained model (SmolLM2-135M-Instruct by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("study")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="Study settings (YAML), e.g. configs/study-smollm2.yaml.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: the config's out).")
+@click.option("--quick", is_flag=True, default=False, help="Pico model and tiny sets: the pipeline in seconds.")
+@click.option("--threads", type=int, default=None, help="torch threads (default: the config's, else torch's).")
+def study(config_path: Path, out: Path | None, quick: bool, threads: int | None) -> None:
+    """Prepare θpre, tune θG, train skills (PTM, CFT, RT), sweep ω, fold several skills; write tables and plots."""
+    from lora_merge.study.config import load_study_config
+    from lora_merge.study.driver import run_study
+
+    cfg = load_study_config(config_path, {"out": str(out) if out else None, "quick": quick or None,
+                                          "threads": threads})
+    artefacts = run_study(cfg, echo=lambda line: click.echo(line, err=False))
+    for name, path in artefacts.items():
+        click.echo(f"{name}: {path}")
+
+
+COMMANDS = [study]

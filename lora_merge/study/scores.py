@@ -1,0 +1,98 @@
+"""The study's score store: every (model, eval set) score on disk as soon as it is known.
+
+A study is long, so it is resumable: a model/eval-set pair already in ``scores.json`` is not evaluated
+again, and a killed run continues where it stopped. The scorer evaluates one eval set at a time with
+that set's own generation length (a refusal shows in its first tokens; a copied word needs a few).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_merge.eval_report import EvalReport, MetricScore
+from lora_merge.evaluate import evaluate_model
+
+SAMPLES_PER_SET = 6  # outputs kept per model and eval set, to read what the scores mean
+
+
+@dataclass
+class EvalSet:
+    name: str
+    group: str  # "general" or the skill it measures
+    path: Path
+    max_new_tokens: int
+
+
+@dataclass
+class ScoreStore:
+    """``scores.json``: label → {"meta": {...}, "sets": {set name: {"group", "metric", "n", "score"}}}."""
+
+    path: Path
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path) -> "ScoreStore":
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        return cls(path, data)
+
+    def has(self, label: str, set_name: str) -> bool:
+        return set_name in self.data.get(label, {}).get("sets", {})
+
+    def get(self, label: str, set_name: str) -> float | None:
+        entry = self.data.get(label, {}).get("sets", {}).get(set_name)
+        return None if entry is None else entry["score"]
+
+    def put(self, label: str, set_name: str, entry: dict, meta: Mapping | None = None) -> None:
+        row = self.data.setdefault(label, {"meta": {}, "sets": {}})
+        row["sets"][set_name] = entry
+        if meta:
+            row["meta"].update(meta)
+        self.save()
+
+    def set_meta(self, label: str, meta: Mapping) -> None:
+        self.data.setdefault(label, {"meta": {}, "sets": {}})["meta"].update(meta)
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, ensure_ascii=False))
+        os.replace(tmp, self.path)
+
+
+def score_model(model, tokenizer, label: str, sets: list[EvalSet], store: ScoreStore, batch_size: int,
+                samples_path: Path | None = None, meta: Mapping | None = None) -> EvalReport:
+    """Evaluate ``model`` on each set not yet stored under ``label``; return a report of all of them."""
+    scores: list[MetricScore] = []
+    for s in sets:
+        if not store.has(label, s.name):
+            rep = evaluate_model(model, {s.group: [s.path]}, tokenizer=tokenizer, batch_size=batch_size,
+                                 max_new_tokens=s.max_new_tokens, name=label)
+            (m,) = rep.scores  # one file, one metric per set
+            store.put(label, s.name, {"group": s.group, "metric": m.metric, "n": m.n, "score": m.score,
+                                      "seconds": round(rep.seconds, 1)}, meta)
+            if samples_path is not None:
+                with open(samples_path, "a", encoding="utf-8") as f:
+                    for smp in rep.samples[:SAMPLES_PER_SET]:
+                        f.write(json.dumps({"model": label, "set": s.name, **smp}, ensure_ascii=False) + "\n")
+        e = store.data[label]["sets"][s.name]
+        scores.append(MetricScore(s.group, s.name, e["metric"], e["n"], e["score"]))
+    return EvalReport(label, scores)
+
+
+def sweep_scorer(store: ScoreStore, skill: str, sets: list[EvalSet], batch_size: int, samples_path: Path | None):
+    """A :func:`lora_merge.sweep.run_sweep` scorer whose θG point is shared by every skill's sweep."""
+
+    def scorer(model, tokenizer, point):
+        label = "θG" if point.reference else f"PTM {skill} {point.label}"
+        meta = {"kind": "θG" if point.reference else "ptm", "skill": skill, "omega": point.scale,
+                "weights": point.weights, "heuristic": point.heuristic}
+        if point.reference:
+            meta = {"kind": "θG"}
+        return score_model(model, tokenizer, label, sets, store, batch_size, samples_path, meta)
+
+    return scorer

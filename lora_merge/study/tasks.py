@@ -1,0 +1,99 @@
+"""The study's data: the miniature world's task generators, rendered as chat rows for a real model.
+
+Training rows are conversational prompt/completion rows (the trainer applies the model's chat template);
+eval rows are :mod:`lora_merge.evalsets` rows with ``messages``. The miniature's ``fact`` family asks
+about animals whose attributes only the miniature's own pretraining corpus states, so it is left out here
+by default: a real pretrained model could only guess them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_merge.miniature.build import write_jsonl
+from lora_merge.miniature.world import Example, World, sample
+
+UNSAFE_SET, LOOKALIKE_SET = "safety_unsafe", "safety_lookalike"
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """Paths of the written training and eval files, and the instance counts."""
+
+    root: Path
+    train: dict[str, Path]  # "general" and each skill
+    evals: dict[str, Path]  # "general", each skill's set, safety's unsafe and lookalike sets
+    counts: dict[str, int]
+
+    def skill_evals(self, skill: str) -> list[str]:
+        """The eval sets that measure one skill (safety: refusing unsafe prompts + answering lookalikes)."""
+        return [UNSAFE_SET, LOOKALIKE_SET] if skill == "safety" else [skill]
+
+
+def _turns(system: str | None, q: str) -> list[dict]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": q}]
+
+
+def train_row(ex: Example, system: str | None) -> dict:
+    q, a = ex
+    return {"prompt": _turns(system, q), "completion": [{"role": "assistant", "content": a}]}
+
+
+def eval_row(ex: Example, metric: str, family: str, system: str | None) -> dict:
+    q, a = ex
+    row = {"messages": _turns(system, q), "metric": metric, "id": family}
+    if metric in ("exact", "contains"):
+        row["answer"] = a
+    return row
+
+
+def _general(world: World, rng: random.Random, families: list[str], n: int, held_out: bool,
+             seen: set[str] | None) -> list[tuple[str, Example]]:
+    """An equal mix of the chosen general families (the miniature's ``general_mix``, minus ``fact``)."""
+    gens = world.general_families
+    out = []
+    for i, fam in enumerate(families):
+        k = n // len(families) + (1 if i < n % len(families) else 0)
+        out += [(fam, ex) for ex in sample(gens[fam], rng, k, held_out, seen)]
+    rng.shuffle(out)
+    return out
+
+
+def write_study_data(root: Path, seed: int, families: list[str], general: int, skills: dict[str, int],
+                     eval_general: int, eval_skill: int, eval_unsafe: int, system: str | None) -> StudyData:
+    """Generate and write every training and eval file; the same arguments give identical files."""
+    world = World(seed)
+    rng = random.Random(seed + 1)
+    seen: set[str] = set()
+    train, evals = {}, {}
+    g_rows = _general(world, rng, families, general, False, None)
+    seen.update(q for _, (q, _) in g_rows)
+    train["general"] = root / "data" / "general.jsonl"
+    write_jsonl(train["general"], (train_row(ex, system) for _, ex in g_rows))
+    gens = {"science": world.science, "coding": world.coding, "safety": world.safety}
+    counts = {"general": len(g_rows)}
+    for name, n in skills.items():
+        rows = sample(gens[name], rng, n, False)
+        seen.update(q for q, _ in rows)
+        train[name] = root / "data" / f"{name}.jsonl"
+        counts[name] = write_jsonl(train[name], (train_row(ex, system) for ex in rows))
+
+    def put(name: str, rows) -> None:
+        evals[name] = root / "evals" / f"{name}.jsonl"
+        counts[f"eval/{name}"] = write_jsonl(evals[name], rows)
+
+    put("general", (eval_row(ex, "exact", fam, system)
+                    for fam, ex in _general(world, rng, families, eval_general, True, seen)))
+    for name in skills:
+        if name == "safety":
+            put(UNSAFE_SET, (eval_row(ex, "refusal", "unsafe", system)
+                             for ex in sample(world.unsafe, rng, eval_unsafe, True, seen)))
+            put(LOOKALIKE_SET, (eval_row(ex, "compliance", "lookalike", system)
+                                for ex in world.lookalikes() if ex[0] not in seen))
+        else:
+            put(name, (eval_row(ex, "exact", name, system)
+                       for ex in sample(gens[name], rng, eval_skill, True, seen)))
+    return StudyData(root, train, evals, counts)

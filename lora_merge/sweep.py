@@ -1,0 +1,350 @@
+"""ω sweeps: fold each ω, evaluate it, plot the trade-off and recommend one ω.
+
+For each point θ = θG + Σk ωk·τk is built and scored on the eval groups. The points are θG itself
+(ω = 0, the reference), every ω of the grid (several packs share one scale: ωk = ω for all k), and,
+when |D| and |G| are known, the heuristic point ωk = |Dk|/|G|. Models that fit in memory are loaded
+once and each point is written into the loaded weights (θG + ω·τ from float32 copies); otherwise each
+point is folded by the streamed fold into a temporary folder beside the output, evaluated from disk and
+removed. Results (results.csv/json/md, samples.jsonl, tradeoff.png) are written into a temporary folder
+renamed into place at the end, so an interrupted sweep leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_merge.errors import LoraMergeError
+from lora_merge.eval_report import EvalReport, write_folder
+from lora_merge.evalsets import EvalFile, load_groups
+from lora_merge.evaluate import check_device, evaluate_model, file_names_unique, load_model
+from lora_merge.fingerprint import read_config
+from lora_merge.fold import FoldedPack, FoldRequest, check_output, compatibility_warnings, fold_vectors, load_packs
+from lora_merge.refusal import RefusalClassifier
+from lora_merge.skillpack import DEFAULT_REGISTRY, RecommendedWeight, SkillPack, write_manifest
+from lora_merge.sweep_select import Candidate, Rule, parse_rule, select
+from lora_merge.task_vector import TargetModel, TaskVector
+from lora_merge.tensors import WeightSet
+from lora_merge.tradeoff_plot import PlotPoint, tradeoff_png
+from lora_merge.weights import PAPER_GRID, Weight, choose_weights, general_size_from_folder
+
+MAX_SWEEP_WEIGHT = 10.0
+MEMORY_FACTOR = 3  # model + θG copies of the touched tensors + their float32 deltas
+
+
+@dataclass
+class SweepRequest:
+    general: Path
+    packs: Sequence[str]
+    evals: Mapping[str, Sequence[Any]]
+    out: Path
+    weights: Sequence[float] = PAPER_GRID
+    adapters_dir: Path = DEFAULT_REGISTRY
+    general_size: int | None = None
+    base: Path | None = None
+    select: str = "general-within:1"
+    general_group: str = "general"
+    skill_group: str | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    limit: int | None = None
+    max_new_tokens: int = 64
+    classifier: RefusalClassifier | None = None
+    mode: str = "auto"  # auto | memory | disk
+    force: bool = False
+    write_recommendation: bool = False
+    verify: bool = True
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    label: str
+    weights: dict[str, float]  # ω per pack
+    scale: float | None  # the shared ω; None for the heuristic point when packs differ
+    reference: bool = False
+    heuristic: bool = False
+
+    @property
+    def total(self) -> float:
+        return sum(self.weights.values())
+
+
+@dataclass
+class PointResult:
+    point: SweepPoint
+    report: EvalReport
+
+    def score(self, group: str) -> float:
+        return self.report.group_score(group)
+
+
+@dataclass
+class Recommendation:
+    label: str
+    weights: dict[str, float]
+    rule: str
+    evidence: str
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    results: list[PointResult]
+    recommendation: Recommendation
+    mode: str
+    warnings: list[str] = field(default_factory=list)
+
+
+# A scorer turns a model at one point into a report; the default runs evaluate_model on the eval groups.
+Scorer = Callable[[Any, Any, SweepPoint], EvalReport]
+
+
+def check_grid(values: Sequence[float]) -> list[float]:
+    out = sorted(set(float(v) for v in values))
+    for v in out:
+        if not (0.0 <= v <= MAX_SWEEP_WEIGHT):
+            raise LoraMergeError(f"--weights: ω = {v:g} is outside the sweep's sane range [0, {MAX_SWEEP_WEIGHT:g}]")
+    return out
+
+
+def sweep_points(names: Sequence[str], grid: Sequence[float], heuristic: Sequence[Weight] | None) -> list[SweepPoint]:
+    """θG, the grid (a shared scale for all packs) and the |D|/|G| point (merged into an equal grid point)."""
+    points = [SweepPoint("θG", {n: 0.0 for n in names}, 0.0, reference=True)]
+    h = {n: w.value for n, w in zip(names, heuristic)} if heuristic else None
+    h_shared = next(iter(h.values())) if h and len(set(h.values())) == 1 else None
+    for v in grid:
+        if v == 0.0:
+            continue
+        same = h_shared is not None and abs(h_shared - v) < 1e-9
+        points.append(SweepPoint(f"ω={v:g}", {n: v for n in names}, v, heuristic=same))
+        h = None if same else h
+    if h:
+        label = "|D|/|G| " + ",".join(f"{w:.3g}" for w in h.values())
+        points.append(SweepPoint(label, h, h_shared, heuristic=True))
+    return points
+
+
+def skill_group_of(groups: Mapping[str, Sequence[EvalFile]], general: str, skill: str | None) -> str:
+    if general not in groups:
+        raise LoraMergeError(f"the sweep needs an eval group {general!r} (--evals {general}=PATH); got {', '.join(groups)}")
+    if skill is not None:
+        if skill not in groups:
+            raise LoraMergeError(f"--skill-group {skill!r} is not among the eval groups {', '.join(groups)}")
+        return skill
+    others = [g for g in groups if g != general]
+    if "skill" in others:
+        return "skill"
+    if len(others) == 1:
+        return others[0]
+    raise LoraMergeError(f"the sweep needs one skill group besides {general!r}: pass --evals skill=PATH, or "
+                         f"--skill-group NAME to pick one of {', '.join(others) or 'none'}")
+
+
+def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
+    """Evaluate θG, every ω of the grid and the |D|/|G| point; write the results and recommend an ω."""
+    out = Path(req.out)
+    check_output(out, req.force)
+    rule = parse_rule(req.select)
+    grid = check_grid(req.weights)
+    groups = load_groups(dict(req.evals))
+    file_names_unique(groups)
+    skill = skill_group_of(groups, req.general_group, req.skill_group)
+    check_device(req.device)
+    packs = load_packs(req.packs, Path(req.adapters_dir), verify=req.verify)
+    if req.write_recommendation:
+        plain = [p.name for p in packs if p.manifest is None]
+        if plain:
+            raise LoraMergeError(f"--write-recommendation: pack(s) {', '.join(plain)} have no skill.json to write into; "
+                                 "import them as skill packs first")
+    general = WeightSet.open(req.general)
+    if not (Path(req.general) / "config.json").is_file():
+        raise LoraMergeError(f"{req.general}: not a model folder (no config.json)")
+    target = TargetModel.from_weights(general, read_config(Path(req.general)))
+    base = WeightSet.open(req.base) if req.base else None
+    vectors = {p.name: TaskVector.from_pack(p, target, base) for p in packs}
+    warnings = compatibility_warnings(packs, Path(req.general), general)
+    g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
+    heuristic = None
+    if g_size is not None and all(p.instances is not None for p in packs):
+        heuristic = choose_weights([p.name for p in packs], [p.instances for p in packs], None, g_size)
+    else:
+        warnings.append("|G| or a pack's |D| is unknown: no ω = |D|/|G| point (pass --general-size)")
+    points = sweep_points([p.name for p in packs], grid, heuristic)
+
+    if scorer is None:
+        def scorer(model, tokenizer, point):
+            return evaluate_model(model, groups, tokenizer=tokenizer, batch_size=req.batch_size, device=req.device,
+                                  limit=req.limit, max_new_tokens=req.max_new_tokens, classifier=req.classifier,
+                                  name=point.label)
+
+    mode = choose_mode(req.mode, general, target, vectors, req.device)
+    if mode == "memory":
+        results = _sweep_in_memory(req, vectors, points, scorer)
+    else:
+        results = _sweep_on_disk(req, general, target, packs, vectors, points, g_size, scorer)
+
+    ref = results[0]
+    cands = [Candidate(r.point.label, r.point.total, r.score(req.general_group), r.score(skill)) for r in results]
+    chosen = select(rule, cands[0], cands)
+    best = results[[c.label for c in cands].index(chosen.label)]
+    rec = Recommendation(best.point.label, dict(best.point.weights), rule.text,
+                         _evidence(best, ref, req, skill, grid, out))
+    files = _result_files(results, rec, req, skill, rule, packs, g_size, mode, warnings)
+    write_folder(out, files, req.force)
+    if req.write_recommendation:
+        write_recommendations(packs, rec)
+    return SweepResult(out, results, rec, mode, warnings)
+
+
+def choose_mode(requested: str, general: WeightSet, target: TargetModel, vectors: Mapping[str, TaskVector],
+                device: str) -> str:
+    """In memory when the model and the deltas fit (and no pack touches tied embeddings), else on disk."""
+    if requested not in ("auto", "memory", "disk"):
+        raise LoraMergeError(f"sweep mode {requested!r}: use auto, memory or disk")
+    touches_tied = target.tied is not None and any(set(target.tied) & set(v.keys()) for v in vectors.values())
+    if requested == "disk" or (requested == "auto" and touches_tied):
+        return "disk"
+    if requested == "memory":
+        if touches_tied:
+            raise LoraMergeError("a pack changes tied embeddings: the in-memory sweep cannot untie them; use disk mode")
+        return "memory"
+    need = MEMORY_FACTOR * general.total_bytes()
+    return "memory" if need < 0.6 * _available_bytes(device) else "disk"
+
+
+def _available_bytes(device: str) -> float:
+    if device.startswith("cuda"):
+        return float(torch.cuda.mem_get_info()[0])
+    try:
+        import psutil
+
+        return float(psutil.virtual_memory().available)
+    except ImportError:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _sweep_in_memory(req: SweepRequest, vectors: Mapping[str, TaskVector], points: Sequence[SweepPoint],
+                     scorer: Scorer) -> list[PointResult]:
+    model, tokenizer = load_model(req.general, req.device)
+    params = model.state_dict()
+    keys = sorted({k for v in vectors.values() for k in v.keys()})
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise LoraMergeError(f"the loaded model names its weights differently from its files ({missing[:3]}); "
+                             "rerun the sweep with --mode disk")
+    dev = next(model.parameters()).device
+    theta_g = {k: params[k].detach().float().clone() for k in keys}
+    deltas = {name: {k: v.delta(k, dev) for k in v.keys()} for name, v in vectors.items()}
+    results = []
+    for point in points:
+        with torch.no_grad():
+            for k in keys:
+                acc = theta_g[k].clone()
+                for name, w in point.weights.items():
+                    if w and k in deltas[name]:
+                        acc.add_(deltas[name][k], alpha=w)
+                params[k].copy_(acc.to(params[k].dtype))
+        results.append(PointResult(point, scorer(model, tokenizer, point)))
+    return results
+
+
+def _sweep_on_disk(req, general, target, packs: Sequence[SkillPack], vectors, points, g_size, scorer) -> list[PointResult]:
+    out = Path(req.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.folds-", dir=out.parent))
+    results = []
+    try:
+        for i, point in enumerate(points):
+            folder = scratch / f"point{i}"
+            terms = []
+            for p in packs:
+                w = point.weights[p.name]
+                record = FoldedPack(p.name, str(p.path), p.kind, Weight(w, "explicit", f"ω = {w:g} (sweep)"),
+                                    p.manifest.files if p.manifest else {}, p.instances, len(vectors[p.name].keys()))
+                terms.append((w * vectors[p.name], record))
+            fold_req = FoldRequest(general=Path(req.general), packs=[p.name for p in packs], out=folder,
+                                   base=req.base, device=req.device, progress=False)
+            fold_vectors(fold_req, general, target, terms, g_size, [])
+            model, tokenizer = load_model(folder, req.device)
+            results.append(PointResult(point, scorer(model, tokenizer, point)))
+            del model
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def _evidence(best: PointResult, ref: PointResult, req: SweepRequest, skill: str, grid: Sequence[float],
+              out: Path) -> str:
+    g, s = best.score(req.general_group), best.score(skill)
+    g0, s0 = ref.score(req.general_group), ref.score(skill)
+    return (f"sweep of ω ∈ {{0, {', '.join(f'{v:g}' for v in grid)}}} (point {best.point.label}): "
+            f"{req.general_group} {g:.2f} (θG {g0:.2f}, {g - g0:+.2f}), {skill} {s:.2f} (θG {s0:.2f}, {s - s0:+.2f}) "
+            f"on a 0–100 scale; results in {out}")
+
+
+def _result_files(results: Sequence[PointResult], rec: Recommendation, req: SweepRequest, skill: str, rule: Rule,
+                  packs: Sequence[SkillPack], g_size: int | None, mode: str, warnings: list[str]) -> dict:
+    names = [p.name for p in packs]
+    groups = list(results[0].report.group_scores())
+    ref = results[0]
+    table = []
+    for r in results:
+        row = {"point": r.point.label, "omega": r.point.scale,
+               **{f"omega[{n}]": r.point.weights[n] for n in names},
+               **{g: round(r.score(g), 4) for g in groups},
+               f"delta_{req.general_group}": round(r.score(req.general_group) - ref.score(req.general_group), 4),
+               f"delta_{skill}": round(r.score(skill) - ref.score(skill), 4),
+               "reference": r.point.reference, "heuristic": r.point.heuristic,
+               "recommended": r.point.label == rec.label}
+        table.append(row)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(table)
+    md = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    md += ["| " + " | ".join(_cell(v) for v in row.values()) + " |" for row in table]
+    md += ["", f"Scores: 0–100, higher is better. Recommended: **{rec.label}** by {rec.rule}.", "", rec.evidence]
+    doc = {"general": str(req.general), "packs": names, "general_size": g_size, "mode": mode,
+           "general_group": req.general_group, "skill_group": skill, "rule": rule.text,
+           "recommendation": vars(rec), "rows": table, "warnings": warnings,
+           "reports": {r.point.label: r.report.to_dict() for r in results}}
+    samples = "".join(json.dumps({"point": r.point.label, **s}, ensure_ascii=False) + "\n"
+                      for r in results for s in r.report.samples)
+    plot = tradeoff_png(
+        [PlotPoint(r.point.label, r.point.total, r.score(req.general_group), r.score(skill), r.point.reference,
+                   r.point.heuristic, r.point.label == rec.label) for r in results],
+        skill, req.general_group, f"{' + '.join(names)} folded into {Path(req.general).name}",
+        rule.tolerance if rule.kind == "general-within" else None)
+    return {"results.csv": buf.getvalue(), "results.md": "\n".join(md) + "\n",
+            "results.json": json.dumps(doc, indent=2, ensure_ascii=False) + "\n", "samples.jsonl": samples,
+            "tradeoff.png": plot}
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1 else f"{v:.2f}"
+    return "" if v is None else str(v)
+
+
+def write_recommendations(packs: Sequence[SkillPack], rec: Recommendation) -> None:
+    """Store the chosen ω (with rule and evidence) in each pack's skill.json."""
+    others = len(packs) > 1
+    for p in packs:
+        value = rec.weights[p.name]
+        evidence = rec.evidence + (f"; swept together with {', '.join(q.name for q in packs if q is not p)}"
+                                   if others else "")
+        manifest = p.manifest.model_copy(update={"recommended_weight": RecommendedWeight(
+            value=value, rule=rec.rule, evidence=evidence)})
+        write_manifest(p.path, manifest)

@@ -1,0 +1,451 @@
+"""Skill training on TRL's SFTTrainer: modes lora | qlora | full, strategies ptm | cft | rt | general.
+
+- ``ptm``: θpre trained on D alone → a skill pack under ``adapters/NAME`` (a PEFT adapter, or for ``full`` the
+  dense task vector θD − θpre), ready to fold.
+- ``cft``: θG continued on D (optionally with general data replayed) → a model folder.
+- ``rt``: θpre retrained on G ∪ D → a model folder.
+- ``general``: θpre tuned on general data G → a model folder that records |G| for ω = |D|/|G|.
+
+Model folders carry ``lora_merge.json`` (role, lineage, data counts, steps, tokens, wall time), so the paper's
+cost table can be printed from the artefacts alone. Every output is written into a temporary folder beside its
+target and renamed into place at the end: a failed or interrupted run leaves no half output. Ctrl-C saves a
+checkpoint into the run folder; ``resume`` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lora_merge import __version__
+from lora_merge.data import TrainingMix, count_tokens, load_data, mix, replay_sample
+from lora_merge.errors import LoraMergeError
+from lora_merge.fingerprint import fingerprint_model
+from lora_merge.recipes import Recipe
+from lora_merge.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, publish_folder, write_manifest
+from lora_merge.tensors import SINGLE_NAME, PlannedTensor, ShardedWriter, WeightSet
+from lora_merge.weights import GENERAL_MANIFEST
+
+MODEL_STRATEGIES = ("cft", "rt", "general")
+
+
+@dataclass
+class RunPlan:
+    """Where a run starts, what it reads and where it writes: all checked before any training."""
+
+    name: str
+    start: Path
+    base: Path | None
+    target: Path
+    run_dir: Path
+    produces: str  # pack | model
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    produces: str
+    strategy: str
+    mode: str
+    instances: int
+    tokens: int
+    steps: int
+    epochs: float
+    wall_seconds: float
+    final_loss: float | None
+    counts: dict[str, int]
+    resumed_from_step: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    record: dict = field(default_factory=dict)
+
+
+def _model_folder(path: Path | None, what: str, flag: str) -> Path:
+    if path is None:
+        raise LoraMergeError(f"no {what} given: pass {flag} (a local model folder)")
+    if not path.is_dir():
+        raise LoraMergeError(f"{what} {path} does not exist (pass {flag} a local model folder; download hub models "
+                             "first, e.g. `hf download ORG/MODEL --local-dir models/MODEL`)")
+    if not (path / "config.json").is_file():
+        raise LoraMergeError(f"{what} {path} has no config.json: not a transformers model folder")
+    return path
+
+
+def plan_run(r: Recipe) -> RunPlan:
+    """Resolve and check the run's inputs and outputs (cheap, before anything is loaded or written)."""
+    name = r.name or (r.data.stem if isinstance(r.data, Path) else None)
+    if not name:
+        raise LoraMergeError("the run needs a name: pass --name (or give a data file to name it after)")
+    if r.data is None:
+        raise LoraMergeError("no training data: pass --data FILE (jsonl, json, parquet or csv)")
+    if r.strategy == "cft":
+        start = _model_folder(r.general, "general model", "--general")
+        base = _model_folder(r.base, "base model", "--base") if r.base else None
+    else:
+        start = base = _model_folder(r.base, "base model", "--base")
+    if r.strategy == "rt" and r.general_data is None:
+        raise LoraMergeError("strategy rt retrains θpre on G ∪ D: pass --general-data FILE as well as --data")
+    if r.replay is not None and r.strategy != "cft":
+        raise LoraMergeError("--replay mixes general data into continued finetuning: use it with --strategy cft")
+    if r.mode == "full" and r.strategy == "ptm" and r.target_modules != "all-linear":
+        raise LoraMergeError("target_modules applies to lora and qlora; full mode trains every parameter")
+    produces = "pack" if r.strategy == "ptm" else "model"
+    target = r.out or (r.adapters_dir / name if produces == "pack" else Path("runs/models") / name)
+    if target.exists() and not r.force:
+        raise LoraMergeError(f"{target} already exists; pass --force to replace it (or choose another --name/--out)")
+    run_dir = r.run_dir or Path("runs/train") / name
+    return RunPlan(name, start, base, target, run_dir, produces)
+
+
+def assemble(r: Recipe) -> TrainingMix:
+    """The rows this run trains on, with a count per source."""
+    skill = load_data(r.data, "data")
+    if r.strategy == "rt":
+        return mix({"general": load_data(r.general_data, "general data"), "skill": skill})
+    if r.strategy == "general":
+        return mix({"general": skill})
+    if r.replay is not None:
+        ratio = 1.0 if r.replay_ratio is None else r.replay_ratio
+        return mix({"skill": skill}, {"replay": replay_sample(load_data(r.replay, "replay"), len(skill), ratio, r.seed)})
+    return mix({"skill": skill})
+
+
+def load_tokenizer(folder: Path, fmt: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # transformers raises many kinds for a folder without a usable tokenizer
+        raise LoraMergeError(f"no usable tokenizer in {folder} ({type(e).__name__}); pass --tokenizer FOLDER") from None
+    if fmt == "chat" and not getattr(tok, "chat_template", None):
+        raise LoraMergeError(
+            f"the data is in chat format but the tokenizer in {folder} has no chat template; add one "
+            "(tokenizer.chat_template) or use a tokenizer that has one (--tokenizer FOLDER), or give plain-text "
+            "prompt/completion rows"
+        )
+    if tok.eos_token is None:
+        raise LoraMergeError(f"the tokenizer in {folder} has no eos token; the model could not learn to stop")
+    return tok
+
+
+@dataclass
+class Hardware:
+    cuda: bool
+    dtype: torch.dtype
+    precision: str
+    optim: str
+    warnings: list[str]
+
+
+def hardware(r: Recipe) -> Hardware:
+    """What this machine can honour of the recipe (a GPU recipe still runs, in float32, on a CPU)."""
+    cuda = torch.cuda.is_available()
+    warnings, precision, optim = [], r.precision, r.optim
+    if not cuda and precision != "float32":
+        warnings.append(f"no CUDA GPU: training in float32 instead of {precision}")
+        precision = "float32"
+    if not cuda and ("paged" in optim or "8bit" in optim):
+        warnings.append(f"no CUDA GPU: optimiser adamw_torch instead of {optim}")
+        optim = "adamw_torch"
+    dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return Hardware(cuda, dtype, precision, optim, warnings)
+
+
+def load_model(r: Recipe, start: Path, hw: Hardware):
+    """The start model: plain, or 4-bit for QLoRA (bitsandbytes; runs on CPU too, slowly)."""
+    from transformers import AutoModelForCausalLM
+
+    if r.mode != "qlora":
+        return AutoModelForCausalLM.from_pretrained(start, dtype=hw.dtype)
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise LoraMergeError("qlora needs bitsandbytes: pip install 'lora_merge[qlora]'") from None
+    from peft import prepare_model_for_kbit_training
+
+    compute = torch.bfloat16 if hw.cuda else torch.float32
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=r.quant_type,
+                               bnb_4bit_use_double_quant=r.double_quant, bnb_4bit_compute_dtype=compute)
+    if hw.cuda:
+        from accelerate import PartialState
+
+        device_map = {"": PartialState().local_process_index}
+    else:
+        device_map = {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(start, quantization_config=quant, device_map=device_map,
+                                                     dtype=compute)
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        where = "this GPU" if hw.cuda else "this CPU (bitsandbytes 4-bit on CPU needs bitsandbytes ≥ 0.48)"
+        raise LoraMergeError(f"cannot load {start} in 4 bits on {where}: {e}; use --mode lora instead") from None
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=r.gradient_checkpointing)
+
+
+def lora_config(r: Recipe):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r.rank, lora_alpha=r.alpha, lora_dropout=r.dropout, target_modules=r.target_modules,
+                      use_rslora=r.rslora, bias="none", task_type="CAUSAL_LM")
+
+
+def sft_config(r: Recipe, run_dir: Path, hw: Hardware):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(run_dir), num_train_epochs=r.epochs, max_steps=r.max_steps, learning_rate=r.lr,
+        lr_scheduler_type=r.lr_scheduler, warmup_steps=r.warmup, weight_decay=r.weight_decay,
+        per_device_train_batch_size=r.batch_size, gradient_accumulation_steps=r.grad_accum, max_length=r.max_length,
+        optim=hw.optim, bf16=hw.precision == "bf16", fp16=hw.precision == "fp16", use_cpu=not hw.cuda,
+        activation_checkpointing=r.gradient_checkpointing, completion_only_loss=r.completion_only_loss,
+        seed=r.seed, logging_steps=r.logging_steps, save_strategy="steps", save_steps=r.save_steps,
+        save_total_limit=r.save_total_limit, report_to="none", disable_tqdm=not r.progress,
+    )
+
+
+def build_trainer(r: Recipe, plan: RunPlan, data: TrainingMix, hw: Hardware, callbacks=()):
+    """The SFTTrainer for this run (exposed so tests can look at the collated batches)."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    tokenizer = load_tokenizer(r.tokenizer or plan.start, data.format)
+    model = load_model(r, plan.start, hw)
+    return SFTTrainer(
+        model=model, args=sft_config(r, plan.run_dir, hw), train_dataset=Dataset.from_list(data.rows),
+        processing_class=tokenizer, peft_config=None if r.mode == "full" else lora_config(r),
+        callbacks=[*callbacks],
+    )
+
+
+class _Interrupt:
+    """Ctrl-C during training: finish the current step, save a checkpoint, stop (a second Ctrl-C aborts)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        flag = self
+
+        class SaveAndStop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if flag.requested:
+                    control.should_save = True
+                    control.should_training_stop = True
+                return control
+
+        return SaveAndStop()
+
+
+def checkpoint_to_resume(r: Recipe, run_dir: Path) -> tuple[str | None, int | None]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    if r.resume:
+        if last is None:
+            raise LoraMergeError(f"--resume: no checkpoint in {run_dir}; start without --resume")
+        state = json.loads((Path(last) / "trainer_state.json").read_text())
+        return last, int(state.get("global_step", 0))
+    if last is not None:
+        if not r.force:
+            raise LoraMergeError(f"{run_dir} holds checkpoints of an earlier run ({Path(last).name}); pass --resume "
+                                 "to continue it or --force to start over")
+        shutil.rmtree(run_dir)
+    return None, None
+
+
+def final_loss(log_history: list[dict]) -> float | None:
+    losses = [e["loss"] for e in log_history if "loss" in e]
+    if losses:
+        return float(losses[-1])
+    done = [e["train_loss"] for e in log_history if "train_loss" in e]
+    return float(done[-1]) if done else None
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+    import trl
+
+    out = {"lora_merge": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "peft": peft.__version__, "trl": trl.__version__, "accelerate": accelerate.__version__}
+    try:
+        import bitsandbytes
+
+        out["bitsandbytes"] = bitsandbytes.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
+    """Train one run as the recipe says and write its pack or model folder (see the module docstring)."""
+    plan = plan_run(recipe)
+    data = assemble(recipe)
+    hw = hardware(recipe)
+    resume_from, resumed_step = checkpoint_to_resume(recipe, plan.run_dir)
+    started = time.perf_counter()
+    with _Interrupt() as interrupt:
+        trainer = build_trainer(recipe, plan, data, hw, [*callbacks, interrupt.callback()])
+        trainer.train(resume_from_checkpoint=resume_from)
+    if interrupt.requested:
+        step = trainer.state.global_step
+        raise LoraMergeError(f"interrupted at step {step}: checkpoint saved in {plan.run_dir / f'checkpoint-{step}'}; "
+                             "run the same command with --resume to continue. No output was written.")
+    wall = time.perf_counter() - started
+    ds = trainer.train_dataset
+    result = TrainResult(
+        out=plan.target, produces=plan.produces, strategy=recipe.strategy, mode=recipe.mode, instances=len(ds),
+        tokens=count_tokens(ds), steps=trainer.state.global_step, epochs=float(trainer.state.epoch or 0.0),
+        wall_seconds=wall, final_loss=final_loss(trainer.state.log_history), counts=dict(data.counts),
+        resumed_from_step=resumed_step, warnings=hw.warnings,
+    )
+    writer = write_pack if plan.produces == "pack" else write_model_folder
+    tmp = plan.target.parent / f".{plan.target.name}.tmp-{os.getpid()}"
+    plan.target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        result.record = writer(tmp, recipe, plan, data, result, trainer)
+        publish_folder(tmp, plan.target, force=recipe.force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def training_info(r: Recipe, res: TrainResult, quantization: str | None) -> TrainingInfo:
+    lora = r.mode != "full"
+    return TrainingInfo(
+        method=r.mode, strategy=r.strategy, quantization=quantization, rank=r.rank if lora else None,
+        alpha=r.alpha if lora else None, lr=r.lr, epochs=res.epochs, steps=res.steps, seed=r.seed,
+        wall_seconds=round(res.wall_seconds, 3), final_loss=res.final_loss,
+        target_modules=r.target_modules if lora else None, dropout=r.dropout if lora else None,
+        rslora=r.rslora if lora else None, batch_size=r.batch_size, grad_accum=r.grad_accum,
+        max_length=r.max_length, warmup=r.warmup, lr_scheduler=r.lr_scheduler, optim=r.optim,
+        precision=r.precision, tokens=res.tokens, resumed_from_step=res.resumed_from_step,
+        library_versions=library_versions(),
+    )
+
+
+def quantization_of(r: Recipe) -> str | None:
+    if r.mode != "qlora":
+        return None
+    return f"bnb-4bit-{r.quant_type}" + ("-double" if r.double_quant else "")
+
+
+def write_dense_delta(tmp: Path, model, base_dir: Path) -> None:
+    """τ = θD − θpre keyed by the base's weight names, streamed into task_vector.safetensors."""
+    base = WeightSet.open(base_dir)
+    state = model.state_dict()
+    missing = [k for k in base.keys() if k not in state]
+    if missing:
+        raise LoraMergeError(f"the trained model lacks base weights {missing[:3]}: cannot form θD − θpre")
+    keep = [k for k in base.keys() if base.info(k).dtype.startswith(("F", "BF"))]
+    plan = [PlannedTensor(k, state[k].dtype, tuple(base.info(k).shape)) for k in keep]
+    writer = ShardedWriter(tmp, plan, 1 << 62, {"lora_merge": __version__, "kind": "task_vector"})
+    for p in plan:
+        writer.write(p.name, (state[p.name].detach().float().cpu() - base.get(p.name).float()).to(p.dtype))
+    writer.finish()
+    os.replace(tmp / SINGLE_NAME, tmp / DENSE_WEIGHTS)
+
+
+def data_info(data: TrainingMix, res: TrainResult) -> DataInfo:
+    only = next(iter(data.sources.values())) if len(data.sources) == 1 else None
+    return DataInfo(instances=res.instances, tokens=res.tokens, sha256=only.sha256 if only else None,
+                    path=only.path if only else None)
+
+
+def pack_manifest(r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, kind: str) -> Manifest:
+    return Manifest(name=plan.name, description=r.description, kind=kind, base_model=fingerprint_model(plan.start),
+                    data=data_info(data, res), training=training_info(r, res, quantization_of(r)), license=r.license)
+
+
+def start_role(folder: Path) -> str | None:
+    path = folder / GENERAL_MANIFEST
+    try:
+        return json.loads(path.read_text()).get("role") if path.is_file() else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def write_pack(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer) -> dict:
+    """PTM: a LoRA pack (the PEFT adapter as saved by PEFT) or a dense pack (θD − θpre)."""
+    if r.mode == "full":
+        write_dense_delta(tmp, trainer.model, plan.start)
+        kind = "dense"
+    else:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        kind = "lora"
+    return write_manifest(tmp, pack_manifest(r, plan, data, res, kind)).model_dump(mode="json")
+
+
+def write_model_folder(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer) -> dict:
+    """CFT / RT / general: a full model folder (LoRA merged into the start model) and its lora_merge.json."""
+    from transformers import AutoModelForCausalLM
+
+    if r.mode == "full":
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+    else:
+        from peft import PeftModel
+
+        # Merge into a fresh, unquantised copy of the start model (a 4-bit base cannot hold the merged weights).
+        trainer.model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        start = AutoModelForCausalLM.from_pretrained(plan.start, dtype="auto")
+        PeftModel.from_pretrained(start, tmp / "adapter").merge_and_unload().save_pretrained(tmp)
+    trainer.processing_class.save_pretrained(tmp)
+    sources = {n: {"instances": len(d), "path": d.path, "sha256": d.sha256} for n, d in data.sources.items()}
+    record = {
+        "format_version": 1,
+        "role": r.strategy,
+        "name": plan.name,
+        "description": r.description,
+        "tool_version": __version__,
+        "lineage": {"start_model": str(plan.start), "start_role": start_role(plan.start),
+                    "start_fingerprint": fingerprint_model(plan.start).model_dump(mode="json"),
+                    "base_model": str(plan.base) if plan.base else None},
+        "data": {"instances": res.instances, "tokens": res.tokens, "sources": sources},
+        "training": training_info(r, res, quantization_of(r)).model_dump(mode="json"),
+        "cost": {"instances": res.instances, "steps": res.steps, "tokens": res.tokens,
+                 "wall_seconds": round(res.wall_seconds, 3)},
+    }
+    (tmp / GENERAL_MANIFEST).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    (tmp / "README.md").write_text(model_card(record))
+    return record
+
+
+def model_card(rec: dict) -> str:
+    d, c, t = rec["data"], rec["cost"], rec["training"]
+    what = {"cft": "continued finetuning (CFT) of the start model", "rt": "retraining (RT) of θpre on G ∪ D",
+            "general": "general tuning of θpre on G"}[rec["role"]]
+    return "\n".join([
+        f"# {rec['name']} ({rec['role']})", "", rec["description"] or f"A model made by lora_merge: {what}.", "",
+        "| field | value |", "|---|---|", f"| role | {rec['role']} |",
+        f"| start model | {rec['lineage']['start_model']} |", f"| method | {t['method']} |",
+        f"| training instances | {d['instances']} |", f"| tokens | {d['tokens']} |",
+        f"| steps | {c['steps']} |", f"| wall time | {c['wall_seconds']:.1f} s |", "",
+        "Everything about the run is in `lora_merge.json`.", "",
+    ])

@@ -1,0 +1,133 @@
+"""The pipelined fold (lora_merge/stream.py) against a plain reference loop, and its failure paths."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lora_merge.stream as stream
+from lora_merge.fold import FoldRequest, fold
+from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
+from lora_merge.task_vector import LowRankDelta
+from lora_merge.tensors import ShardedWriter
+
+WEIGHTS = [0.3, 0.7]
+
+
+def reference_fold(general: dict[str, torch.Tensor], packs, weights) -> dict[str, torch.Tensor]:
+    """θG.float() + Σ (B·scale·ω) @ A, cast back: one plain loop over tensors, no pipeline."""
+    out = {}
+    for name, theta in general.items():
+        acc = theta.float()
+        for pack, w in zip(packs, weights):
+            cfg = json.loads((pack / "adapter_config.json").read_text())
+            lora = load_file(str(pack / "adapter_model.safetensors"))
+            module = "base_model.model." + name.removesuffix(".weight")
+            if module + ".lora_A.weight" in lora:
+                a, b = lora[module + ".lora_A.weight"].float(), lora[module + ".lora_B.weight"].float()
+                acc = acc + (b * (cfg["lora_alpha"] / cfg["r"]) * w) @ a
+        out[name] = acc.to(theta.dtype)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_tiles():
+    """Tiles of 8 rows, so that every pico weight is merged in several tiles plus a ragged last one."""
+    saved = stream.TILE_ELEMENTS, stream.TILE_QUANTUM
+    stream.TILE_ELEMENTS, stream.TILE_QUANTUM = 8 * 48, 8
+    yield
+    stream.TILE_ELEMENTS, stream.TILE_QUANTUM = saved
+
+
+@pytest.fixture(scope="module", params=[torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def setup(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"pipe-{request.param}".replace("torch.", ""))
+    model = pico_model("llama", hidden=48, vocab=200)  # 96 intermediate rows: tiles of 8 plus remainders
+    general = save_model(model.to(request.param), tmp / "general", max_shard_size="60KB")
+    packs = [make_lora_pack(pico_model("llama", hidden=48, vocab=200), None, tmp / "packs" / f"s{i}", f"s{i}",
+                            seed=i + 1, target_modules="all-linear") for i in range(2)]
+    return general, packs, tmp
+
+
+def test_tiles_cover_every_row_once():
+    for rows, cols in [(1, 5), (7, 3), (64, 2048), (5632, 2048), (2048, 5632), (32000, 2048), (129, 4096)]:
+        tiles = stream.tile_rows(rows, cols)
+        assert tiles[0][0] == 0 and tiles[-1][1] == rows
+        assert all(a[1] == b[0] for a, b in zip(tiles, tiles[1:]))
+        # tiles under 8 rows take another matmul kernel: only a whole small tensor may have one
+        assert all(r1 - r0 >= 8 for r0, r1 in tiles) or len(tiles) == 1
+
+
+def test_pipelined_fold_equals_reference_bit_for_bit(setup, small_tiles):
+    general, packs, tmp = setup
+    out = tmp / "merged"
+    fold(FoldRequest(general=general, packs=[str(p) for p in packs], out=out, weights=WEIGHTS, progress=False,
+                     max_shard_size="60KB", force=True))
+    assert len(list(out.glob("*.safetensors"))) > 1  # the sharded path was exercised
+    ours, theta = state_of(out), state_of(general)
+    expected = reference_fold(theta, packs, WEIGHTS)
+    assert ours.keys() == expected.keys()
+    changed = 0
+    for name, t in expected.items():
+        assert ours[name].dtype == t.dtype, name
+        assert torch.equal(ours[name], t), name
+        changed += not torch.equal(t, theta[name])
+    assert changed == 2 * 7  # every linear weight of both layers moved, nothing else did
+
+
+def test_dtype_conversion_of_untouched_tensors(setup):
+    general, packs, tmp = setup
+    out = tmp / "as-fp32"
+    fold(FoldRequest(general=general, packs=[str(packs[0])], out=out, weights=[0.5], dtype="float32", progress=False,
+                     force=True))
+    ours, theta = state_of(out), state_of(general)
+    expected = reference_fold(theta, packs[:1], [0.5])
+    for name, t in theta.items():
+        assert ours[name].dtype == torch.float32
+        if torch.equal(expected[name], t):  # untouched: converted exactly
+            assert torch.equal(ours[name], t.float()), name
+
+
+def _no_leftovers(tmp, name):
+    return not (tmp / name).exists() and not list(tmp.glob(f".{name}.tmp-*"))
+
+
+def test_failure_in_the_merge_thread_leaves_nothing(setup, monkeypatch):
+    general, packs, tmp = setup
+    calls = {"n": 0}
+    plain = LowRankDelta.factors
+
+    def failing(self, device="cpu"):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("boom in the middle")
+        return plain(self, device)
+
+    monkeypatch.setattr(LowRankDelta, "factors", failing)
+    with pytest.raises(RuntimeError, match="boom in the middle"):
+        fold(FoldRequest(general=general, packs=[str(packs[0])], out=tmp / "broken", weights=[0.3], progress=False))
+    assert calls["n"] == 5
+    assert _no_leftovers(tmp, "broken")
+    assert not [t for t in threading.enumerate() if t.name == "fold-merge"]
+
+
+def test_failure_in_the_writer_leaves_nothing(setup, monkeypatch):
+    general, packs, tmp = setup
+    written = {"n": 0}
+    plain = ShardedWriter.write_bytes
+
+    def failing(self, name, data):
+        written["n"] += 1
+        if written["n"] == 3:
+            raise OSError(5, "simulated I/O error")
+        return plain(self, name, data)
+
+    monkeypatch.setattr(ShardedWriter, "write_bytes", failing)
+    with pytest.raises(Exception, match="simulated I/O error"):
+        fold(FoldRequest(general=general, packs=[str(packs[0])], out=tmp / "broken2", weights=[0.3], progress=False))
+    assert _no_leftovers(tmp, "broken2")
+    assert not [t for t in threading.enumerate() if t.name == "fold-merge"]

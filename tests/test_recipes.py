@@ -1,0 +1,70 @@
+"""Recipes: every shipped YAML validates, names its own command, and bad keys or types are clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lora_merge.errors import LoraMergeError
+from lora_merge.recipes import Recipe, load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((ROOT / "configs").glob("train/*.yaml")) + sorted((ROOT / "configs").glob("skills/*.yaml"))
+
+
+def test_the_issue_recipes_are_shipped():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in SHIPPED}
+    assert {"train/qlora-24gb.yaml", "train/lora-cpu.yaml", "train/full.yaml", "skills/safety.yaml",
+            "skills/coding.yaml", "skills/science.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_recipe_validates_and_gives_its_command(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith(f"# python cli.py train --config configs/{path.parent.name}/{path.name}")
+
+
+def test_qlora_recipe_is_the_24gb_setting():
+    r = load_recipe(ROOT / "configs/train/qlora-24gb.yaml")
+    assert (r.mode, r.quant_type, r.double_quant, r.rank, r.alpha) == ("qlora", "nf4", True, 16, 32)
+    assert (r.target_modules, r.gradient_checkpointing, r.optim, r.precision) == ("all-linear", True,
+                                                                                 "paged_adamw_8bit", "bf16")
+
+
+def test_full_recipe_is_the_papers_setting():
+    r = load_recipe(ROOT / "configs/train/full.yaml")
+    assert (r.mode, r.lr, r.epochs, r.warmup, r.lr_scheduler, r.precision) == ("full", 2e-5, 2, 0.03, "linear", "bf16")
+
+
+def test_skill_recipe_extends_a_training_recipe_and_flags_win():
+    r = load_recipe(ROOT / "configs/skills/safety.yaml", {"mode": "lora", "epochs": 1, "lr": None})
+    assert (r.name, r.mode, r.epochs, r.rank, r.lr) == ("safety", "lora", 1, 16, 2e-4)
+    assert r.data == Path("data/safety.jsonl")
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("mode: lora\nlearning_rate: 0.1\n")
+    with pytest.raises(LoraMergeError, match="unknown key 'learning_rate'"):
+        load_recipe(bad)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("rank: many\n")
+    with pytest.raises(LoraMergeError, match="rank"):
+        load_recipe(bad)
+    with pytest.raises(LoraMergeError, match="mode"):
+        load_recipe(None, {"mode": "int8"})
+
+
+def test_extends_loop_and_missing_file_are_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(LoraMergeError, match="loops"):
+        load_recipe(tmp_path / "a.yaml")
+    with pytest.raises(LoraMergeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")

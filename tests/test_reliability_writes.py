@@ -1,0 +1,216 @@
+"""Nothing half-written: a full disk, an overflowing dtype, SIGKILL mid-fold, and what killed runs leave behind."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import PeftModel
+
+import lora_merge.tensors as tensors_module
+from lora_merge.errors import LoraMergeError
+from lora_merge.fold import FoldRequest, fold
+from lora_merge.leftovers import clean_leftovers
+from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("writes")
+    pre = pico_model("llama")
+    pre_dir = save_model(pre, root / "pre")
+    pack = make_lora_pack(pre, pre_dir, root / "adapters" / "skill", "skill", seed=5)
+    merged = PeftModel.from_pretrained(copy.deepcopy(pre), pack).merge_and_unload().state_dict()
+    return SimpleNamespace(pre=pre, pre_dir=pre_dir, pack=pack, merged=merged)
+
+
+def request(built, out: Path, **kw) -> FoldRequest:
+    kw.setdefault("weights", [1.0])
+    return FoldRequest(general=built.pre_dir, packs=[str(built.pack)], out=out, progress=False, **kw)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))}
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def assert_matches_peft(built, out: Path) -> None:
+    ours = state_of(out)
+    assert all(torch.allclose(ours[k], built.merged[k], atol=1e-5, rtol=0) for k in built.merged)
+
+
+class FullDiskOs:
+    """``os`` for lora_merge.tensors, except that writes take ``room`` bytes in all, then fail like a full disk."""
+
+    def __init__(self, room: int):
+        self.room, self.refused = room, 0
+
+    def _take(self, n: int) -> None:
+        if n > self.room:
+            self.refused += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= n
+
+    def write(self, fd, data) -> int:
+        self._take(memoryview(data).nbytes)
+        return os.write(fd, data)
+
+    def copy_file_range(self, src, dst, count, offset_src=None, offset_dst=None) -> int:
+        self._take(count)
+        return os.copy_file_range(src, dst, count, offset_src, offset_dst)
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+
+@pytest.mark.parametrize("room", [100, 20_000])  # fails in the first header, or in the middle of the tensors
+def test_full_disk_is_a_clear_error_and_leaves_no_partial_output(built, tmp_path, monkeypatch, room):
+    full = FullDiskOs(room)
+    monkeypatch.setattr(tensors_module, "os", full)
+    with pytest.raises(LoraMergeError, match=f"the disk is full: writing into {tmp_path}"):
+        fold(request(built, tmp_path / "out"))
+    assert full.refused == 1  # the fold did run out of room (once: it stopped there)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_while_replacing_keeps_the_previous_output(built, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    fold(request(built, out, weights=[0.5]))
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(tensors_module, "os", FullDiskOs(20_000))
+    with pytest.raises(LoraMergeError, match="disk is full"):
+        fold(request(built, out, force=True))
+    assert snapshot(tmp_path) == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 kB tmpfs (needs the right to mount; skipped where there is none)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if sys.platform != "linux" or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                                                 capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_fold_onto_a_real_full_disk(built, small_disk):
+    (small_disk / "keep.txt").write_text("the user's file")
+    with pytest.raises(LoraMergeError, match=f"the disk is full: writing into {small_disk}"):
+        fold(request(built, small_disk / "out"))
+    assert sorted(p.name for p in small_disk.iterdir()) == ["keep.txt"]
+
+
+def test_overflow_of_the_output_dtype_names_the_tensor(built, tmp_path):
+    omega = 1e9
+    with pytest.raises(LoraMergeError, match="torch.float16") as err:
+        fold(request(built, tmp_path / "out", weights=[omega], dtype="float16"))
+    name = str(err.value).split("'")[1]
+    # the oracle: PEFT's merge gives ΔW = merged − θpre; θpre + ω·ΔW must indeed pass float16's range there
+    theta = built.pre.state_dict()[name]
+    folded = theta + omega * (built.merged[name] - theta)
+    assert folded.abs().max() > torch.finfo(torch.float16).max
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+    fold(request(built, tmp_path / "out", weights=[omega], dtype="float32"))  # fits float32: no complaint
+
+
+SLOW_FOLD = textwrap.dedent("""
+    import sys, time
+    import lora_merge.tensors as t
+    from lora_merge.fold import FoldRequest, fold
+
+    plain = t.SafetensorsFile.get
+    def slow_get(self, name):  # a pico fold is too quick to kill halfway; make every tensor read dawdle
+        time.sleep(0.2)
+        return plain(self, name)
+    t.SafetensorsFile.get = slow_get
+    fold(FoldRequest(general=sys.argv[1], packs=[sys.argv[2]], out=sys.argv[3], weights=[0.5], progress=False,
+                     force=True))
+""")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_fold_killed_halfway_leaves_nothing_and_the_next_fold_cleans_up(built, tmp_path, existing):
+    out = tmp_path / "out"
+    if existing:
+        fold(request(built, out, weights=[0.25]))
+    before = snapshot(out) if existing else None
+    child = subprocess.Popen([sys.executable, "-c", SLOW_FOLD, str(built.pre_dir), str(built.pack), str(out)],
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    shard = tmp_path / f".out.tmp-{child.pid}" / "model.safetensors"
+    try:
+        deadline = time.monotonic() + 240  # a bound on waiting for the child to start, not a speed assertion
+        while child.poll() is None and time.monotonic() < deadline and not (shard.exists() and shard.stat().st_size > 4096):
+            time.sleep(0.02)
+        assert child.poll() is None, "the folding child ended before it could be killed"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert shard.stat().st_size > 4096  # killed midway: a partial shard exists, hidden in the temporary folder
+    leftover = shard.parent
+    if existing:
+        assert snapshot(out) == before  # the previous result is untouched
+    else:
+        assert not out.exists()
+    res = fold(request(built, out, force=existing))
+    assert not leftover.exists()
+    assert any(f".out.tmp-{child.pid}" in w and "removed" in w for w in res.warnings), res.warnings
+    assert_matches_peft(built, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_leftovers_of_live_processes_are_left_alone(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f".out.tmp-{live.pid}").mkdir()
+        report = clean_leftovers(tmp_path, "out")
+        assert (tmp_path / f".out.tmp-{live.pid}").is_dir()
+        assert len(report) == 1 and "still runs" in report[0]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_replace_killed_between_its_renames_is_rolled_back(tmp_path):
+    pid = dead_pid()
+    old = tmp_path / f".out.old-{pid}"  # the previous output, moved aside; the new one never arrived
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(b"previous")
+    (tmp_path / f".out.tmp-{pid}").mkdir()
+    report = clean_leftovers(tmp_path, "out")
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert "restored" in report[0] and "removed" in report[1]
+    # once the target exists, an .old copy is just the replaced output: removed
+    (tmp_path / f".out.old-{pid}").mkdir()
+    assert "removed" in clean_leftovers(tmp_path)[0] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_other_names_and_plain_files_are_not_touched(tmp_path):
+    pid = dead_pid()
+    (tmp_path / f".other.tmp-{pid}").mkdir()
+    (tmp_path / f".out.tmp-{pid}").write_text("a file, not ours")
+    (tmp_path / f".out.tmp-{pid}x").mkdir()
+    assert clean_leftovers(tmp_path, "out") == []
+    assert len(list(tmp_path.iterdir())) == 3
