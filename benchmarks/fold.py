@@ -77,7 +77,7 @@ def _io(pid: int) -> dict[str, int]:
 
 
 def measure(label: str, size: str, cmd: list[str], log: Path) -> Row:
-    """Run ``cmd`` alone; peak RSS from wait4, anonymous RSS polled, I/O read from the zombie before reaping."""
+    """Run ``cmd`` alone; peak RSS (VmHWM) and anonymous RSS polled, I/O read from the zombie before reaping."""
     row = Row(label, size)
     with open(log, "w") as out:
         t0 = time.perf_counter()
@@ -87,6 +87,7 @@ def measure(label: str, size: str, cmd: list[str], log: Path) -> Row:
         def poll() -> None:
             while not done.is_set():
                 row.peak_anon = max(row.peak_anon, _status_kb(proc.pid, "RssAnon"))
+                row.peak_rss = max(row.peak_rss, _status_kb(proc.pid, "VmHWM"))
                 time.sleep(0.01)
 
         watcher = threading.Thread(target=poll, daemon=True)
@@ -98,7 +99,9 @@ def measure(label: str, size: str, cmd: list[str], log: Path) -> Row:
         io = _io(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    row.peak_rss = usage.ru_maxrss * 1024
+    # ru_maxrss would report this (torch-sized) parent's RSS for a small child: the child's forked copy of our
+    # memory counts until exec. VmHWM, the child's own high-water mark, is polled instead.
+    del usage
     row.read, row.written = io.get("rchar", 0), io.get("wchar", 0)
     text = log.read_text(errors="replace")
     if proc.returncode != 0:

@@ -116,17 +116,11 @@ def skill_sizes(sizes: WorldSizes) -> dict[str, int]:
     return {s: getattr(sizes, s) for s in SKILLS}
 
 
-def world_key(seed: int, sizes: WorldSizes, extra: dict | None = None) -> str:
-    """A short hash of everything that determines the world (and, with ``extra``, the pretrained base)."""
-    blob = json.dumps({"seed": seed, "sizes": sizes.__dict__, "extra": extra or {}, "words": all_words(),
-                       "template": CHAT_TEMPLATE, "source": _source_digest()}, sort_keys=True)
+def corpus_key(seed: int, extra: dict | None = None, sample_docs: int = 300) -> str:
+    """A short hash of what determines the pretrained base: the vocabulary, the chat template, the seed, the
+    first pretraining documents (so a change to the generators shows up) and ``extra`` (model and settings)."""
+    rng = random.Random(seed + 7)
+    docs = World(seed).documents(rng)
+    blob = json.dumps({"seed": seed, "extra": extra or {}, "words": all_words(), "template": CHAT_TEMPLATE,
+                       "docs": [next(docs) for _ in range(sample_docs)]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _source_digest() -> str:
-    """The generators' own source, so that editing the world invalidates cached bases built from it."""
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in ("vocab.py", "world.py"):
-        h.update((here / name).read_bytes())
-    return h.hexdigest()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lora_merge.miniature.build import world_key
+from lora_merge.miniature.build import corpus_key
 from lora_merge.miniature.world import World, WorldFiles, WorldSizes
 
 PRETRAIN_RECORD = "pretrain.json"
@@ -66,8 +66,8 @@ def corpus_blocks(world: World, tok, tokens: int, context: int, seed: int) -> to
     return torch.tensor(ids[: n * context]).view(n, context)
 
 
-def base_key(seed: int, sizes: WorldSizes, shape: ModelShape, settings: PretrainSettings) -> str:
-    return world_key(seed, sizes, {"shape": asdict(shape), "pretrain": asdict(settings)})
+def base_key(seed: int, shape: ModelShape, settings: PretrainSettings) -> str:
+    return corpus_key(seed, {"shape": asdict(shape), "pretrain": asdict(settings)})
 
 
 def pretrain(files: WorldFiles, cache_dir: Path, seed: int, sizes: WorldSizes, shape: ModelShape,
@@ -75,7 +75,7 @@ def pretrain(files: WorldFiles, cache_dir: Path, seed: int, sizes: WorldSizes, s
     """The cached θpre folder for these settings, building it when missing. Returns (folder, record)."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    key = base_key(seed, sizes, shape, settings)
+    key = base_key(seed, shape, settings)
     out = Path(cache_dir) / f"base-{key}"
     if (out / PRETRAIN_RECORD).is_file():
         record = json.loads((out / PRETRAIN_RECORD).read_text())

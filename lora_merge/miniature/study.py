@@ -20,6 +20,7 @@ from lora_merge.miniature.geometry import base_norm, cosine, dense_delta, norm, 
 from lora_merge.miniature.pretrain import pretrain
 from lora_merge.miniature.world import SKILLS, WorldFiles
 
+PAIRS = [(a, b) for i, a in enumerate(SKILLS) for b in SKILLS[i + 1:]]
 # Eval group → file stem. The safety skill's own score is the unsafe-refusal rate (group "safety").
 EVAL_FILES = {"general": "general", "science": "science", "coding": "coding", "safety": "safety_unsafe",
               "lookalike": "safety_lookalike"}
@@ -138,6 +139,7 @@ def run_study(cfg: DemoConfig, echo: Callable[[str], None] = print) -> StudyResu
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    quiet_libraries()
     s = Study(cfg, echo)
     p = Progress(4 + 3 * len(SKILLS) + 2, echo)
     started = time.perf_counter()
@@ -210,6 +212,16 @@ def run_study(cfg: DemoConfig, echo: Callable[[str], None] = print) -> StudyResu
     return StudyResult(s.out, rows, three, record, artefacts)
 
 
+def quiet_libraries() -> None:
+    """The study prints one line per stage; the libraries' own progress bars would drown them."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def three_skills(s: Study, cfg: DemoConfig, ref: dict, tau_g, theta: float, groups: list[str]) -> list[Row]:
     rows = [Row("all", "θG", None, ref["θG"])]
     all_data = s.out / "world" / "data" / "all_skills.jsonl"
@@ -220,12 +232,13 @@ def three_skills(s: Study, cfg: DemoConfig, ref: dict, tau_g, theta: float, grou
         for method in cfg.merge.three_skill_methods:
             out = s.fold_many(packs, method, s.out / "merged" / f"three-{kind.lower()}-{method}")
             delta = dense_delta(out, s.general)
-            pair = [cosine(a, b) for i, a in enumerate(deltas) for b in deltas[i + 1:]]
+            pair = [cosine(a, b) for i, a in enumerate(deltas) for b in deltas[i + 1:]]  # same order as PAIRS
             rows.append(Row("all", f"PTM {kind} {method}", None, s.evaluate(out, groups),
                             {"steps": sum(s.costs[p]["steps"] for p in packs),
                              "instances": sum(s.costs[p]["instances"] for p in packs)},
                             norm(delta) / theta, cosine(delta, tau_g),
-                            "ω = |D|/|G|; pairwise cos(τi, τj) = " + ", ".join(f"{c:+.3f}" for c in pair)))
+                            f"PTM {kind} packs at ω = |D|/|G|; pairwise cos(τi, τj): "
+                            + ", ".join(f"{a}·{b} {c:+.3f}" for (a, b), c in zip(PAIRS, pair))))
     g_data = s.files.train("general")
     for method, kw in (("CFT", {"strategy": "cft", "general": s.general}),
                        ("RT", {"strategy": "rt", "general_data": g_data})):

@@ -10,7 +10,6 @@ in neither G nor any skill (so the chat markup itself is known before G is tuned
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass

@@ -8,12 +8,12 @@ from lora_merge.study.config import Evaluation, Sizes, StudyConfig, Training
 
 
 def quick_config(cfg: StudyConfig) -> StudyConfig:
-    """The same study, shrunk to seconds: tiny sets, one short epoch, a 2-point grid."""
-    tiny = Training(epochs=1.0, lr=1e-3, rank=4, alpha=8.0, batch_size=8, max_length=96)
+    """The same study, shrunk to seconds: tiny sets, two short epochs, one grid point besides |D|/|G|."""
+    tiny = Training(epochs=2.0, lr=1e-2, rank=4, alpha=8.0, batch_size=4, max_length=96)
     return cfg.model_copy(update={
         "sizes": Sizes(general=32, skills={k: 8 for k in cfg.sizes.skills}, eval_general=6, eval_skill=6,
                        eval_unsafe=6),
-        "general_training": tiny, "skill_training": tiny, "grid": [0.5, 1.0], "system_prompt": None,
+        "general_training": tiny, "skill_training": tiny, "grid": [1.0], "system_prompt": None,
         "evaluation": Evaluation(batch_size=16, max_new_tokens={"default": 4}),
     })
 
