@@ -33,6 +33,7 @@ def job_products(args: list[str]) -> None:
 
     from lora_merge.tensors import SafetensorsFile
 
+    torch.set_num_threads(1)  # as each of the fold's merge workers computes
     w, pack = float(args[0]), Path(args[1])
     cfg = json.loads((pack / "adapter_config.json").read_text())
     t = time.perf_counter()

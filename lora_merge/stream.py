@@ -196,6 +196,8 @@ class _Producer(threading.Thread):
             out.copy_(theta.to(device=self.device, dtype=torch.float32) + combined)
         if self.check is not None:
             self.check(p.name, out)
+        del theta
+        self.general.files[self.general.where[src]].release(src)  # keep RSS flat in model size
         return Prepared(i, p.name, data=buf[: p.nbytes], buffer=buf, changed=touched)
 
     def _fd(self, name: str) -> int:

@@ -200,6 +200,9 @@ def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
     best = results[[c.label for c in cands].index(chosen.label)]
     rec = Recommendation(best.point.label, dict(best.point.weights), rule.text,
                          _evidence(best, ref, req, skill, grid, out))
+    if best.point.reference:
+        warnings.append("no folded point satisfies the rule better than θG itself: the recommendation is ω = 0 "
+                        "(do not fold this skill), or loosen --select")
     files = _result_files(results, rec, req, skill, rule, packs, g_size, mode, warnings)
     write_folder(out, files, req.force)
     if req.write_recommendation:
@@ -297,7 +300,8 @@ def _evidence(best: PointResult, ref: PointResult, req: SweepRequest, skill: str
 def _result_files(results: Sequence[PointResult], rec: Recommendation, req: SweepRequest, skill: str, rule: Rule,
                   packs: Sequence[SkillPack], g_size: int | None, mode: str, warnings: list[str]) -> dict:
     names = [p.name for p in packs]
-    groups = list(results[0].report.group_scores())
+    found = list(results[0].report.group_scores())
+    groups = [req.general_group, skill] + [g for g in found if g not in (req.general_group, skill)]
     ref = results[0]
     table = []
     for r in results:
@@ -335,7 +339,7 @@ def _result_files(results: Sequence[PointResult], rec: Recommendation, req: Swee
 def _cell(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1 else f"{v:.2f}"
-    return "" if v is None else str(v)
+    return "" if v is None else str(v).replace("|", "\\|")  # a pipe would end the markdown cell
 
 
 def write_recommendations(packs: Sequence[SkillPack], rec: Recommendation) -> None:

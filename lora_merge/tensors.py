@@ -182,6 +182,15 @@ class SafetensorsFile:
             flat = torch.frombuffer(self._mapped(), dtype=dtype, count=info.numel, offset=info.start)
         return flat.view(info.shape)
 
+    def release(self, name: str) -> None:
+        """Unmap the pages of ``name`` from this process (they stay in the page cache; a later read faults them
+        back in), so streaming a large model does not pile its file pages up in our resident set."""
+        info = self.tensors[name]
+        if self._map is None or info.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = info.start - info.start % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, start, info.end - start)
+
     def close(self) -> None:
         self._map = None  # tensors viewing the map keep it alive until they go
 

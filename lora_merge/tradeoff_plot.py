@@ -50,6 +50,10 @@ def tradeoff_png(points: Sequence[PlotPoint], skill_name: str, general_name: str
                        edgecolors="#228833", linewidths=2.2, zorder=6, label="recommended")
         for p in points:
             ax.annotate(p.label, (p.skill, p.general), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        # Scale to the points, not to the tolerance band (it would flatten small differences).
+        ys = [p.general for p in points]
+        pad = 0.15 * ((max(ys) - min(ys)) or max(abs(max(ys)), 1.0) * 0.05)
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
         ax.set_xlabel(f"{skill_name} score (0–100)")
         ax.set_ylabel(f"{general_name} score (0–100)")
         ax.set_title(title)

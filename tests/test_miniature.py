@@ -117,7 +117,7 @@ def test_second_run_reuses_the_cached_base(quick_run):
     out, _, cache, output, cfg = quick_run
     assert "pretraining" in output  # the fixture's run built θpre in its fresh cache
     lines: list[str] = []
-    folder, record = pretrain(WorldFiles(out / "world"), cache, cfg.seed, cfg.world, cfg.model, cfg.pretrain,
+    folder, record = pretrain(WorldFiles(out / "world"), cache, cfg.seed, cfg.model, cfg.pretrain,
                               lines.append)
     assert "cached" in lines[0] and len(lines) == 1
     assert str(folder) == json.loads((out / "results.json").read_text())["record"]["base"]

@@ -136,3 +136,17 @@ def test_plain_copy_keeps_every_tensor_and_the_tie():
     ids = torch.randint(0, 128, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(copy(ids).logits, model(ids).logits, atol=0, rtol=0)
+
+
+def test_plain_copy_drops_the_gguf_quantisation_record(tmp_path):
+    """A GGUF-loaded config says quant_method gguf; saved as is, the trainer would refuse to tune the model."""
+    from transformers import AutoConfig
+
+    from lora_merge.pico import pico_model
+    from lora_merge.study.prepare import plain_copy
+
+    model = pico_model("llama")
+    model.config.quantization_config = {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}
+    plain_copy(model).save_pretrained(tmp_path)
+    assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "llama"

@@ -166,3 +166,28 @@ def test_cli_sweep_runs(world):
     # |D|/|G| = 0.25 is a grid value: one row, marked as the heuristic point
     assert [(row["point"], row["heuristic"]) for row in doc["rows"]] == [("θG", False), ("ω=0.25", True), ("ω=1", False)]
     assert "recommended:" in r.output
+
+
+def test_several_packs_share_a_scale_and_each_gets_its_own_heuristic_weight(world):
+    tmp_path, gen, _, ev = world
+    pre = pico_model("llama")
+    make_lora_pack(pre, tmp_path / "pre", tmp_path / "adapters" / "coding", "coding", seed=5, instances=200)
+    seen = {}
+
+    def scorer(model, tok, point):
+        seen[point.label] = dict(point.weights)
+        g = 50.0 - 2 * point.total  # more folding costs general ability; the skill rises
+        return EvalReport(point.label, [MetricScore("general", "g", "exact", 1, g),
+                                        MetricScore("skill", "s", "exact", 1, 20 + 10 * point.total)])
+
+    res = run_sweep(_req(tmp_path, ev, packs=["safety", "coding"], weights=[0.2, 0.4], write_recommendation=True),
+                    scorer=scorer)
+    assert seen == {"θG": {"safety": 0.0, "coding": 0.0}, "ω=0.2": {"safety": 0.2, "coding": 0.2},
+                    "ω=0.4": {"safety": 0.4, "coding": 0.4}, "|D|/|G| 0.25,0.5": {"safety": 0.25, "coding": 0.5}}
+    # general within 1 point: total ω ≤ 0.5 → ω=0.2 (total 0.4); |D|/|G| (total 0.75) costs 1.5 points
+    assert res.recommendation.label == "ω=0.2"
+    for name in ("safety", "coding"):
+        rw = load_pack(tmp_path / "adapters" / name).manifest.recommended_weight
+        assert rw.value == pytest.approx(0.2) and "swept together with" in rw.evidence
+    header = (tmp_path / "sweep" / "results.csv").read_text().splitlines()[0]
+    assert "omega[safety]" in header and "omega[coding]" in header

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lora_merge.miniature.build import corpus_key
-from lora_merge.miniature.world import World, WorldFiles, WorldSizes
+from lora_merge.miniature.world import World, WorldFiles
 
 PRETRAIN_RECORD = "pretrain.json"
 
@@ -70,7 +70,7 @@ def base_key(seed: int, shape: ModelShape, settings: PretrainSettings) -> str:
     return corpus_key(seed, {"shape": asdict(shape), "pretrain": asdict(settings)})
 
 
-def pretrain(files: WorldFiles, cache_dir: Path, seed: int, sizes: WorldSizes, shape: ModelShape,
+def pretrain(files: WorldFiles, cache_dir: Path, seed: int, shape: ModelShape,
              settings: PretrainSettings, echo: Callable[[str], None] = print) -> tuple[Path, dict]:
     """The cached θpre folder for these settings, building it when missing. Returns (folder, record)."""
     from transformers import AutoTokenizer, LlamaForCausalLM

@@ -148,7 +148,7 @@ def run_study(cfg: DemoConfig, echo: Callable[[str], None] = print) -> StudyResu
             f"{', '.join(f'{k} {getattr(cfg.world, k)}' for k in SKILLS)}")
     s.files = write_world(s.out / "world", cfg.seed, cfg.world)
     p.stage("θpre: pretraining (cached by settings)")
-    s.base, pre_record = pretrain(s.files, cfg.cache_dir, cfg.seed, cfg.world, cfg.model, cfg.pretrain, echo)
+    s.base, pre_record = pretrain(s.files, cfg.cache_dir, cfg.seed, cfg.model, cfg.pretrain, echo)
     p.stage("θG: general tuning of θpre on G (lora_merge.train, strategy general, full parameters)")
     s.general = s.train("general", strategy="general", mode="full", data=s.files.train("general"),
                         out=s.out / "general")

