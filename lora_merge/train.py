@@ -29,6 +29,7 @@ from lora_merge import __version__
 from lora_merge.data import TrainingMix, count_tokens, load_data, mix, replay_sample
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
+from lora_merge.leftovers import clean_leftovers
 from lora_merge.recipes import Recipe
 from lora_merge.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, publish_folder, write_manifest
 from lora_merge.tensors import SINGLE_NAME, PlannedTensor, ShardedWriter, WeightSet
@@ -326,6 +327,7 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
     writer = write_pack if plan.produces == "pack" else write_model_folder
     tmp = plan.target.parent / f".{plan.target.name}.tmp-{os.getpid()}"
     plan.target.parent.mkdir(parents=True, exist_ok=True)
+    result.warnings.extend(clean_leftovers(plan.target.parent, plan.target.name))  # what killed runs left behind
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
