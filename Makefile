@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) benchmarks/fold.py
+	$(PY) benchmarks/fold.py $(BENCH_ARGS)  # make bench BENCH_ARGS=--large adds the 7B model
 	$(PY) benchmarks/eval_throughput.py
 
 study: $(STAMP)

@@ -228,28 +228,28 @@ def _ordered(t):
 def agreement(built: _models.Built, outputs: dict[str, Path]) -> dict[str, dict]:
     """Each output against bf16(θG.float() + ω·(α/r)·B@A) and the fold against PEFT: max ulp, % identical."""
 
+    import torch
+
     from lora_merge.tensors import SafetensorsFile, WeightSet
 
+    torch.set_num_threads(1)  # small ops under torch's thread pool crawl when other jobs share the cores
     general = WeightSet.open(built.general)
     sets = {k: WeightSet.open(v) for k, v in outputs.items()}
     lora = SafetensorsFile(built.packs[0] / "adapter_model.safetensors")
     cfg = json.loads((built.packs[0] / "adapter_config.json").read_text())
     scale = cfg["lora_alpha"] / cfg["r"]
-    pairs = [(k, "exact") for k in outputs]
-    if "PEFT" in outputs:
-        pairs += [("PEFT", "bf16(θG + bf16(Δ))")] + ([("fold", "PEFT")] if "fold" in outputs else [])
-    stats = {f"{a} vs {b}": {"n": 0, "same": 0, "max_ulp": 0, "missing": 0} for a, b in pairs}
+    pairs = [(k, "exact") for k in outputs] + ([("fold", "PEFT")] if {"fold", "PEFT"} <= outputs.keys() else [])
+    stats = {f"{a} vs {b}": {"n": 0, "same": 0, "max_ulp": 0, "missing": 0, "far": 0, "far_max_abs": 0.0}
+             for a, b in pairs}
     for name in general.keys():
         theta = general.get(name)
         key = "base_model.model." + name.removesuffix(".weight") + ".lora_A.weight"
         if key in lora.tensors:
             a, b = lora.get(key).float(), lora.get(key.replace("lora_A", "lora_B")).float()
             exact = (theta.float() + (b * scale * OMEGA) @ a).to(theta.dtype)
-            # PEFT's own arithmetic on a bf16 model: Δ = (B@A)·scaling in float32, cast to bf16, added in bf16
-            twice = theta + ((b @ a) * (scale * OMEGA)).to(theta.dtype)
         else:
-            exact = twice = theta
-        got = {"exact": exact, "bf16(θG + bf16(Δ))": twice}
+            exact = theta
+        got = {"exact": exact}
         for k, ws in sets.items():
             got[k] = ws.get(name).to(theta.dtype) if name in ws else None
         for a_name, b_name in pairs:
@@ -258,7 +258,15 @@ def agreement(built: _models.Built, outputs: dict[str, Path]) -> dict[str, dict]
             if x is None or y is None:
                 s["missing"] += 1
                 continue
-            d = (_ordered(x) - _ordered(y)).abs()
+            if torch.equal(x, y):
+                s["n"] += x.numel()
+                s["same"] += x.numel()
+                continue
+            d = (_ordered(x) - _ordered(y)).abs_()
+            far = d > 1  # more than one ulp apart: how large are those values?
+            if far.any():
+                s["far"] += int(far.sum())
+                s["far_max_abs"] = max(s["far_max_abs"], float(x[far].float().abs().max()))
             s["n"] += d.numel()
             s["same"] += int((d == 0).sum())
             s["max_ulp"] = max(s["max_ulp"], int(d.max()) if d.numel() else 0)
@@ -284,6 +292,9 @@ def render(rows: list[Row], stats: dict, info: dict, checks: list[str], loads: t
     lines = [
         START,
         "## Fold speed and memory (`make bench`)",
+        "",
+        "Reproduce with `make bench` (`make bench BENCH_ARGS=--large` adds the 7B model, ~45 GB of disk); "
+        "the models and packs are built once into benchmarks/.cache/.",
         "",
         f"Measured {info['date']} on {info['cpu']}; {info['ram']} RAM; disk {info['disk']}; Python {info['python']}.",
         f"Load average (1/5/15 min) at start {loads[0]}, at end {loads[1]} — on this shared 2-core machine other "
@@ -316,13 +327,15 @@ def render(rows: list[Row], stats: dict, info: dict, checks: list[str], loads: t
             f"{'; '.join(r.notes)} |")
     if stats:
         lines += ["", "Agreement on the 1.1B model (bf16 bit patterns; *exact* = bf16 of the float32 result "
-                  "θG + ω·(α/r)·B·A; bf16(θG + bf16(Δ)) = the same sum rounded twice, which is what PEFT computes "
-                  "on a bf16 model; ulps are counted in the bf16 bit pattern, so near zero a tiny absolute "
-                  "difference is many ulps):", "", "| comparison | elements | bit-identical | max ulp |", "|---|---:|---:|---:|"]
+                  "θG + ω·(α/r)·B·A; ulps are counted in the bf16 bit pattern, so where θG + Δ cancels to "
+                  "near zero a tiny absolute difference is many ulps: the last column says how large the values "
+                  "more than 1 ulp apart are):", "",
+                  "| comparison | elements | bit-identical | max ulp | > 1 ulp apart |", "|---|---:|---:|---:|---|"]
         for k, s in stats.items():
             pct = 100 * s["same"] / s["n"] if s["n"] else 0.0
             missing = f" ({s['missing']} tensors missing)" if s["missing"] else ""
-            lines.append(f"| {k} | {s['n']:,} | {pct:.4f} % | {s['max_ulp']}{missing} |")
+            far = f"{s['far']:,} elements, all \\|x\\| ≤ {s['far_max_abs']:.2g}" if s["far"] else "none"
+            lines.append(f"| {k} | {s['n']:,} | {pct:.5f} % | {s['max_ulp']}{missing} | {far} |")
     lines += ["", "Targets (issue 7):", ""] + [f"- {c}" for c in checks] + ["", END]
     return "\n".join(lines) + "\n"
 
@@ -363,8 +376,11 @@ def targets(rows: list[Row], stats: dict, shapes: dict) -> list[str]:
     s = stats.get("fold vs PEFT")
     if s and s["n"]:
         pct = 100 * s["same"] / s["n"]
-        out.append(f"fold vs PEFT: max {s['max_ulp']} ulp, {pct:.4f} % bit-identical (target ≤ 1 ulp, ≥ 99.99 %) — "
-                   f"{ok(s['max_ulp'] <= 1 and pct >= 99.99)}")
+        out.append(f"fold vs PEFT: {pct:.5f} % bit-identical (target ≥ 99.99 %) — {ok(pct >= 99.99)}; max "
+                   f"{s['max_ulp']} ulp (target ≤ 1) — {ok(s['max_ulp'] <= 1)}"
+                   + (f": {s['far']} elements more than 1 ulp apart, all of magnitude ≤ {s['far_max_abs']:.2g} where "
+                      "θG + Δ nearly cancels and PEFT's (B·A)·s and our (B·s)·A differ in float32 rounding"
+                      if s["far"] else ""))
     e = stats.get("fold vs exact")
     if e and e["n"]:
         out.append(f"fold vs exact: {100 * e['same'] / e['n']:.4f} % bit-identical, max {e['max_ulp']} ulp")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lora_merge.fingerprint import fingerprint_model
+from lora_merge.fingerprint import Fingerprint, fingerprint_model
 from lora_merge.skillpack import DataInfo, Manifest, TrainingInfo, write_manifest
 
 ARCHES = ("llama", "gpt2", "qwen2")
@@ -82,6 +82,7 @@ def make_lora_pack(
 
     from peft import LoraConfig, get_peft_model
 
+    out = Path(out)
     lora_kwargs.setdefault("r", 4)
     lora_kwargs.setdefault("lora_alpha", 8)
     lora_kwargs.setdefault("target_modules", "all-linear")
@@ -91,17 +92,11 @@ def make_lora_pack(
     if manifest:
         write_manifest(out, Manifest(
             name=name, kind="lora", description=f"pico test skill {name}",
-            base_model=fingerprint_model(base_dir) if base_dir else fingerprint_model_free(),
+            base_model=fingerprint_model(base_dir) if base_dir else Fingerprint(),
             data=DataInfo(instances=instances), training=TrainingInfo(method="lora", strategy="ptm",
                                                                     rank=lora_kwargs["r"], alpha=lora_kwargs["lora_alpha"]),
         ))
-    return Path(out)
-
-
-def fingerprint_model_free():
-    from lora_merge.fingerprint import Fingerprint
-
-    return Fingerprint()
+    return out
 
 
 def state_of(folder: Path) -> dict[str, torch.Tensor]:

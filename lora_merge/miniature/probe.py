@@ -17,6 +17,7 @@ from lora_merge.miniature.config import load_config
 from lora_merge.miniature.geometry import base_norm, cosine, dense_delta, norm, pack_delta
 from lora_merge.miniature.study import Study, quiet_libraries
 from lora_merge.miniature.world import WorldFiles
+from lora_merge.weights import GENERAL_MANIFEST
 
 NUMERIC = {"lr": float, "rank": int, "alpha": float, "epochs": float, "batch_size": int}
 
@@ -39,14 +40,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", action="append", required=True)
     ap.add_argument("--omega", default="0.2,0.4,1.0")
     ap.add_argument("--out", default="runs/probe")
+    ap.add_argument("--general-lr", type=float, default=None,
+                    help="tune a fresh θG from the same θpre at this lr instead of reusing the study's")
+    ap.add_argument("--general-epochs", type=float, default=1.0)
     args = ap.parse_args(argv)
     quiet_libraries()
     cfg = load_config(Path(args.config), overrides={"out": args.out, "adapters_dir": f"{args.out}/adapters"})
     study_dir = Path(args.study)
-    record = json.loads((study_dir / "results.json").read_text())["record"]
+    general = study_dir / "general"
+    # θG's own record names the base it was tuned from, so a study that is still running can be probed.
+    base = Path(json.loads((general / GENERAL_MANIFEST).read_text())["lineage"]["start_model"])
     s = Study(cfg)
-    s.files, s.base, s.general = WorldFiles(study_dir / "world"), Path(record["base"]), Path(record["general"])
+    s.files, s.base, s.general = WorldFiles(study_dir / "world"), base, general
+    if args.general_lr is not None:
+        cfg.general.lr, cfg.general.epochs = args.general_lr, args.general_epochs
+        s.general = s.train("general", strategy="general", mode="full", data=s.files.train("general"),
+                            out=Path(args.out) / "general")
+        print(f"θG (lr {args.general_lr:g}, {args.general_epochs:g} epochs): "
+              + ", ".join(f"{g} {v:.0f}" for g, v in s.evaluate(s.general, ["general", args.skill]).items()))
     theta, tau_g = base_norm(s.base), dense_delta(s.general, s.base)
+    print(f"‖τG‖/‖θpre‖ {norm(tau_g) / theta:.3f}")
     groups = ["general", args.skill] + (["lookalike"] if args.skill == "safety" else [])
     cfg.merge.grid = [float(x) for x in args.omega.split(",")]
     for i, variant in enumerate(args.variant):

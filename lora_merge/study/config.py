@@ -78,12 +78,18 @@ class StudyConfig(BaseModel):
     multi_methods: list[str] = Field(default_factory=lambda: ["linear", "ties"])
     multi_density: float = Field(default=0.5, gt=0, le=1)
     rt: bool = True  # one RT run on G ∪ every D (the three-skill comparison)
-    cft: bool = True
+    cft: bool | list[str] = True  # True: every skill; or the skills to run CFT for
+    tau_alone: bool = True  # score each τ folded into θpre alone (does the pack itself hold the skill?)
     evaluation: Evaluation = Evaluation()
     keep_models: bool = False
 
     def skills(self) -> list[str]:
         return list(self.sizes.skills)
+
+    def cft_skills(self) -> list[str]:
+        if self.cft is True:
+            return self.skills()
+        return [] if self.cft is False else [s for s in self.cft if s in self.sizes.skills]
 
 
 def load_study_config(path: str | os.PathLike, overrides: dict | None = None) -> StudyConfig:

@@ -219,26 +219,17 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
     with stage("skill packs (PTM: LoRA from θpre on D alone)"):
         for skill in cfg.skills():
             run.train(skill, "skill", data=run.data.train[skill], description=f"{skill} skill (study, PTM)")
-    with stage("θpre and θG on every eval set"):
-        run.score_folder("θpre", run.base, run.all_sets(), {"kind": "θpre"})
+    # Ordered by what the questions need most, so a run cut short still answers the main ones.
+    with stage("θG on every eval set"):
         run.score_folder("θG", run.general, run.all_sets(), {"kind": "θG"})
-    with stage("each τ alone on θpre (does the pack hold the skill?)"):
-        for skill in cfg.skills():
-            folder = run.models / f"pre+{skill}"
-            label = f"θpre + τ {skill}"
-            if not all(run.store.has(label, x) for x in run.skill_sets(skill)):
-                run.fold([skill], folder, run.base, [1.0])
-            run.score_folder(label, folder, run.skill_sets(skill), {"kind": "pre+tau", "skill": skill})
-            run.drop(folder)
     with stage("ω sweeps: θG + ω·τ (grid and |D|/|G|)"):
         for skill in cfg.skills():
             run.sweep(skill)
-    if cfg.cft:
-        with stage("CFT: θG continued on each skill"):
-            for skill in cfg.skills():
-                t = run.train(f"{skill}-cft", "skill", strategy="cft", general=run.general,
-                              data=run.data.train[skill], out=run.models / f"{skill}-cft")
-                run.score_folder(f"CFT {skill}", t.path, run.skill_sets(skill), {"kind": "cft", "skill": skill})
+    with stage("CFT: θG continued on the skill"):
+        for skill in cfg.cft_skills():
+            t = run.train(f"{skill}-cft", "skill", strategy="cft", general=run.general,
+                          data=run.data.train[skill], out=run.models / f"{skill}-cft")
+            run.score_folder(f"CFT {skill}", t.path, run.skill_sets(skill), {"kind": "cft", "skill": skill})
     with stage("several skills folded at once (ω = |D|/|G| each)"):
         for method in cfg.multi_methods:
             folder = run.models / f"all-{method}"
@@ -247,6 +238,18 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
                 run.fold(cfg.skills(), folder, run.general, None, method)
             run.score_folder(label, folder, run.all_sets(), {"kind": "ptm-multi", "method": method})
             run.drop(folder)
+    if cfg.tau_alone:
+        with stage("each τ alone on θpre (does the pack hold the skill?)"):
+            for skill in cfg.skills():
+                folder = run.models / f"pre+{skill}"
+                label = f"θpre + τ {skill}"
+                sets = run.data.skill_evals(skill)
+                if not all(run.store.has(label, x) for x in sets):
+                    run.fold([skill], folder, run.base, [1.0])
+                run.score_folder(label, folder, sets, {"kind": "pre+tau", "skill": skill})
+                run.drop(folder)
+    with stage("θpre on every eval set"):
+        run.score_folder("θpre", run.base, run.all_sets(), {"kind": "θpre"})
     if cfg.rt:
         with stage("RT: θpre retrained on G ∪ every D"):
             both = run.out / "data" / "data" / "all_skills.jsonl"
@@ -256,6 +259,7 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
             run.score_folder("RT all", t.path, run.all_sets(), {"kind": "rt"})
     with stage("geometry and tables"):
         run.timings["uptime_end"] = _uptime()
+        run.timings["total_seconds"] = round(time.perf_counter() - run.t0, 1)
         artefacts = write_study_report(run)
     return artefacts
 

@@ -67,7 +67,8 @@ def build_rows(run, geo: dict) -> tuple[list[Row], list[Row]]:
 
     rows: list[Row] = []
     for skill in cfg.skills():
-        rows.append(Row(skill, "θpre", None, table_scores(store, "θpre")))
+        if "θpre" in store.data:
+            rows.append(Row(skill, "θpre", None, table_scores(store, "θpre")))
         rows.append(Row(skill, "θG", None, table_scores(store, "θG"), run.costs.get("general", {}),
                         rel.get("general"), 1.0))
         if f"θpre + τ {skill}" in store.data:
