@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) cli.py walkthrough
+	$(PY) cli.py demo
 
 test: $(STAMP)
 	$(PY) -m pytest

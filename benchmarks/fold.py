@@ -13,16 +13,9 @@ written into docs/benchmarks.md (between markers, so other sections of that file
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -31,88 +24,12 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import _models  # noqa: E402
+from _measure import GB, Row, measure  # noqa: E402
+from _report import OMEGA, agreement, machine, render, targets, write_doc  # noqa: E402
 
-OMEGA = 0.3
 PY = sys.executable
 WORK = _models.CACHE / "runs"
 MERGEKIT_VENV = _models.CACHE / "mergekit-venv"
-DOC = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- fold-bench:start -->", "<!-- fold-bench:end -->"
-GB = 1e9
-
-
-@dataclass
-class Row:
-    label: str
-    size: str
-    wall_s: float = 0.0
-    work_s: float | None = None  # the job's own time, after interpreter start and imports
-    peak_rss: int = 0
-    peak_anon: int = 0
-    read: int = 0
-    written: int = 0
-    error: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def seconds(self) -> float:
-        return self.work_s if self.work_s is not None else self.wall_s
-
-
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _io(pid: int) -> dict[str, int]:
-    try:
-        return {k: int(v) for k, v in (line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())}
-    except (OSError, ValueError):
-        return {}
-
-
-def measure(label: str, size: str, cmd: list[str], log: Path) -> Row:
-    """Run ``cmd`` alone; peak RSS (VmHWM) and anonymous RSS polled, I/O read from the zombie before reaping."""
-    row = Row(label, size)
-    with open(log, "w") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        done = threading.Event()
-
-        def poll() -> None:
-            while not done.is_set():
-                row.peak_anon = max(row.peak_anon, _status_kb(proc.pid, "RssAnon"))
-                row.peak_rss = max(row.peak_rss, _status_kb(proc.pid, "VmHWM"))
-                time.sleep(0.01)
-
-        watcher = threading.Thread(target=poll, daemon=True)
-        watcher.start()
-        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: /proc/pid/io still there
-        row.wall_s = time.perf_counter() - t0
-        done.set()
-        watcher.join()
-        io = _io(proc.pid)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    # ru_maxrss would report this (torch-sized) parent's RSS for a small child: the child's forked copy of our
-    # memory counts until exec. VmHWM, the child's own high-water mark, is polled instead.
-    del usage
-    row.read, row.written = io.get("rchar", 0), io.get("wchar", 0)
-    text = log.read_text(errors="replace")
-    if proc.returncode != 0:
-        row.error = f"exit {proc.returncode}: " + " | ".join(text.strip().splitlines()[-3:])[-400:]
-    for line in reversed(text.splitlines()):
-        if line.startswith('{"work_s"'):
-            row.work_s = json.loads(line)["work_s"]
-            break
-    return row
-
-
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     return path
@@ -216,182 +133,6 @@ def run_mergekit(bench: Bench, built: _models.Built, out: Path) -> Row:
     return row
 
 
-# --- agreement ------------------------------------------------------------------------------------------
-
-def _ordered(t):
-    import torch
-
-    i = t.view(torch.int16).to(torch.int32)
-    return torch.where(i < 0, -(i & 0x7FFF), i)
-
-
-def agreement(built: _models.Built, outputs: dict[str, Path]) -> dict[str, dict]:
-    """Each output against bf16(θG.float() + ω·(α/r)·B@A) and the fold against PEFT: max ulp, % identical."""
-
-    import torch
-
-    from lora_merge.tensors import SafetensorsFile, WeightSet
-
-    torch.set_num_threads(1)  # small ops under torch's thread pool crawl when other jobs share the cores
-    general = WeightSet.open(built.general)
-    sets = {k: WeightSet.open(v) for k, v in outputs.items()}
-    lora = SafetensorsFile(built.packs[0] / "adapter_model.safetensors")
-    cfg = json.loads((built.packs[0] / "adapter_config.json").read_text())
-    scale = cfg["lora_alpha"] / cfg["r"]
-    pairs = [(k, "exact") for k in outputs] + ([("fold", "PEFT")] if {"fold", "PEFT"} <= outputs.keys() else [])
-    stats = {f"{a} vs {b}": {"n": 0, "same": 0, "max_ulp": 0, "missing": 0, "far": 0, "far_max_abs": 0.0}
-             for a, b in pairs}
-    for name in general.keys():
-        theta = general.get(name)
-        key = "base_model.model." + name.removesuffix(".weight") + ".lora_A.weight"
-        if key in lora.tensors:
-            a, b = lora.get(key).float(), lora.get(key.replace("lora_A", "lora_B")).float()
-            exact = (theta.float() + (b * scale * OMEGA) @ a).to(theta.dtype)
-        else:
-            exact = theta
-        got = {"exact": exact}
-        for k, ws in sets.items():
-            got[k] = ws.get(name).to(theta.dtype) if name in ws else None
-        for a_name, b_name in pairs:
-            s = stats[f"{a_name} vs {b_name}"]
-            x, y = got[a_name], got[b_name]
-            if x is None or y is None:
-                s["missing"] += 1
-                continue
-            if torch.equal(x, y):
-                s["n"] += x.numel()
-                s["same"] += x.numel()
-                continue
-            d = (_ordered(x) - _ordered(y)).abs_()
-            far = d > 1  # more than one ulp apart: how large are those values?
-            if far.any():
-                s["far"] += int(far.sum())
-                s["far_max_abs"] = max(s["far_max_abs"], float(x[far].float().abs().max()))
-            s["n"] += d.numel()
-            s["same"] += int((d == 0).sum())
-            s["max_ulp"] = max(s["max_ulp"], int(d.max()) if d.numel() else 0)
-    return stats
-
-
-# --- report ------------------------------------------------------------------------------------------------
-
-def machine() -> dict[str, str]:
-    mem = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
-    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
-                if x.startswith("model name")), platform.processor())
-    du = shutil.disk_usage(_models.CACHE)
-    dev = subprocess.run(["df", "--output=source,fstype", str(_models.CACHE)], capture_output=True, text=True).stdout
-    return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": f"{os.cpu_count()} cores, {cpu}",
-            "ram": f"{mem / 2**20:.1f} GiB", "disk": f"{' '.join(dev.split()[-2:])}, {du.total / 2**30:.0f} GiB "
-            f"({du.free / 2**30:.0f} GiB free)", "python": platform.python_version()}
-
-
-def render(rows: list[Row], stats: dict, info: dict, checks: list[str], loads: tuple[str, str]) -> str:
-    cp = {r.size: r for r in rows if r.label == "cp -r"}
-    sync = {r.size: r for r in rows if r.label.startswith("sync")}
-    lines = [
-        START,
-        "## Fold speed and memory (`make bench`)",
-        "",
-        "Reproduce with `make bench` (`make bench BENCH_ARGS=--large` adds the 7B model, ~45 GB of disk); "
-        "the models and packs are built once into benchmarks/.cache/.",
-        "",
-        f"Measured {info['date']} on {info['cpu']}; {info['ram']} RAM; disk {info['disk']}; Python {info['python']}.",
-        f"Load average (1/5/15 min) at start {loads[0]}, at end {loads[1]} — on this shared 2-core machine other "
-        "jobs ran beside the benchmark, so absolute times are noisy; ratios within one run are what to compare.",
-        "",
-        f"Synthetic Llama-shaped bf16 models (random weights), rank-16 LoRA on every linear layer, ω = {OMEGA}, page "
-        "cache warm. *time* is the job's own time after interpreter start and imports (the process's wall time is "
-        "beside it); for `cp`/`sync`/mergekit it is the wall time. *× floor* divides by `cp -r` of the same size, or "
-        "by `cp -r` + `sync` for the rows that fsync. Peak RSS counts the memory-mapped model pages a process "
-        "touched; *anon* is its own (heap) memory, polled every 10 ms. Read/written are the bytes passed through "
-        "read()/write() (memory-mapped reads and kernel-side copies do not show).",
-        "",
-        "| size | job | time s | wall s | × floor | peak RSS GB | anon GB | read GB | written GB | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        floor = cp.get(r.size)
-        if floor and "no fsync" not in r.label and r.label.startswith("fold") and r.size in sync:
-            ratio = r.seconds / (floor.wall_s + sync[r.size].wall_s)
-        elif floor and r.label != "cp -r" and not r.label.startswith("sync"):
-            ratio = r.seconds / floor.wall_s
-        else:
-            ratio = None
-        if r.error:
-            lines.append(f"| {r.size} | {r.label} | — | — | — | — | — | — | — | not measured: {r.error} |")
-            continue
-        lines.append(
-            f"| {r.size} | {r.label} | {r.seconds:.2f} | {r.wall_s:.2f} | {'' if ratio is None else f'{ratio:.2f}'} | "
-            f"{r.peak_rss / GB:.2f} | {r.peak_anon / GB:.2f} | {r.read / GB:.2f} | {r.written / GB:.2f} | "
-            f"{'; '.join(r.notes)} |")
-    if stats:
-        lines += ["", "Agreement on the 1.1B model (bf16 bit patterns; *exact* = bf16 of the float32 result "
-                  "θG + ω·(α/r)·B·A; ulps are counted in the bf16 bit pattern, so where θG + Δ cancels to "
-                  "near zero a tiny absolute difference is many ulps: the last column says how large the values "
-                  "more than 1 ulp apart are):", "",
-                  "| comparison | elements | bit-identical | max ulp | > 1 ulp apart |", "|---|---:|---:|---:|---|"]
-        for k, s in stats.items():
-            pct = 100 * s["same"] / s["n"] if s["n"] else 0.0
-            missing = f" ({s['missing']} tensors missing)" if s["missing"] else ""
-            far = f"{s['far']:,} elements, all \\|x\\| ≤ {s['far_max_abs']:.2g}" if s["far"] else "none"
-            lines.append(f"| {k} | {s['n']:,} | {pct:.5f} % | {s['max_ulp']}{missing} | {far} |")
-    lines += ["", "Targets (issue 7):", ""] + [f"- {c}" for c in checks] + ["", END]
-    return "\n".join(lines) + "\n"
-
-
-def write_doc(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    if START in old and END in old:
-        new = old[: old.index(START)] + text + old[old.index(END) + len(END) + 1:]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    DOC.write_text(new)
-
-
-def targets(rows: list[Row], stats: dict, shapes: dict) -> list[str]:
-    def get(size: str, label: str) -> Row | None:
-        return next((r for r in rows if r.size == size and r.label == label and not r.error), None)
-
-    out = []
-    cp, sync = get("1.1B", "cp -r"), get("1.1B", "sync (after cp -r)")
-    f1, f1n, f3 = get("1.1B", "fold, 1 pack"), get("1.1B", "fold, 1 pack, no fsync"), get("1.1B", "fold, 3 packs, no fsync")
-    peft, mk = get("1.1B", "PEFT load+scale+merge+save"), get("1.1B", "mergekit task_arithmetic")
-    ok = lambda b: "met" if b else "NOT met"  # noqa: E731
-    if cp and f1n:
-        out.append(f"1.1B, one pack ≤ 2.5× `cp -r`: {f1n.seconds / cp.wall_s:.2f}× without fsync — {ok(f1n.seconds <= 2.5 * cp.wall_s)}"
-                   + (f"; durable (fsync) {f1.seconds / (cp.wall_s + sync.wall_s):.2f}× `cp -r` + `sync`" if f1 and sync else ""))
-    if f1n and peft:
-        out.append(f"faster than PEFT: {peft.seconds / f1n.seconds:.1f}× (target ≥ 8×)"
-                   + (f"; than mergekit: {mk.seconds / f1n.seconds:.1f}× (target ≥ 15×)" if mk else ""))
-    for size, shape in shapes.items():
-        r = get(size, "fold, 1 pack, no fsync") or get(size, "fold, 1 pack")
-        if r:
-            limit = 1e9 + 2 * 4 * shape.largest()
-            out.append(f"{size}: anonymous peak {r.peak_anon / GB:.2f} GB ≤ 1 GB + 2 × largest tensor in fp32 "
-                       f"({limit / GB:.2f} GB) — {ok(r.peak_anon <= limit)}; peak RSS {r.peak_rss / GB:.2f} GB")
-    if f1n and f3:
-        out.append(f"three packs ÷ one pack: {f3.seconds / f1n.seconds:.2f} (target ≤ 1.3) — {ok(f3.seconds <= 1.3 * f1n.seconds)}")
-    s = stats.get("fold vs PEFT")
-    if s and s["n"]:
-        pct = 100 * s["same"] / s["n"]
-        out.append(f"fold vs PEFT: {pct:.5f} % bit-identical (target ≥ 99.99 %) — {ok(pct >= 99.99)}; max "
-                   f"{s['max_ulp']} ulp (target ≤ 1) — {ok(s['max_ulp'] <= 1)}"
-                   + (f": {s['far']} elements more than 1 ulp apart, all of magnitude ≤ {s['far_max_abs']:.2g} where "
-                      "θG + Δ nearly cancels and PEFT's (B·A)·s and our (B·s)·A differ in float32 rounding"
-                      if s["far"] else ""))
-    e = stats.get("fold vs exact")
-    if e and e["n"]:
-        out.append(f"fold vs exact: {100 * e['same'] / e['n']:.4f} % bit-identical, max {e['max_ulp']} ulp")
-    big = get("7B", "fold, 1 pack")
-    cp7 = get("7B", "cp -r")
-    if big and cp7:
-        out.append(f"7B: fold {big.seconds:.0f} s = {big.seconds / cp7.wall_s:.2f}× `cp -r`, peak RSS "
-                   f"{big.peak_rss / GB:.2f} GB (target < 3 GB) — {ok(big.peak_rss < 3e9)}")
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--large", action="store_true", help="also the 7B model (~14 GB per copy on disk)")
@@ -454,7 +195,7 @@ def main() -> None:
     print(text)
     if not args.no_doc:
         write_doc(text)
-        log(f"written to {DOC.relative_to(ROOT)}")
+        log("written to docs/benchmarks.md")
 
 
 if __name__ == "__main__":

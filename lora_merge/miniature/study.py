@@ -86,7 +86,8 @@ class Study:
         from lora_merge.recipes import build_recipe
 
         c = self.cfg
-        tune = c.general if kw.get("strategy") == "general" else c.skill
+        # RT is θG's own training run on G ∪ D, so it uses θG's settings; CFT and PTM use the skill settings.
+        tune = c.general if kw.get("strategy") in ("general", "rt") else c.skill
         values = {"name": name, "base": self.base, "adapters_dir": self.adapters, "epochs": tune.epochs,
                   "lr": tune.lr, "batch_size": tune.batch_size, "warmup": tune.warmup, "max_length": 128,
                   "rank": c.lora.rank, "alpha": c.lora.alpha, "dropout": c.lora.dropout, "seed": c.seed,
