@@ -70,11 +70,17 @@ class Bench:
         return row
 
     def floor(self, size: str, general: Path) -> tuple[Row, Row]:
+        """`cp -r` of θG and the `sync` after it; the copy is timed twice and the faster kept, since on a shared
+        disk one copy can be throttled by another job's writeback and make every ratio look better than it is."""
         warm(general)
         dst = fresh(WORK / f"{size}-cp")
         settle()
+        first = measure("cp -r", size, ["cp", "-r", str(general), str(dst)], WORK / f"{size}-cp1.log")
+        settle(dst)
         cp = self.run("cp -r", size, ["cp", "-r", str(general), str(dst)])
         sync = self.run("sync (after cp -r)", size, ["sync"])
+        cp.notes.append(f"best of 2 copies ({first.wall_s:.2f} s, {cp.wall_s:.2f} s)")
+        cp.wall_s = min(cp.wall_s, first.wall_s)
         settle(dst)
         return cp, sync
 
