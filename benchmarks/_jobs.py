@@ -3,7 +3,8 @@
 Each prints a last line ``{"work_s": …}``: the seconds of the job itself, after the
 interpreter and its imports started (the harness also records the process's wall time).
 
-    python benchmarks/_jobs.py fold GENERAL OUT W PACK [PACK …] [--no-fsync] [--device cuda]
+    python benchmarks/_jobs.py fold GENERAL OUT W PACK [PACK …] [--no-fsync] [--device=cuda] [--method=ties]
+    python benchmarks/_jobs.py interference PACK [PACK …] [--no-signs]   # pairwise cosines, conflicts and norms
     python benchmarks/_jobs.py products W PACK          # every B·A alone, results dropped
     python benchmarks/_jobs.py peft GENERAL OUT W PACK  # load + scale + merge_and_unload + save_pretrained
 """
@@ -21,10 +22,27 @@ def job_fold(args: list[str]) -> None:
 
     flags = [a for a in args if a.startswith("--")]
     device = "cuda" if "--device=cuda" in flags else "cpu"
+    method = next((f.split("=", 1)[1] for f in flags if f.startswith("--method=")), "linear")
     general, out, w, *packs = [a for a in args if not a.startswith("--")]
     t = time.perf_counter()
     fold(FoldRequest(general=Path(general), packs=packs, out=Path(out), weights=[float(w)] * len(packs),
-                     progress=False, fsync="--no-fsync" not in flags, device=device))
+                     progress=False, fsync="--no-fsync" not in flags, device=device, method=method,
+                     density=0.5 if method != "linear" else 1.0, seed=0))
+    print(json.dumps({"work_s": time.perf_counter() - t}))
+
+
+def job_interference(args: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from lora_merge.cli import main
+
+    packs = [a for a in args if not a.startswith("--")]
+    flags = [a for a in args if a.startswith("--")]
+    t = time.perf_counter()
+    res = CliRunner().invoke(main, ["pack", "interference", ",".join(packs), *flags,
+                                    "--out", str(Path(packs[0]).parent / "interference.png")])
+    if res.exit_code != 0:
+        raise SystemExit(res.output)
     print(json.dumps({"work_s": time.perf_counter() - t}))
 
 
@@ -68,4 +86,4 @@ def job_peft(args: list[str]) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    {"fold": job_fold, "products": job_products, "peft": job_peft}[sys.argv[1]](sys.argv[2:])
+    {"fold": job_fold, "products": job_products, "peft": job_peft, "interference": job_interference}[sys.argv[1]](sys.argv[2:])

@@ -85,13 +85,14 @@ class Bench:
         return cp, sync
 
     def fold(self, size: str, general: Path, packs: list[Path], fsync: bool, keep: bool = False,
-             device: str = "cpu") -> Row:
+             device: str = "cpu", method: str = "linear") -> Row:
         warm(general)
-        out = fresh(WORK / f"{size}-fold{len(packs)}{'' if fsync else '-nofsync'}")
+        out = fresh(WORK / f"{size}-fold{len(packs)}{'' if fsync else '-nofsync'}{'' if method == 'linear' else '-' + method}")
         label = f"fold, {len(packs)} pack{'s' if len(packs) > 1 else ''}" + ("" if fsync else ", no fsync") \
-            + (f", {device}" if device != "cpu" else "")
+            + (f", {device}" if device != "cpu" else "") + (f", {method} d=0.5" if method != "linear" else "")
         cmd = [PY, str(HERE / "_jobs.py"), "fold", str(general), str(out), str(OMEGA), *map(str, packs)]
         cmd += ([] if fsync else ["--no-fsync"]) + ([f"--device={device}"] if device != "cpu" else [])
+        cmd += [f"--method={method}"] if method != "linear" else []
         row = self.run(label, size, cmd)
         if not keep:
             settle(out)
@@ -172,6 +173,11 @@ def main() -> None:
         bench.fold(size, built.general, one, fsync=False, keep=True)
         bench.fold(size, built.general, built.packs[:3], fsync=False)
         bench.fold(size, built.general, built.packs[:8], fsync=False)
+        for method in ("ties", "dare_ties"):
+            bench.fold(size, built.general, built.packs[:3], fsync=False, method=method)
+        for flags, label in (([], "with sign conflicts"), (["--no-signs"], "low-rank route only")):
+            bench.run(f"pack interference, 3 packs, {label}", size,
+                      [PY, str(HERE / "_jobs.py"), "interference", *map(str, built.packs[:3]), *flags])
         if args.device != "cpu":
             bench.fold(size, built.general, one, fsync=True, device=args.device)
         bench.run("every B·A alone (1 pack, 1 thread)", size, [PY, str(HERE / "_jobs.py"), "products", str(OMEGA), str(one[0])])
