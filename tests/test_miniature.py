@@ -25,7 +25,7 @@ def quick_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     out, adapters, cache = root / "out", root / "adapters", root / "cache"
     res = CliRunner().invoke(main, ["demo", "--config", str(CONFIG), "--quick", "--out", str(out), "--adapters-dir",
-                                    str(adapters), "--cache-dir", str(cache)])
+                                    str(adapters), "--cache-dir", str(cache), "--threads", "1"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     return out, adapters, cache, res.output, load_config(CONFIG, quick=True)
 

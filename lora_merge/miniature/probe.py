@@ -22,8 +22,26 @@ from lora_merge.weights import GENERAL_MANIFEST
 NUMERIC = {"lr": float, "rank": int, "alpha": float, "epochs": float, "batch_size": int}
 
 
+def freeze_embeddings_callback():
+    """Freeze the input and output embeddings when training starts (lora_merge.train has no option for it).
+
+    The trainer has built its optimiser by then; frozen parameters get no gradient, and AdamW skips them.
+    """
+    from transformers import TrainerCallback
+
+    class FreezeEmbeddings(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            for name, p in model.named_parameters():
+                if "embed_tokens" in name or "lm_head" in name:
+                    p.requires_grad_(False)
+                    p.grad = None
+
+    return FreezeEmbeddings()
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
-    """'lora:lr=2e-3,rank=4' → ('lora', {'lr': 0.002, 'rank': 4}); target_modules=q_proj+v_proj is a list."""
+    """'lora:lr=2e-3,rank=4' → ('lora', {'lr': 0.002, 'rank': 4}); target_modules=q_proj+v_proj is a list;
+    freeze=embeddings freezes the embeddings (full mode)."""
     mode, _, rest = text.partition(":")
     kw: dict = {}
     for part in filter(None, rest.split(",")):
@@ -65,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     for i, variant in enumerate(args.variant):
         mode, kw = parse_variant(variant)
         name = f"{args.skill}-probe{i}"
-        s.train(name, strategy="ptm", mode=mode, data=s.files.train(args.skill), **kw)
+        callbacks = [freeze_embeddings_callback()] if kw.pop("freeze", None) == "embeddings" else []
+        s.train(name, callbacks, strategy="ptm", mode=mode, data=s.files.train(args.skill), **kw)
         delta = pack_delta(s.adapters / name, s.general, s.base)
         res = s.sweep(args.skill, name, groups)
         pts = "; ".join(f"{r.point.label}: " + ", ".join(f"{g} {v:.0f}" for g, v in r.report.group_scores().items())

@@ -96,10 +96,10 @@ class Study:
         values.update(kw)
         return build_recipe(values, f"miniature recipe {name}")
 
-    def train(self, name: str, **kw) -> Path:
+    def train(self, name: str, callbacks=(), **kw) -> Path:
         from lora_merge.train import train_skill
 
-        res = train_skill(self._recipe(name, **kw))
+        res = train_skill(self._recipe(name, **kw), callbacks=callbacks)
         self.costs[name] = {"instances": res.instances, "steps": res.steps, "tokens": res.tokens,
                             "seconds": round(res.wall_seconds, 1)}
         self.echo(f"      {name}: {res.instances} instances, {res.steps} steps, {res.tokens:,} tokens, "
