@@ -17,6 +17,10 @@ from lora_merge.errors import LoraMergeError
 
 Rows = list[dict[str, Any]]
 
+# What ``freeze`` may name: the input embeddings and the output head (lm_head). A tied head is one tensor with the
+# embeddings, so freezing either freezes both.
+FREEZE_TARGETS = ("embeddings", "lm_head")
+
 
 class Recipe(BaseModel):
     """Everything one training run needs. Paths are relative to the working directory."""
@@ -57,6 +61,8 @@ class Recipe(BaseModel):
     gradient_checkpointing: bool = False
     completion_only_loss: bool = True
     seed: int = 0
+    freeze: list[str] = Field(default_factory=list, description="full mode: parameters kept at their start values "
+                              f"({', '.join(FREEZE_TARGETS)})")
 
     # LoRA / QLoRA
     rank: int = Field(default=16, ge=1)
@@ -78,6 +84,24 @@ class Recipe(BaseModel):
     def _path_or_rows(cls, v: Any) -> Any:
         return Path(v) if isinstance(v, str) else v
 
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _freeze_targets(cls, v: Any) -> Any:
+        # "embeddings", "embeddings,lm_head" and [embeddings, lm_head] all mean a list of targets.
+        if v is None:
+            return []
+        items = v.split(",") if isinstance(v, str) else v
+        if not isinstance(items, (list, tuple)):
+            raise ValueError("give a list of targets, e.g. [embeddings, lm_head]")
+        out: list[str] = []
+        for item in items:
+            name = str(item).strip()
+            if name not in FREEZE_TARGETS:
+                raise ValueError(f"unknown freeze target {name!r} (known targets: {', '.join(FREEZE_TARGETS)})")
+            if name not in out:
+                out.append(name)
+        return out
+
 
 FIELDS = tuple(Recipe.model_fields)
 
@@ -90,7 +114,7 @@ def _describe(e: ValidationError, where: str) -> LoraMergeError:
         if err["type"] == "extra_forbidden":
             problems.append(f"unknown key {key!r}")
         else:
-            problems.append(f"{key}: {err['msg']}")
+            problems.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
     hint = "" if not any(p.startswith("unknown key") for p in problems) else f" (known keys: {', '.join(FIELDS)})"
     return LoraMergeError(f"{where}: {'; '.join(problems)}{hint}")
 

@@ -97,6 +97,9 @@ def plan_run(r: Recipe) -> RunPlan:
         raise LoraMergeError("--replay mixes general data into continued finetuning: use it with --strategy cft")
     if r.mode == "full" and r.strategy == "ptm" and r.target_modules != "all-linear":
         raise LoraMergeError("target_modules applies to lora and qlora; full mode trains every parameter")
+    if r.freeze and r.mode != "full":
+        raise LoraMergeError(f"freeze {', '.join(r.freeze)}: freezing applies to --mode full; in {r.mode} mode only "
+                             "the adapter trains and the embeddings stay as they are already (drop freeze)")
     produces = "pack" if r.strategy == "ptm" else "model"
     target = r.out or (r.adapters_dir / name if produces == "pack" else Path("runs/models") / name)
     if target.exists() and not r.force:
@@ -218,11 +221,32 @@ def build_trainer(r: Recipe, plan: RunPlan, data: TrainingMix, hw: Hardware, cal
 
     tokenizer = load_tokenizer(r.tokenizer or plan.start, data.format)
     model = load_model(r, plan.start, hw)
+    freeze_parameters(model, r.freeze)  # before the trainer builds its optimiser, which skips frozen parameters
     return SFTTrainer(
         model=model, args=sft_config(r, plan.run_dir, hw), train_dataset=Dataset.from_list(data.rows),
         processing_class=tokenizer, peft_config=None if r.mode == "full" else lora_config(r),
         callbacks=[*callbacks],
     )
+
+
+def freeze_parameters(model, targets: list[str]) -> list[str]:
+    """Set requires_grad False on the parameters of each target ("embeddings": the input embeddings, "lm_head":
+    the output head) and return their names. A tied head shares its tensor with the embeddings, so either target
+    freezes both."""
+    if not targets:  # nothing to do (and a 4-bit model arrives with every base parameter frozen already)
+        return []
+    modules = {"embeddings": model.get_input_embeddings, "lm_head": model.get_output_embeddings}
+    for target in targets:
+        module = modules[target]()
+        if module is None:
+            raise LoraMergeError(f"freeze {target}: this model ({type(model).__name__}) has no {target} module; "
+                                 "drop it from freeze")
+        for p in module.parameters():
+            p.requires_grad_(False)
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    if not any(p.requires_grad for p in model.parameters()):
+        raise LoraMergeError(f"freeze {', '.join(targets)} leaves no parameter to train")
+    return frozen
 
 
 class _Interrupt:
@@ -348,7 +372,7 @@ def training_info(r: Recipe, res: TrainResult, quantization: str | None) -> Trai
         target_modules=r.target_modules if lora else None, dropout=r.dropout if lora else None,
         rslora=r.rslora if lora else None, batch_size=r.batch_size, grad_accum=r.grad_accum,
         max_length=r.max_length, warmup=r.warmup, lr_scheduler=r.lr_scheduler, optim=r.optim,
-        precision=r.precision, tokens=res.tokens, resumed_from_step=res.resumed_from_step,
+        precision=r.precision, tokens=res.tokens, resumed_from_step=res.resumed_from_step, freeze=list(r.freeze),
         library_versions=library_versions(),
     )
 

@@ -57,12 +57,15 @@ def parse_sets(items: tuple[str, ...]) -> dict:
 @click.option("--max-length", type=int)
 @click.option("--save-steps", type=int)
 @click.option("--seed", type=int)
+@click.option("--freeze", multiple=True, metavar="TARGET",
+              help="Full mode: keep these at their start values: embeddings, lm_head (repeat or comma-separate).")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint in the run folder.")
 @click.option("--force", is_flag=True, default=None, help="Replace an existing output (and stale checkpoints).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other recipe key, e.g. --set warmup=0.1")
 def train_cmd(config, sets, no_progress, **flags) -> None:
     """Train a skill (PTM → a skill pack) or a CFT / RT / general model, on TRL's SFTTrainer."""
+    flags["freeze"] = [t for item in flags["freeze"] for t in item.split(",")] or None  # none given: the recipe's
     overrides = {**parse_sets(sets), **{k: v for k, v in flags.items() if v is not None}}
     if no_progress:
         overrides["progress"] = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,6 +24,8 @@ class Tuning(_Strict):
     epochs: float = Field(gt=0)
     batch_size: int = Field(default=16, ge=1)
     warmup: float = Field(default=0.05, ge=0)
+    # Recipe key ``freeze`` for this section's full-parameter fine-tunes (LoRA packs train no embeddings anyway).
+    freeze: list[Literal["embeddings", "lm_head"]] = []
 
 
 class LoraSettings(_Strict):

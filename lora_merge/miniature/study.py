@@ -86,7 +86,8 @@ class Study:
         from lora_merge.recipes import build_recipe
 
         c = self.cfg
-        # RT is θG's own training run on G ∪ D, so it uses θG's settings; CFT and PTM use the skill settings.
+        # RT is θG's own training run on G ∪ D, so it uses θG's settings; CFT and PTM use the skill settings
+        # (freeze included, for full-parameter runs).
         tune = c.general if kw.get("strategy") in ("general", "rt") else c.skill
         values = {"name": name, "base": self.base, "adapters_dir": self.adapters, "epochs": tune.epochs,
                   "lr": tune.lr, "batch_size": tune.batch_size, "warmup": tune.warmup, "max_length": 128,
@@ -94,6 +95,8 @@ class Study:
                   "weight_decay": 0.0, "logging_steps": 1000, "save_steps": 10**9, "save_total_limit": None,
                   "progress": False, "force": True, "run_dir": self.out / "train" / name}
         values.update(kw)
+        if values.get("mode") == "full" and "freeze" not in kw:
+            values["freeze"] = tune.freeze
         return build_recipe(values, f"miniature recipe {name}")
 
     def train(self, name: str, callbacks=(), **kw) -> Path:
