@@ -137,13 +137,21 @@ def fold(req: FoldRequest) -> FoldResult:
     weights = choose_weights([p.name for p in packs], [p.instances for p in packs], req.weights, g_size)
     target = TargetModel.from_weights(general, read_config(Path(req.general)))
     warnings = compatibility_warnings(packs, Path(req.general), general)  # before binding: the clearer error
+    terms = scaled_pack_terms(packs, weights, target, base)
+    return fold_vectors(req, general, target, terms, g_size, warnings)
+
+
+def scaled_pack_terms(
+    packs: Sequence[SkillPack], weights: Sequence[Weight], target: TargetModel, base: WeightSet | None
+) -> list[tuple[TaskVector, FoldedPack]]:
+    """ωk·τk for each pack, bound to the target's weights, with the record the model card shows."""
     terms = []
     for p, w in zip(packs, weights):
         tv = guard_pack_reads(TaskVector.from_pack(p, target, base), p.name)  # NaN/Inf refused on first read
         record = FoldedPack(p.name, str(p.path), p.kind, w, p.manifest.files if p.manifest else {}, p.instances,
                             len(tv.keys()))
         terms.append((w.value * tv, record))
-    return fold_vectors(req, general, target, terms, g_size, warnings)
+    return terms
 
 
 @reports_disk_full(lambda req, *args, **kwargs: Path(req.out).parent)

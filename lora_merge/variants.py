@@ -21,8 +21,15 @@ import torch
 
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import read_config
-from lora_merge.fold import FoldedPack, FoldRequest, FoldResult, compatibility_warnings, fold_vectors, load_packs
-from lora_merge.numerics import guard_pack_reads
+from lora_merge.fold import (
+    FoldedPack,
+    FoldRequest,
+    FoldResult,
+    compatibility_warnings,
+    fold_vectors,
+    load_packs,
+    scaled_pack_terms,
+)
 from lora_merge.task_vector import Delta, TargetModel, TaskVector
 from lora_merge.tensors import DTYPES, WeightSet
 from lora_merge.weights import Weight, choose_weights, general_size_from_folder
@@ -94,12 +101,7 @@ def fold_linear_interp(req: FoldRequest) -> FoldResult:
                              rule="size_fraction")
     target = TargetModel.from_weights(general, read_config(Path(req.general)))
     warnings = compatibility_warnings(packs, Path(req.general), general)
-    terms = []
-    for p, w in zip(packs, weights):
-        tv = guard_pack_reads(TaskVector.from_pack(p, target, base), p.name)  # NaN/Inf refused on first read
-        record = FoldedPack(p.name, str(p.path), p.kind, w, p.manifest.files if p.manifest else {}, p.instances,
-                            len(tv.keys()))
-        terms.append((w.value * tv, record))
+    terms = scaled_pack_terms(packs, weights, target, base)
     # τG spans every stored weight; a virtual (tied) head only when a pack unties it, or the output would too.
     touched = {k for tv, _ in terms for k in tv.keys()}
     names = [n for n in target.shapes if n not in target.virtual or n in touched]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from lora_merge.errors import LoraMergeError
 from lora_merge.fold import FoldRequest, fold
-from lora_merge.pico import make_lora_pack, save_model, state_of
+from lora_merge.pico import make_lora_pack, state_of
 
 PEFT = "base_model.model."
 
