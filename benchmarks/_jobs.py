@@ -5,7 +5,7 @@ interpreter and its imports started (the harness also records the process's wall
 
     python benchmarks/_jobs.py fold GENERAL OUT W PACK [PACK …] [--no-fsync] [--device=cuda] [--method=ties]
     python benchmarks/_jobs.py interference PACK [PACK …] [--no-signs]   # pairwise cosines, conflicts and norms
-    python benchmarks/_jobs.py products W PACK          # every B·A alone, results dropped
+    python benchmarks/_jobs.py arithmetic GENERAL W PACK [PACK …]  # the fold's merge kernel alone, 1 thread
     python benchmarks/_jobs.py peft GENERAL OUT W PACK  # load + scale + merge_and_unload + save_pretrained
 """
 
@@ -46,22 +46,39 @@ def job_interference(args: list[str]) -> None:
     print(json.dumps({"work_s": time.perf_counter() - t}))
 
 
-def job_products(args: list[str]) -> None:
+def job_arithmetic(args: list[str]) -> None:
+    """The fold's own tiled merge kernel over every touched tensor, one thread, no reading from or writing to
+    files beyond θG's page-cached map: the arithmetic floor one merge worker cannot go under."""
     import torch
 
-    from lora_merge.tensors import SafetensorsFile
+    from lora_merge.stream import merge_linear, tile_elements
+    from lora_merge.tensors import SafetensorsFile, WeightSet
 
     torch.set_num_threads(1)  # as each of the fold's merge workers computes
-    w, pack = float(args[0]), Path(args[1])
-    cfg = json.loads((pack / "adapter_config.json").read_text())
+    general, w, packs = WeightSet.open(Path(args[0])), float(args[1]), [Path(p) for p in args[2:]]
+    factors: dict[str, tuple[list, list]] = {}
+    for pack in packs:
+        cfg = json.loads((pack / "adapter_config.json").read_text())
+        src = SafetensorsFile(pack / "adapter_model.safetensors")
+        for key in src.keys():
+            if key.endswith("lora_A.weight"):
+                name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+                bs, as_ = factors.setdefault(name, ([], []))
+                bs.append(src.get(key.replace("lora_A", "lora_B")).float() * (cfg["lora_alpha"] / cfg["r"] * w))
+                as_.append(src.get(key).float())
+    terms = {n: [("lowrank", (torch.cat(b, 1), torch.cat(a, 0)))] for n, (b, a) in factors.items()}
+    largest = max(general.info(n).nbytes for n in terms)
+    out_buf = torch.empty(largest, dtype=torch.uint8)
+    scratch = torch.empty(max(tile_elements(tuple(general.info(n).shape)) for n in terms), dtype=torch.float32)
+    for n in list(terms)[:2]:  # warm the kernels and the map, then time every tensor
+        theta = general.get(n)
+        merge_linear(theta, terms[n], out_buf[: theta.numel() * theta.element_size()].view(theta.dtype).view(theta.shape),
+                     torch.device("cpu"), scratch)
     t = time.perf_counter()
-    src = SafetensorsFile(pack / "adapter_model.safetensors")
-    scale = cfg["lora_alpha"] / cfg["r"] * w
-    for key in src.keys():
-        if key.endswith("lora_A.weight"):
-            a = src.get(key).float()
-            b = src.get(key.replace("lora_A", "lora_B")).float() * scale
-            torch.mm(b, a)
+    for n, ts in terms.items():
+        theta = general.get(n)
+        out = out_buf[: theta.numel() * theta.element_size()].view(theta.dtype).view(theta.shape)
+        merge_linear(theta, ts, out, torch.device("cpu"), scratch)
     print(json.dumps({"work_s": time.perf_counter() - t}))
 
 
@@ -86,4 +103,4 @@ def job_peft(args: list[str]) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    {"fold": job_fold, "products": job_products, "peft": job_peft, "interference": job_interference}[sys.argv[1]](sys.argv[2:])
+    {"fold": job_fold, "arithmetic": job_arithmetic, "peft": job_peft, "interference": job_interference}[sys.argv[1]](sys.argv[2:])

@@ -42,7 +42,8 @@ def agreement(built: _models.Built, outputs: dict[str, Path]) -> dict[str, dict]
     cfg = json.loads((built.packs[0] / "adapter_config.json").read_text())
     scale = cfg["lora_alpha"] / cfg["r"]
     pairs = [(k, "exact") for k in outputs] + ([("fold", "PEFT")] if {"fold", "PEFT"} <= outputs.keys() else [])
-    stats = {f"{a} vs {b}": {"n": 0, "same": 0, "max_ulp": 0, "missing": 0, "far": 0, "far_max_abs": 0.0}
+    stats = {f"{a} vs {b}": {"n": 0, "same": 0, "max_ulp": 0, "missing": 0, "far": 0, "far_max_abs": 0.0,
+                                      "max_ulp_operand": 0.0}
              for a, b in pairs}
     for name in general.keys():
         theta = general.get(name)
@@ -73,7 +74,19 @@ def agreement(built: _models.Built, outputs: dict[str, Path]) -> dict[str, dict]
             s["n"] += d.numel()
             s["same"] += int((d == 0).sum())
             s["max_ulp"] = max(s["max_ulp"], int(d.max()) if d.numel() else 0)
+            # the same difference in ulps of the operand's magnitude, max(|θG|, |exact|): the unit an addition's
+            # rounding error is bounded in, which does not blow up where θG + Δ cancels to nearly zero
+            unit = _bf16_ulp(torch.maximum(theta.float().abs(), exact.float().abs()))
+            s["max_ulp_operand"] = max(s["max_ulp_operand"], float(((x.float() - y.float()).abs() / unit).max()))
     return stats
+
+
+def _bf16_ulp(magnitude):
+    """The spacing of bf16 numbers at each magnitude (8 significant bits; the subnormal spacing at zero)."""
+    import torch
+
+    _, exponent = torch.frexp(magnitude)  # magnitude = m · 2**exponent with m in [0.5, 1)
+    return torch.ldexp(torch.ones_like(magnitude), exponent - 8).clamp_min(2.0 ** -133)
 
 
 # --- report ------------------------------------------------------------------------------------------------
@@ -133,12 +146,14 @@ def render(rows: list[Row], stats: dict, info: dict, checks: list[str], loads: t
                   "θG + ω·(α/r)·B·A; ulps are counted in the bf16 bit pattern, so where θG + Δ cancels to "
                   "near zero a tiny absolute difference is many ulps: the last column says how large the values "
                   "more than 1 ulp apart are):", "",
-                  "| comparison | elements | bit-identical | max ulp | > 1 ulp apart |", "|---|---:|---:|---:|---|"]
+                  "| comparison | elements | bit-identical | max ulp | max ulp of the operand | > 1 ulp apart |",
+                  "|---|---:|---:|---:|---:|---|"]
         for k, s in stats.items():
             pct = 100 * s["same"] / s["n"] if s["n"] else 0.0
             missing = f" ({s['missing']} tensors missing)" if s["missing"] else ""
             far = f"{s['far']:,} elements, all \\|x\\| ≤ {s['far_max_abs']:.2g}" if s["far"] else "none"
-            lines.append(f"| {k} | {s['n']:,} | {pct:.5f} % | {s['max_ulp']}{missing} | {far} |")
+            lines.append(f"| {k} | {s['n']:,} | {pct:.5f} % | {s['max_ulp']}{missing} | "
+                         f"{s['max_ulp_operand']:.2f} | {far} |")
     lines += ["", "Targets (issue 7):", ""] + [f"- {c}" for c in checks] + ["", END]
     return "\n".join(lines) + "\n"
 
@@ -176,6 +191,14 @@ def targets(rows: list[Row], stats: dict, shapes: dict) -> list[str]:
                        f"({limit / GB:.2f} GB) — {ok(r.peak_anon <= limit)}; peak RSS {r.peak_rss / GB:.2f} GB")
     if f1n and f3:
         out.append(f"three packs ÷ one pack: {f3.seconds / f1n.seconds:.2f} (target ≤ 1.3) — {ok(f3.seconds <= 1.3 * f1n.seconds)}")
+        a1, a3 = get("1.1B", "merge arithmetic alone, 1 pack (1 thread)"), get("1.1B", "merge arithmetic alone, 3 packs (1 thread)")
+        if a1 and a3:
+            cores = os.cpu_count() or 1
+            out.append(f"compute floor on {cores} cores: the merge arithmetic alone takes {a1.seconds:.2f} s (1 pack) and "
+                       f"{a3.seconds:.2f} s (3 packs) of one core, i.e. ≥ {a3.seconds / cores:.2f} s for three packs "
+                       f"however the work is spread, against 1.3 × one pack's fold = {1.3 * f1n.seconds:.2f} s; "
+                       f"three packs' arithmetic adds {(a3.seconds - a1.seconds) / cores:.2f} s of wall time at best "
+                       f"({(f1n.seconds + (a3.seconds - a1.seconds) / cores) / f1n.seconds:.2f}× one pack)")
     s = stats.get("fold vs PEFT")
     if s and s["n"]:
         pct = 100 * s["same"] / s["n"]
@@ -183,7 +206,9 @@ def targets(rows: list[Row], stats: dict, shapes: dict) -> list[str]:
                    f"{s['max_ulp']} ulp (target ≤ 1) — {ok(s['max_ulp'] <= 1)}"
                    + (f": {s['far']} elements more than 1 ulp apart, all of magnitude ≤ {s['far_max_abs']:.2g}, where "
                       "θG + Δ nearly cancels and PEFT's float32 sum rounds differently from ours (the fold is the "
-                      "exact bf16 of its float32 sum, see 'fold vs exact')" if s["far"] else ""))
+                      "exact bf16 of its float32 sum, see 'fold vs exact')" if s["far"] else "")
+                   + f"; measured in ulps of the operand max(|θG|, |exact|): {s['max_ulp_operand']:.2f} — "
+                     f"{ok(s['max_ulp_operand'] <= 1)}")
     e = stats.get("fold vs exact")
     if e and e["n"]:
         out.append(f"fold vs exact: {100 * e['same'] / e['n']:.4f} % bit-identical, max {e['max_ulp']} ulp")

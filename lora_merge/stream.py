@@ -8,10 +8,12 @@ buffers cost a page fault per 4 kB, which dominated a naive loop).
 - Tensors no pack touches and whose dtype stays are never converted: their
   bytes go from θG's file into the shard kernel-side (``copy_file_range``).
 - Touched tensors under the ``linear`` rule are merged in row tiles that stay
-  in the CPU cache: ``tile = θ[rows].float(); tile += (ω·scale·B)[rows] @ A``
-  for each LoRA term (other deltas are materialised once and added by rows),
-  then cast once into the pooled output buffer. The float32 result is exactly
-  ``θ.float() + Σ (ω·scale·B) @ A`` for every tile size (see tile_rows).
+  in the CPU cache: ``tile = θ[rows].float(); tile += B[rows] @ A`` with every
+  pack's LoRA factors side by side (B = [ω₁s₁B₁ | ω₂s₂B₂ …], A = [A₁; A₂ …]: one
+  matmul of rank Σrᵢ, one cast in and one out, however many packs), other deltas
+  materialised once and added by rows, then cast once into the pooled output
+  buffer. The float32 result is exactly ``θ.float() + B @ A`` for every tile
+  size (see tile_rows).
 - Other rules get the whole-tensor deltas, as :mod:`lora_merge.combine` expects.
 - ``--device cuda`` moves only the tensors being merged (θ's tensor and the
   factors); untouched tensors never leave the disk's page cache.
@@ -103,17 +105,26 @@ def tile_elements(shape: tuple[int, ...]) -> int:
 
 
 def _terms(vectors: Sequence[TaskVector], name: str, device: torch.device):
-    """Per term: ('lowrank', (ω·scale·B, A)) or ('dense', ω·Δ), in pack order."""
-    out = []
+    """The terms to add to θ's tensor: ('lowrank', (B, A)) or ('dense', ω·Δ).
+
+    Every LoRA term is folded into one pair, B = [ω₁s₁B₁ | ω₂s₂B₂ | …] and A = [A₁; A₂; …],
+    so that Σ ωᵢsᵢBᵢAᵢ = B @ A is one matmul per tile: each tile of θ is then cast in,
+    added to and cast out once however many packs there are.
+    """
+    bs, as_, dense = [], [], []
     for v in vectors:
         for coef, delta in v.terms.get(name, ()):
             if isinstance(delta, LowRankDelta) and not delta.transpose:
                 b, a = delta.factors(device)
-                out.append(("lowrank", (b * coef if coef != 1.0 else b, a)))
+                bs.append(b * coef if coef != 1.0 else b)
+                as_.append(a)
             else:
                 t = delta.materialize(device)
-                out.append(("dense", t * coef if coef != 1.0 else t))
-    return out
+                dense.append(t * coef if coef != 1.0 else t)
+    out = []
+    if bs:
+        out.append(("lowrank", (bs[0], as_[0]) if len(bs) == 1 else (torch.cat(bs, 1), torch.cat(as_, 0))))
+    return out + [("dense", t) for t in dense]
 
 
 def merge_linear(theta: torch.Tensor, terms, out: torch.Tensor, device: torch.device, scratch: torch.Tensor) -> None:

@@ -19,18 +19,40 @@ WEIGHTS = [0.3, 0.7]
 
 
 def reference_fold(general: dict[str, torch.Tensor], packs, weights) -> dict[str, torch.Tensor]:
-    """θG.float() + Σ (B·scale·ω) @ A, cast back: one plain loop over tensors, no pipeline."""
+    """θG.float() + [ω₁s₁B₁ | ω₂s₂B₂] @ [A₁; A₂], cast back: one plain loop over tensors, no pipeline.
+
+    This is Σ ωᵢsᵢBᵢAᵢ written as one matmul, the float32 sum the fold promises (its rounding
+    differs from adding the packs' products one by one in the last float32 bit, which can move
+    a bf16 rounding; test_several_packs_within_one_rounding_of_the_exact_sum bounds that).
+    """
     out = {}
     for name, theta in general.items():
-        acc = theta.float()
+        bs, as_ = [], []
         for pack, w in zip(packs, weights):
             cfg = json.loads((pack / "adapter_config.json").read_text())
             lora = load_file(str(pack / "adapter_model.safetensors"))
             module = "base_model.model." + name.removesuffix(".weight")
             if module + ".lora_A.weight" in lora:
-                a, b = lora[module + ".lora_A.weight"].float(), lora[module + ".lora_B.weight"].float()
-                acc = acc + (b * (cfg["lora_alpha"] / cfg["r"]) * w) @ a
+                bs.append(lora[module + ".lora_B.weight"].float() * (cfg["lora_alpha"] / cfg["r"]) * w)
+                as_.append(lora[module + ".lora_A.weight"].float())
+        acc = theta.float() + torch.cat(bs, 1) @ torch.cat(as_, 0) if bs else theta.float()
         out[name] = acc.to(theta.dtype)
+    return out
+
+
+def one_by_one(general: dict[str, torch.Tensor], packs, weights) -> dict[str, torch.Tensor]:
+    """θG + Σ ωᵢsᵢBᵢAᵢ in float64, pack by pack: the exact sum, to bound the float32 one against."""
+    out = {}
+    for name, theta in general.items():
+        acc = theta.double()
+        for pack, w in zip(packs, weights):
+            cfg = json.loads((pack / "adapter_config.json").read_text())
+            lora = load_file(str(pack / "adapter_model.safetensors"))
+            module = "base_model.model." + name.removesuffix(".weight")
+            if module + ".lora_A.weight" in lora:
+                a, b = lora[module + ".lora_A.weight"].double(), lora[module + ".lora_B.weight"].double()
+                acc = acc + (b * (cfg["lora_alpha"] / cfg["r"]) * w) @ a
+        out[name] = acc
     return out
 
 
@@ -77,6 +99,18 @@ def test_pipelined_fold_equals_reference_bit_for_bit(setup, small_tiles):
         assert torch.equal(ours[name], t), name
         changed += not torch.equal(t, theta[name])
     assert changed == 2 * 7  # every linear weight of both layers moved, nothing else did
+
+
+def test_several_packs_within_one_rounding_of_the_exact_sum(setup):
+    """The float32 fold output (no final rounding to bf16) is the exact float64 sum to float32 accuracy."""
+    general, packs, tmp = setup
+    out = tmp / "as-fp32-two"
+    fold(FoldRequest(general=general, packs=[str(p) for p in packs], out=out, weights=WEIGHTS, dtype="float32",
+                     progress=False, force=True))
+    ours, exact = state_of(out), one_by_one(state_of(general), packs, WEIGHTS)
+    for name, t in exact.items():
+        scale = t.abs().max().item() or 1.0
+        assert (ours[name].double() - t).abs().max().item() <= 1e-6 * scale, name
 
 
 def test_dtype_conversion_of_untouched_tensors(setup):
