@@ -150,3 +150,70 @@ def test_plain_copy_drops_the_gguf_quantisation_record(tmp_path):
     plain_copy(model).save_pretrained(tmp_path)
     assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
     assert AutoConfig.from_pretrained(tmp_path).model_type == "llama"
+
+
+def test_cli_seed_and_out_override_the_config(tmp_path, monkeypatch):
+    """`cli.py study --seed N --out DIR` runs the shipped config with that seed into that folder."""
+    from click.testing import CliRunner
+
+    import lora_merge.study.driver as driver
+    from lora_merge.cli import main
+
+    seen = []
+    monkeypatch.setattr(driver, "run_study", lambda cfg, echo: seen.append(cfg) or {})
+    shipped = Path(__file__).parent.parent / "configs" / "study-smollm2.yaml"
+    res = CliRunner().invoke(main, ["study", "--config", str(shipped), "--out", str(tmp_path / "s1"), "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert seen[0].seed == 1 and seen[0].out == tmp_path / "s1"
+    assert load_study_config(shipped).seed == 0  # the file itself is untouched
+
+
+def test_another_seed_draws_other_data(tmp_path):
+    from lora_merge.study.tasks import write_study_data
+
+    def draw(seed, folder):
+        data = write_study_data(tmp_path / folder, seed, ["repeat", "howto"], 12, {"science": 6}, 5, 5, 5, None)
+        return data.train["general"].read_text(), data.train["science"].read_text()
+
+    assert draw(0, "a") == draw(0, "b")  # a seed is a fixed draw
+    assert draw(0, "c") != draw(1, "d")
+
+
+def _fake_run(root: Path, scores: dict) -> Path:
+    (root / "results").mkdir(parents=True)
+    (root / "results" / "scores.json").write_text(json.dumps(
+        {label: {"meta": {}, "sets": {s: {"score": v, "n": 200} for s, v in sets.items()}}
+         for label, sets in scores.items()}))
+    return root
+
+
+def test_compare_runs_gives_mean_range_and_each_value(tmp_path):
+    from click.testing import CliRunner
+
+    from lora_merge.cli import main
+
+    a = _fake_run(tmp_path / "a", {"θG": {"general": 80.0, "science": 30.0}, "only in a": {"general": 1.0}})
+    b = _fake_run(tmp_path / "b", {"θG": {"general": 70.0, "science": 33.0}})
+    res = CliRunner().invoke(main, ["study-compare", str(a), str(b), "--out", str(tmp_path / "t.md")])
+    assert res.exit_code == 0, res.output
+    table = (tmp_path / "t.md").read_text()
+    assert "| θG | 75.0 (70.0–80.0): 80.0 / 70.0 | 31.5 (30.0–33.0): 30.0 / 33.0 |" in table
+    assert "only in a" not in table  # a model only one run scored has no spread to show
+
+
+def test_compare_runs_refuses_what_is_not_a_run(tmp_path):
+    from click.testing import CliRunner
+
+    from lora_merge.cli import main
+
+    a = _fake_run(tmp_path / "a", {"θG": {"general": 80.0}})
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(main, ["study-compare", str(a), str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "no results/scores.json" in res.output
+    res = CliRunner().invoke(main, ["study-compare", str(a)])
+    assert res.exit_code == 2 and "at least two" in res.output
+    broken = tmp_path / "broken"
+    (broken / "results").mkdir(parents=True)
+    (broken / "results" / "scores.json").write_text('{"θG": {"sets": {"general": 3}}}')
+    res = CliRunner().invoke(main, ["study-compare", str(a), str(broken)])
+    assert res.exit_code == 2 and "not a study score file" in res.output

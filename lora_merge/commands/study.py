@@ -13,16 +13,34 @@ import click
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: the config's out).")
 @click.option("--quick", is_flag=True, default=False, help="Pico model and tiny sets: the pipeline in seconds.")
 @click.option("--threads", type=int, default=None, help="torch threads (default: the config's, else torch's).")
-def study(config_path: Path, out: Path | None, quick: bool, threads: int | None) -> None:
+@click.option("--seed", type=int, default=None,
+              help="Seed of the data draw and of every training run (default: the config's); use with --out.")
+def study(config_path: Path, out: Path | None, quick: bool, threads: int | None, seed: int | None) -> None:
     """Prepare θpre, tune θG, train skills (PTM, CFT, RT), sweep ω, fold several skills; write tables and plots."""
     from lora_merge.study.config import load_study_config
     from lora_merge.study.driver import run_study
 
     cfg = load_study_config(config_path, {"out": str(out) if out else None, "quick": quick or None,
-                                          "threads": threads})
+                                          "threads": threads, "seed": seed})
     artefacts = run_study(cfg, echo=lambda line: click.echo(line, err=False))
     for name, path in artefacts.items():
         click.echo(f"{name}: {path}")
 
 
-COMMANDS = [study]
+@click.command("study-compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the table to this file.")
+def study_compare(runs: tuple[Path, ...], out: Path | None) -> None:
+    """Several study runs (e.g. one per --seed) side by side: mean, range and each run's score."""
+    from lora_merge.study.compare import compare_runs
+
+    table = compare_runs(list(runs))
+    click.echo(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(table)
+        tmp.replace(out)
+
+
+COMMANDS = [study, study_compare]
