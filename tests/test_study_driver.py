@@ -192,12 +192,17 @@ def test_compare_runs_gives_mean_range_and_each_value(tmp_path):
 
     from lora_merge.cli import main
 
-    a = _fake_run(tmp_path / "a", {"θG": {"general": 80.0, "science": 30.0}, "only in a": {"general": 1.0}})
-    b = _fake_run(tmp_path / "b", {"θG": {"general": 70.0, "science": 33.0}})
+    a = _fake_run(tmp_path / "a", {"θG": {"general": 80.0, "science": 30.0}, "only in a": {"general": 1.0},
+                                   "PTM |D|/|G|": {"general": 79.0, "science": 90.0}})
+    b = _fake_run(tmp_path / "b", {"θG": {"general": 70.0, "science": 33.0},
+                                   "PTM |D|/|G|": {"general": 72.0, "science": 91.0}})
     res = CliRunner().invoke(main, ["study-compare", str(a), str(b), "--out", str(tmp_path / "t.md")])
     assert res.exit_code == 0, res.output
     table = (tmp_path / "t.md").read_text()
-    assert "| θG | 75.0 (70.0–80.0): 80.0 / 70.0 | 31.5 (30.0–33.0): 30.0 / 33.0 |" in table
+    assert "| θG | 75.0 (70.0 to 80.0): 80.0 / 70.0 | 31.5 (30.0 to 33.0): 30.0 / 33.0 |" in table
+    # pipes in a label are escaped, so the row keeps its columns; the second table is per run against its own θG
+    assert "| PTM \\|D\\|/\\|G\\| | 75.5 (72.0 to 79.0): 79.0 / 72.0 |" in table
+    assert "| PTM \\|D\\|/\\|G\\| | +0.5 (-1.0 to +2.0): -1.0 / +2.0 | +59.0 (+58.0 to +60.0): +60.0 / +58.0 |" in table
     assert "only in a" not in table  # a model only one run scored has no spread to show
 
 

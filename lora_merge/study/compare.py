@@ -3,7 +3,8 @@
 One seed is one draw of the data and of every initialisation; a difference between methods that is
 smaller than the spread between seeds is not a finding. ``compare_runs`` reads each run's
 ``results/scores.json`` and writes one markdown table: a row per model that every run scored, a
-column per eval set, each cell ``mean (min–max)`` over the runs, plus the runs' own values.
+column per eval set, each cell ``mean (min to max)`` over the runs, plus the runs' own values;
+and the same as differences from each run's own θG.
 """
 
 from __future__ import annotations
@@ -26,31 +27,54 @@ def load_scores(run: Path) -> dict[str, dict[str, float]]:
         raise LoraMergeError(f"{path}: not a study score file ({e})") from None
 
 
-def compare_runs(runs: list[Path]) -> str:
-    """A markdown table of every (model, eval set) score that all ``runs`` have: mean, range, each run's value."""
+def compare_runs(runs: list[Path], reference: str = "θG") -> str:
+    """Markdown tables of every (model, eval set) score that all ``runs`` have: mean, range, each run's value.
+
+    When every run scored ``reference`` (θG), a second table gives each score minus that run's own
+    reference score on the same set: seeds move θG too, and "general within 2 points of θG" is a
+    within-run difference.
+    """
     if len(runs) < 2:
         raise LoraMergeError("compare needs at least two run folders")
     scores = [load_scores(r) for r in runs]
     labels = [label for label in scores[0] if all(label in s for s in scores[1:])]
-    sets = sorted({name for label in labels for name in scores[0][label]}, key=_set_order)
     if not labels:
         raise LoraMergeError("the runs have no scored model in common")
-    head = "| model | " + " | ".join(sets) + " |"
-    lines = [f"Runs: {', '.join(f'`{r}`' for r in runs)}. Each cell: mean (min–max) over the runs; then each run's "
-             "score in the order above. A blank cell: that set was not scored for that model.", "", head,
-             "|---|" + "---|" * len(sets)]
+    sets = sorted({name for label in labels for name in scores[0][label]}, key=_set_order)
+    intro = (f"Runs: {', '.join(f'`{r}`' for r in runs)}. Each cell: mean (min–max) over the runs, then each run's "
+             "score in that order. A blank cell: that set was not scored for that model.")
+    out = [intro, "", _table(labels, sets, lambda i, label, name: scores[i][label].get(name), len(runs))]
+    if reference in labels:
+        def delta(i: int, label: str, name: str) -> float | None:
+            value, ref = scores[i][label].get(name), scores[i][reference].get(name)
+            return None if value is None or ref is None else value - ref
+
+        others = [label for label in labels if label != reference]
+        out += ["", f"The same scores minus each run's own {reference} on that set (points):", "",
+                _table(others, sets, delta, len(runs), signed=True)]
+    return "\n".join(out)
+
+
+def _table(labels: list[str], sets: list[str], value, n_runs: int, signed: bool = False) -> str:
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    lines = ["| model | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
     for label in labels:
         cells = []
         for name in sets:
-            values = [s[label].get(name) for s in scores]
+            values = [value(i, label, name) for i in range(n_runs)]
             if any(v is None for v in values):
                 cells.append("")
                 continue
-            mean = sum(values) / len(values)
-            each = " / ".join(f"{v:.1f}" for v in values)
-            cells.append(f"{mean:.1f} ({min(values):.1f}–{max(values):.1f}): {each}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            each = " / ".join(fmt.format(v) for v in values)
+            cells.append(f"{fmt.format(sum(values) / len(values))} ({fmt.format(min(values))} to "
+                         f"{fmt.format(max(values))}): {each}")
+        lines.append(f"| {_cell(label)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (labels such as 'ω = |D|/|G|' hold pipes)."""
+    return text.replace("|", "\\|")
 
 
 def _set_order(name: str) -> tuple[int, str]:
