@@ -222,3 +222,22 @@ def test_compare_runs_refuses_what_is_not_a_run(tmp_path):
     (broken / "results" / "scores.json").write_text('{"θG": {"sets": {"general": 3}}}')
     res = CliRunner().invoke(main, ["study-compare", str(a), str(broken)])
     assert res.exit_code == 2 and "not a study score file" in res.output
+
+
+def test_cft_replay_and_rt_per_skill_extend_a_finished_run(quick_run):
+    """--cft-replay / --rt-per-skill on a finished run add only their stages and their rows in the skill's table."""
+    out, _, _ = quick_run
+    lines: list[str] = []
+    artefacts = run_study(StudyConfig(quick=True, out=out, threads=1, cft_replay=["science"], rt_per_skill=["science"]),
+                          echo=lines.append)
+    counts = json.loads((out / "results" / "results.json").read_text())["record"]["counts"]
+    costs = json.loads((out / "results" / "results.json").read_text())["record"]["costs"]
+    # CFT + replay trains on D plus as many G rows (ratio 1); RT on G ∪ D; nothing else was retrained
+    assert costs["science-cft-replay"]["instances"] == 2 * counts["science"]
+    assert costs["science-rt"]["instances"] == counts["general"] + counts["science"]
+    trained = [x for x in lines if "instances" in x and "reusing" not in x]
+    assert len(trained) == 2 and all("science-" in x for x in trained), trained
+    science = Path(artefacts["tables"]).read_text().split("## coding")[0]
+    assert "| CFT + replay |" in science and "| RT |" in science.split("## three skills")[0]
+    scores = json.loads((out / "results" / "scores.json").read_text())
+    assert set(scores["RT science"]["sets"]) == {"general", "science"}

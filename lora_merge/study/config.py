@@ -79,6 +79,8 @@ class StudyConfig(BaseModel):
     multi_density: float = Field(default=0.5, gt=0, le=1)
     rt: bool = True  # one RT run on G ∪ every D (the three-skill comparison)
     cft: bool | list[str] = True  # True: every skill; or the skills to run CFT for
+    cft_replay: bool | list[str] = False  # CFT with G replayed (one G row per D row), per skill
+    rt_per_skill: bool | list[str] = False  # RT on G ∪ D for each skill alone (θG's settings, from θpre)
     tau_alone: bool = True  # score each τ folded into θpre alone (does the pack itself hold the skill?)
     evaluation: Evaluation = Evaluation()
     keep_models: bool = False
@@ -87,9 +89,18 @@ class StudyConfig(BaseModel):
         return list(self.sizes.skills)
 
     def cft_skills(self) -> list[str]:
-        if self.cft is True:
+        return self._chosen(self.cft)
+
+    def cft_replay_skills(self) -> list[str]:
+        return self._chosen(self.cft_replay)
+
+    def rt_skills(self) -> list[str]:
+        return self._chosen(self.rt_per_skill)
+
+    def _chosen(self, which: bool | list[str]) -> list[str]:
+        if which is True:
             return self.skills()
-        return [] if self.cft is False else [s for s in self.cft if s in self.sizes.skills]
+        return [] if which is False else [s for s in which if s in self.sizes.skills]
 
 
 def load_study_config(path: str | os.PathLike, overrides: dict | None = None) -> StudyConfig:

@@ -230,6 +230,14 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
             t = run.train(f"{skill}-cft", "skill", strategy="cft", general=run.general,
                           data=run.data.train[skill], out=run.models / f"{skill}-cft")
             run.score_folder(f"CFT {skill}", t.path, run.skill_sets(skill), {"kind": "cft", "skill": skill})
+    if cfg.cft_replay_skills():
+        with stage("CFT + replay: θG continued on D with G replayed"):
+            for skill in cfg.cft_replay_skills():
+                t = run.train(f"{skill}-cft-replay", "skill", strategy="cft", general=run.general,
+                              data=run.data.train[skill], replay=run.data.train["general"], replay_ratio=1.0,
+                              out=run.models / f"{skill}-cft-replay")
+                run.score_folder(f"CFT + replay {skill}", t.path, run.skill_sets(skill),
+                                 {"kind": "cft-replay", "skill": skill})
     with stage("several skills folded at once (ω = |D|/|G| each)"):
         for method in cfg.multi_methods:
             folder = run.models / f"all-{method}"
@@ -257,6 +265,12 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
             t = run.train("all-rt", "general", strategy="rt", data=both, general_data=run.data.train["general"],
                           out=run.models / "all-rt")
             run.score_folder("RT all", t.path, run.all_sets(), {"kind": "rt"})
+    if cfg.rt_skills():
+        with stage("RT per skill: θpre retrained on G ∪ D"):
+            for skill in cfg.rt_skills():
+                t = run.train(f"{skill}-rt", "general", strategy="rt", data=run.data.train[skill],
+                              general_data=run.data.train["general"], out=run.models / f"{skill}-rt")
+                run.score_folder(f"RT {skill}", t.path, run.skill_sets(skill), {"kind": "rt", "skill": skill})
     with stage("geometry and tables"):
         run.timings["uptime_end"] = _uptime()
         run.timings["total_seconds"] = round(time.perf_counter() - run.t0, 1)

@@ -79,6 +79,12 @@ def build_rows(run, geo: dict) -> tuple[list[Row], list[Row]]:
             r, c = model_geometry(cft, run.general, tau_g, theta)
             rows.append(Row(skill, "CFT", None, table_scores(store, f"CFT {skill}"), run.costs.get(f"{skill}-cft", {}),
                             r, c))
+        # CFT + replay starts at θG, RT at θpre: each model's update is measured from where it started
+        for method, label, folder, start in (("CFT + replay", f"CFT + replay {skill}", f"{skill}-cft-replay", run.general),
+                                             ("RT", f"RT {skill}", f"{skill}-rt", run.base)):
+            if label in store.data and (run.models / folder).is_dir():
+                r, c = model_geometry(run.models / folder, start, tau_g, theta)
+                rows.append(Row(skill, method, None, table_scores(store, label), run.costs.get(folder, {}), r, c))
         for label, entry in store.data.items():
             meta = entry.get("meta", {})
             if meta.get("kind") == "ptm" and meta.get("skill") == skill:
