@@ -41,7 +41,7 @@ def compare_runs(runs: list[Path], reference: str = "θG") -> str:
     if not labels:
         raise LoraMergeError("the runs have no scored model in common")
     sets = sorted({name for label in labels for name in scores[0][label]}, key=_set_order)
-    intro = (f"Runs: {', '.join(f'`{r}`' for r in runs)}. Each cell: mean (min–max) over the runs, then each run's "
+    intro = (f"Runs: {', '.join(f'`{r}`' for r in runs)}. Each cell: mean (min to max) over the runs, then each run's "
              "score in that order. A blank cell: that set was not scored for that model.")
     out = [intro, "", _table(labels, sets, lambda i, label, name: scores[i][label].get(name), len(runs))]
     if reference in labels:
