@@ -16,9 +16,9 @@ import click
 @click.option("--seed", type=int, default=None,
               help="Seed of the data draw and of every training run (default: the config's); use with --out.")
 @click.option("--cft-replay", is_flag=True, default=None,
-              help="Also CFT with G replayed, per skill (adds ≈ 7 minutes on 2 CPU cores).")
+              help="Also CFT with G replayed, per skill (adds ≈ 9 minutes on 2 CPU cores).")
 @click.option("--rt-per-skill", is_flag=True, default=None,
-              help="Also RT on G ∪ D for each skill alone (adds ≈ 10 minutes on 2 CPU cores).")
+              help="Also RT on G ∪ D for each skill alone (adds ≈ 11 minutes on 2 CPU cores).")
 def study(config_path: Path, out: Path | None, quick: bool, threads: int | None, seed: int | None,
           cft_replay: bool | None, rt_per_skill: bool | None) -> None:
     """Prepare θpre, tune θG, train skills (PTM, CFT, RT), sweep ω, fold several skills; write tables and plots."""
