@@ -74,13 +74,9 @@ def build_rows(run, geo: dict) -> tuple[list[Row], list[Row]]:
         if f"θpre + τ {skill}" in store.data:
             rows.append(Row(skill, "θpre + τ (ω = 1)", 1.0, table_scores(store, f"θpre + τ {skill}"),
                             run.costs.get(skill, {}), rel.get(skill), cos_g(skill)))
-        cft = run.models / f"{skill}-cft"
-        if f"CFT {skill}" in store.data and cft.is_dir():
-            r, c = model_geometry(cft, run.general, tau_g, theta)
-            rows.append(Row(skill, "CFT", None, table_scores(store, f"CFT {skill}"), run.costs.get(f"{skill}-cft", {}),
-                            r, c))
-        # CFT + replay starts at θG, RT at θpre: each model's update is measured from where it started
-        for method, label, folder, start in (("CFT + replay", f"CFT + replay {skill}", f"{skill}-cft-replay", run.general),
+        # CFT (with or without replay) starts at θG, RT at θpre: each update is measured from where it started
+        for method, label, folder, start in (("CFT", f"CFT {skill}", f"{skill}-cft", run.general),
+                                             ("CFT + replay", f"CFT + replay {skill}", f"{skill}-cft-replay", run.general),
                                              ("RT", f"RT {skill}", f"{skill}-rt", run.base)):
             if label in store.data and (run.models / folder).is_dir():
                 r, c = model_geometry(run.models / folder, start, tau_g, theta)
