@@ -29,7 +29,8 @@ from lora_merge.numerics import check_folded, guard_pack_reads
 from lora_merge.skillpack import DEFAULT_REGISTRY, SkillPack, load_pack, publish_folder, resolve_pack
 from lora_merge.stream import stream_fold
 from lora_merge.task_vector import TargetModel, TaskVector
-from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES, PlannedTensor, ShardedWriter, WeightSet, parse_size
+from lora_merge.placed import PlacedWriter
+from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES, PlannedTensor, WeightSet, parse_size
 from lora_merge.weights import GENERAL_MANIFEST, Weight, choose_weights, general_size_from_folder
 
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -187,8 +188,9 @@ def fold_vectors(
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    writer = ShardedWriter(tmp, plan, parse_size(req.max_shard_size), {"lora_merge": __version__}, fsync=req.fsync)
+    writer = PlacedWriter(tmp, plan, parse_size(req.max_shard_size), {"lora_merge": __version__}, fsync=req.fsync)
     try:
+        writer.open()
         # read → merge → write overlapped in bounded memory (lora_merge/stream.py); untouched tensors are copied as bytes
         changed = stream_fold(plan, sources, general, vectors, rule, opts, device, writer, linear=req.method == "linear",
                               progress=req.progress,

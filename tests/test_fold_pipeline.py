@@ -13,7 +13,7 @@ import lora_merge.stream as stream
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
 from lora_merge.task_vector import LowRankDelta
-from lora_merge.tensors import ShardedWriter
+from lora_merge.placed import PlacedWriter
 
 WEIGHTS = [0.3, 0.7]
 
@@ -152,15 +152,15 @@ def test_failure_in_the_merge_thread_leaves_nothing(setup, monkeypatch):
 def test_failure_in_the_writer_leaves_nothing(setup, monkeypatch):
     general, packs, tmp = setup
     written = {"n": 0}
-    plain = ShardedWriter.write_bytes
+    plain = PlacedWriter.write_at
 
-    def failing(self, name, data):
+    def failing(self, name, at, data):
         written["n"] += 1
         if written["n"] == 3:
             raise OSError(5, "simulated I/O error")
-        return plain(self, name, data)
+        return plain(self, name, at, data)
 
-    monkeypatch.setattr(ShardedWriter, "write_bytes", failing)
+    monkeypatch.setattr(PlacedWriter, "write_at", failing)
     with pytest.raises(Exception, match="simulated I/O error"):
         fold(FoldRequest(general=general, packs=[str(packs[0])], out=tmp / "broken2", weights=[0.3], progress=False))
     assert _no_leftovers(tmp, "broken2")
