@@ -26,10 +26,10 @@ from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model, read_config
 from lora_merge.leftovers import clean_leftovers, reports_disk_full
 from lora_merge.numerics import check_folded, guard_pack_reads
+from lora_merge.placed import PlacedWriter
 from lora_merge.skillpack import DEFAULT_REGISTRY, SkillPack, load_pack, publish_folder, resolve_pack
 from lora_merge.stream import stream_fold
 from lora_merge.task_vector import TargetModel, TaskVector
-from lora_merge.placed import PlacedWriter
 from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES, PlannedTensor, WeightSet, parse_size
 from lora_merge.weights import GENERAL_MANIFEST, Weight, choose_weights, general_size_from_folder
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 import lora_merge.stream as stream
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
-from lora_merge.task_vector import LowRankDelta
 from lora_merge.placed import PlacedWriter
+from lora_merge.task_vector import LowRankDelta
 
 WEIGHTS = [0.3, 0.7]
 
