@@ -47,11 +47,12 @@ def job_interference(args: list[str]) -> None:
 
 
 def job_arithmetic(args: list[str]) -> None:
-    """The fold's own tiled merge kernel over every touched tensor, one thread, no reading from or writing to
-    files beyond θG's page-cached map: the arithmetic floor one merge worker cannot go under."""
+    """The fold's own tiled merge kernel (cast in, B @ A, cast out, finiteness check) over every touched tensor,
+    one thread, no file I/O beyond θG's page-cached map: the arithmetic floor one merge worker cannot go under."""
     import torch
 
-    from lora_merge.stream import merge_linear, tile_elements
+    from lora_merge.numerics import all_finite
+    from lora_merge.stream import merged_tiles, tile_elements
     from lora_merge.tensors import SafetensorsFile, WeightSet
 
     torch.set_num_threads(1)  # as each of the fold's merge workers computes
@@ -67,18 +68,19 @@ def job_arithmetic(args: list[str]) -> None:
                 bs.append(src.get(key.replace("lora_A", "lora_B")).float() * (cfg["lora_alpha"] / cfg["r"] * w))
                 as_.append(src.get(key).float())
     terms = {n: [("lowrank", (torch.cat(b, 1), torch.cat(a, 0)))] for n, (b, a) in factors.items()}
-    largest = max(general.info(n).nbytes for n in terms)
-    out_buf = torch.empty(largest, dtype=torch.uint8)
-    scratch = torch.empty(max(tile_elements(tuple(general.info(n).shape)) for n in terms), dtype=torch.float32)
+    need = max(tile_elements(tuple(general.info(n).shape)) for n in terms)
+    scratch, tile = torch.empty(need, dtype=torch.float32), torch.empty(need * 4, dtype=torch.uint8)
+
+    def merge(n: str) -> None:  # what a fold worker does to a touched tensor, less the write
+        theta = general.get(n)
+        for _, rows in merged_tiles(theta, terms[n], scratch, tile.view(theta.dtype)):
+            all_finite(rows)
+
     for n in list(terms)[:2]:  # warm the kernels and the map, then time every tensor
-        theta = general.get(n)
-        merge_linear(theta, terms[n], out_buf[: theta.numel() * theta.element_size()].view(theta.dtype).view(theta.shape),
-                     torch.device("cpu"), scratch)
+        merge(n)
     t = time.perf_counter()
-    for n, ts in terms.items():
-        theta = general.get(n)
-        out = out_buf[: theta.numel() * theta.element_size()].view(theta.dtype).view(theta.shape)
-        merge_linear(theta, ts, out, torch.device("cpu"), scratch)
+    for n in terms:
+        merge(n)
     print(json.dumps({"work_s": time.perf_counter() - t}))
 
 

@@ -143,6 +143,22 @@ def test_overflow_of_the_output_dtype_names_the_tensor(built, tmp_path):
     fold(request(built, tmp_path / "out", weights=[omega], dtype="float32"))  # fits float32: no complaint
 
 
+def test_overflow_count_covers_the_whole_tensor_not_one_tile(built, tmp_path, monkeypatch):
+    """The fold checks tile by tile; the message still counts every overflowing value of the tensor."""
+    monkeypatch.setattr(stream_module, "TILE_ELEMENTS", 64)
+    monkeypatch.setattr(stream_module, "TILE_QUANTUM", 8)
+    omega = 3e8  # overflows float16 in part of each weight, so the bad values lie in several tiles
+    with pytest.raises(LoraMergeError) as err:
+        fold(request(built, tmp_path / "out", weights=[omega], dtype="float16"))
+    name = str(err.value).split("'")[1]
+    theta = built.pre.state_dict()[name]
+    folded = (theta.double() + omega * (built.merged[name].double() - theta.double())).half()
+    pos, neg = int(torch.isposinf(folded).sum()), int(torch.isneginf(folded).sum())
+    rows_hit = torch.isinf(folded).any(1).nonzero().flatten()
+    assert rows_hit.max() - rows_hit.min() >= 8  # more than one tile of 8 rows holds some
+    assert f"{pos} +Inf, {neg} -Inf" in str(err.value)
+
+
 SLOW_FOLD = textwrap.dedent("""
     import sys, time
     import lora_merge.tensors as t
