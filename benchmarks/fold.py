@@ -164,9 +164,13 @@ def main() -> None:
     log(f"machine: {info}  load {loads[0]}")
     sizes = {"0.1B": _models.build("0.1B", 1, False, log=log), "1.1B": _models.build("1.1B", 8, True, log=log)}
     if args.large:
+        # θG itself (unless already built), one copy for cp -r and one fold output at a time, plus room to spare
+        model = 2 * _models.SHAPES["7B"].params()
+        need = (2 if (_models.CACHE / "7B" / "general").is_dir() else 3) * model + 3e9
         free = shutil.disk_usage(_models.CACHE).free
-        if free < 45e9:
-            log(f"--large skipped: {free / 1e9:.0f} GB free, the 7B run needs ~45 GB (model, copy, fold output)")
+        if free < need:
+            log(f"--large skipped: {free / 1e9:.0f} GB free, the 7B run needs ~{need / 1e9:.0f} GB (model, copy, "
+                "fold output)")
         else:
             sizes["7B"] = _models.build("7B", 1, False, shard="5GB", log=log)
     bench = Bench(log)

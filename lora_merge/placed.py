@@ -61,6 +61,8 @@ class PlacedWriter:
         self.fsync = fsync  # durable shards before the caller renames the folder into place
         self._fds: list[int] = []
         self._arrived = dict.fromkeys(self.places, 0)  # bytes written per tensor (one writer per tensor)
+        self._left = [len(s) for s in self.shards]  # tensors of each shard not yet done()
+        self._synced: set[int] = set()  # shards already flushed by done()
 
     @property
     def bytes_written(self) -> int:
@@ -104,10 +106,16 @@ class PlacedWriter:
         self._arrived[name] += place.nbytes
 
     def done(self, name: str) -> None:
-        """Tensor ``name`` is complete: when durable, start its writeback now so finish() waits less."""
-        if self.fsync:
-            place = self.places[name]
-            _start_writeback(self._fds[place.shard], place.offset, place.nbytes)
+        """Tensor ``name`` is complete (call from one thread). When durable, start its writeback now, and
+        flush its shard once the shard's last tensor is in, so that finish() has little left to wait for."""
+        if not self.fsync:
+            return
+        place = self.places[name]
+        _start_writeback(self._fds[place.shard], place.offset, place.nbytes)
+        self._left[place.shard] -= 1
+        if self._left[place.shard] == 0:
+            os.fsync(self._fds[place.shard])
+            self._synced.add(place.shard)
 
     def finish(self) -> list[str]:
         """Check that every planned byte arrived, flush, close, write the index; return the file names."""
@@ -115,8 +123,8 @@ class PlacedWriter:
         if short:
             name, got, want = short[0]
             raise RuntimeError(f"tensor {name!r} got {got} of its {want} bytes ({len(short)} tensors incomplete)")
-        for fd in self._fds:
-            if self.fsync:
+        for i, fd in enumerate(self._fds):
+            if self.fsync and i not in self._synced:
                 os.fsync(fd)
         self.abort()
         if len(self.names) > 1:

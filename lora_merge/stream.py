@@ -182,7 +182,6 @@ class _Worker(threading.Thread):
                 self._write_whole(p, theta, touched)
             del theta
             job.general.files[job.general.where[src]].release(src)  # keep RSS flat in model size
-        job.writer.done(p.name)
         return touched
 
     def _write_tiles(self, p: PlannedTensor, theta: torch.Tensor) -> None:
@@ -267,6 +266,9 @@ def stream_fold(
             item = _next(job.done, pool)
             if isinstance(item, BaseException):
                 raise item
+            # when durable, start this tensor's writeback from here: the call can block on the disk's
+            # queue, and this thread is otherwise idle while the workers compute
+            writer.done(plan[item[0]].name)
             changed += item[1]
     finally:
         job.stop.set()

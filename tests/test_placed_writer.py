@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import threading
 
 import pytest
@@ -47,11 +48,12 @@ def test_any_order_from_two_threads_reads_back_with_safetensors(tmp_path, shard_
             half = data.nbytes // 2 // 3 * 3  # in two pieces, the second one first, split mid-element
             writer.write_at(n, half, data[half:])
             writer.write_at(n, 0, data[:half])
-            writer.done(n)
 
     threads = [threading.Thread(target=write, args=(names[k::2],)) for k in range(2)]
     [t.start() for t in threads]
     [t.join() for t in threads]
+    for n in names:
+        writer.done(n)
     files = writer.finish()
     assert writer.bytes_written == sum((tmp_path / f).stat().st_size for f in files)
     back = {}
@@ -64,6 +66,34 @@ def test_any_order_from_two_threads_reads_back_with_safetensors(tmp_path, shard_
         index = json.loads((tmp_path / INDEX_NAME).read_text())
         assert set(index["weight_map"].values()) == set(files)
         assert all(n in load_file(str(tmp_path / f)) for n, f in index["weight_map"].items())
+
+
+def test_durable_shards_are_flushed_once_each_as_soon_as_complete(tmp_path, monkeypatch):
+    ts = tensors()
+    flushed: list[int] = []
+    real_fsync = placed_module.os.fsync
+
+    class CountingOs:
+        def fsync(self, fd):
+            flushed.append(fd)
+            real_fsync(fd)
+
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+    monkeypatch.setattr(placed_module, "os", CountingOs())
+    writer = PlacedWriter(tmp_path, plan_of(ts), 2000, fsync=True)
+    writer.open()
+    assert len(writer.shards) == 2
+    first = [t.name for t in writer.shards[0]]
+    for n in first:
+        writer.write_at(n, 0, as_bytes(ts[n]))
+        writer.done(n)
+    assert len(flushed) == 1  # the first shard, before any other tensor was written
+    for n in ts.keys() - set(first):
+        writer.write_at(n, 0, as_bytes(ts[n]))
+    writer.finish()  # done() was not called for these: finish flushes their shards
+    assert len(flushed) == len(writer.shards)
 
 
 def test_same_bytes_as_safetensors_own_writer_reads(tmp_path):
