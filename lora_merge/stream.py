@@ -176,7 +176,9 @@ class _Worker(threading.Thread):
             job.writer.copy_from(p.name, self._fd(src), info.start)
         else:
             theta = job.general.get(src)
-            if touched and job.linear and job.device.type == "cpu" and theta.dim() == 2:
+            # by tiles: the linear rule on the CPU, and dtype changes of untouched matrices (no terms; on the
+            # CPU whatever the device), so that neither needs a buffer the size of the tensor
+            if theta.dim() == 2 and (not touched or (job.linear and job.device.type == "cpu")):
                 self._write_tiles(p, theta)
             else:
                 self._write_whole(p, theta, touched)
@@ -185,9 +187,9 @@ class _Worker(threading.Thread):
         return touched
 
     def _write_tiles(self, p: PlannedTensor, theta: torch.Tensor) -> None:
-        """The linear rule on the CPU: each tile is merged, checked and written while it is in cache."""
+        """Each tile is merged (or only cast), checked and written while it is in cache."""
         job, need = self.job, tile_elements(p.shape)
-        terms = _terms(job.vectors, p.name, job.device)
+        terms = _terms(job.vectors, p.name, job.device) if any(p.name in v for v in job.vectors) else []
         if self.scratch.numel() < need:
             self.scratch = torch.empty(need, dtype=torch.float32)
         tile = self._buffer("tile", need * p.dtype.itemsize).view(p.dtype)
@@ -200,13 +202,13 @@ class _Worker(threading.Thread):
                     job.check(p.name, rows)
                 except Exception:  # let the check see the whole tensor, so its message counts every bad value
                     whole = torch.empty(p.shape, dtype=p.dtype)
-                    merge_linear(theta, terms, whole, job.device, self.scratch)
+                    merge_linear(theta, terms, whole, torch.device("cpu"), self.scratch)
                     job.check(p.name, whole)
                     raise
             job.writer.write_at(p.name, r0 * row_bytes, memoryview(rows.view(-1).view(torch.uint8).numpy()))
 
     def _write_whole(self, p: PlannedTensor, theta: torch.Tensor, touched: bool) -> None:
-        """Other rules, other devices, 1-D tensors and dtype changes: the whole result in a reused buffer."""
+        """Other rules, other devices and 1-D tensors: the whole result in a buffer reused across tensors."""
         job = self.job
         buf = self._buffer("whole", p.nbytes)[: p.nbytes]
         out = buf.view(p.dtype).view(p.shape)
