@@ -109,19 +109,20 @@ def render(rows: list[Row], stats: dict, info: dict, checks: list[str], loads: t
         START,
         "## Fold speed and memory (`make bench`)",
         "",
-        "Reproduce with `make bench` (`make bench BENCH_ARGS=--large` adds the 7B model, ~45 GB of disk); "
-        "the models and packs are built once into benchmarks/.cache/.",
+        "Reproduce with `make bench` (`make bench BENCH_ARGS=--large` adds the 7B model: ~45 GB of free disk the "
+        "first time, ~30 GB once it is built); the models and packs are built once into benchmarks/.cache/.",
         "",
         f"Measured {info['date']} on {info['cpu']}; {info['ram']} RAM; disk {info['disk']}; Python {info['python']}.",
-        f"Load average (1/5/15 min) at start {loads[0]}, at end {loads[1]} — on this shared 2-core machine other "
-        "jobs ran beside the benchmark, so absolute times are noisy; ratios within one run are what to compare.",
+        f"Load average (1/5/15 min) at start {loads[0]}, at end {loads[1]} (each row notes its own). Absolute "
+        "times vary between runs on this VM (see the notes under the table); ratios within one run are what to "
+        "compare, and the rows a ratio compares are timed in turns.",
         "",
         f"Synthetic Llama-shaped bf16 models (random weights), rank-16 LoRA on every linear layer, ω = {OMEGA}, page "
         "cache warm. *time* is the job's own time after interpreter start and imports (the process's wall time is "
         "beside it); for `cp`/`sync`/mergekit it is the wall time. *× floor* divides by `cp -r` of the same size, or "
         "by `cp -r` + `sync` for the rows that fsync. Peak RSS counts the memory-mapped model pages a process "
         "touched; *anon* is its own (heap) memory, polled every 10 ms. Read/written are the bytes passed through "
-        "read()/write() (memory-mapped reads and kernel-side copies do not show).",
+        "read()/write()/pwrite() (memory-mapped reads and kernel-side copies do not show).",
         "",
         "| size | job | time s | wall s | × floor | peak RSS GB | anon GB | read GB | written GB | notes |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",

@@ -62,27 +62,37 @@ class Bench:
         WORK.mkdir(parents=True, exist_ok=True)
 
     def run(self, label: str, size: str, cmd: list[str], repeat: int = 1, before=None) -> Row:
-        """Measure ``cmd``; with ``repeat`` > 1 keep the fastest run and note every time.
+        """Measure ``cmd``; with ``repeat`` > 1 keep the fastest run and note every time (see interleaved)."""
+        return self.interleaved(size, [(label, cmd)], repeat, before)[0]
+
+    def interleaved(self, size: str, jobs: list[tuple[str, list[str]]], repeat: int = 1, before=None) -> list[Row]:
+        """Measure every (label, cmd) ``repeat`` times, round-robin; each row keeps its fastest run and notes all.
 
         Writing a fresh 2 GB file into the page cache here takes 0.5 s or 5 s depending on what the VM's memory
-        was doing just before (same bytes, same file), so one sample of a row is noise; every row that a
-        target divides (cp -r, the folds, PEFT) is timed several times and its best kept, the same for each.
+        was doing just before (same bytes, same file): this guest's balloon reports free pages to the host
+        (VIRTIO_BALLOON_F_REPORTING), and a page the host took back costs a fault on its next first touch. So
+        one sample of a row is noise; every row that a target divides is timed several times and its best kept,
+        and rows that a ratio compares are timed in turns, so that each sees the machine in the same states.
         """
-        log = WORK / f"{size}-{label.replace(' ', '_').replace('/', '_')}.log"
-        samples = []
+        samples: dict[str, list[Row]] = {label: [] for label, _ in jobs}
         for _ in range(repeat):
-            if before is not None:
-                before()
-            samples.append(measure(label, size, cmd, log))
+            for label, cmd in jobs:
+                if before is not None:
+                    before()
+                log = WORK / f"{size}-{label.replace(' ', '_').replace('/', '_')}.log"
+                samples[label].append(measure(label, size, cmd, log))
+        return [self._keep_best(size, label, runs) for label, runs in samples.items()]
+
+    def _keep_best(self, size: str, label: str, samples: list[Row]) -> Row:
         row = min(samples, key=lambda r: (r.error is not None, r.seconds))
         row.peak_rss, row.peak_anon = max(r.peak_rss for r in samples), max(r.peak_anon for r in samples)
-        if repeat > 1:
-            row.notes.append(f"best of {repeat} ({', '.join(f'{r.seconds:.2f}' for r in samples)} s)")
+        if len(samples) > 1:
+            row.notes.append(f"best of {len(samples)} ({', '.join(f'{r.seconds:.2f}' for r in samples)} s)")
         row.notes.append(f"load {load_avg()}")
         self.rows.append(row)
         self.log(f"  {size:5} {label:34} {row.seconds:7.2f} s  wall {row.wall_s:7.2f} s  "
                  f"peak RSS {row.peak_rss / GB:5.2f} GB  anon {row.peak_anon / GB:5.2f} GB"
-                 + (f"  ({row.notes[0]})" if repeat > 1 else "") + (f"  ERROR {row.error}" if row.error else ""))
+                 + (f"  ({row.notes[0]})" if len(samples) > 1 else "") + (f"  ERROR {row.error}" if row.error else ""))
         return row
 
     def floor(self, size: str, general: Path) -> tuple[Row, Row]:
@@ -94,20 +104,37 @@ class Bench:
         settle(dst)
         return cp, sync
 
-    def fold(self, size: str, general: Path, packs: list[Path], fsync: bool, keep: bool = False,
-             device: str = "cpu", method: str = "linear", repeat: int = 1) -> Row:
-        warm(general)
-        for pack in packs:  # the page cache is warm for every input, not θG alone
-            warm(pack)
+    def fold_job(self, size: str, general: Path, packs: list[Path], fsync: bool, device: str = "cpu",
+                 method: str = "linear") -> tuple[str, list[str], Path]:
+        """The label, command and output folder of one fold row; its inputs are warmed in the page cache."""
+        for folder in (general, *packs):  # warm for every input, not θG alone
+            warm(folder)
         out = WORK / f"{size}-fold{len(packs)}{'' if fsync else '-nofsync'}{'' if method == 'linear' else '-' + method}"
         label = f"fold, {len(packs)} pack{'s' if len(packs) > 1 else ''}" + ("" if fsync else ", no fsync") \
             + (f", {device}" if device != "cpu" else "") + (f", {method} d=0.5" if method != "linear" else "")
         cmd = [PY, str(HERE / "_jobs.py"), "fold", str(general), str(out), str(OMEGA), *map(str, packs)]
         cmd += ([] if fsync else ["--no-fsync"]) + ([f"--device={device}"] if device != "cpu" else [])
         cmd += [f"--method={method}"] if method != "linear" else []
+        return label, cmd, out
+
+    def fold(self, size: str, general: Path, packs: list[Path], fsync: bool, device: str = "cpu",
+             method: str = "linear", repeat: int = 1) -> Row:
+        label, cmd, out = self.fold_job(size, general, packs, fsync, device, method)
         row = self.run(label, size, cmd, repeat, before=lambda: settle(out))
-        settle(*([] if keep else [out]))  # a kept output is still flushed, so its writeback does not bill the next row
+        settle(out)
         return row
+
+    def folds_in_turns(self, size: str, general: Path, pack_sets: list[list[Path]], repeat: int) -> Path:
+        """Folds (no fsync) with each pack set, timed in turns for the ratios between them; every sample starts
+        right after the previous one's output was deleted and flushed. Returns the first set's output, which is
+        made once more (untimed) and kept for the agreement check."""
+        jobs = [self.fold_job(size, general, packs, fsync=False) for packs in pack_sets]
+        outs = [out for *_, out in jobs]
+        self.interleaved(size, [(label, cmd) for label, cmd, _ in jobs], repeat, before=lambda: settle(*outs))
+        settle(*outs)
+        subprocess.run(jobs[0][1], check=True, capture_output=True)
+        settle()  # flushed, so its writeback does not bill the next row
+        return outs[0]
 
 
 def mergekit_ready(log) -> str | None:
@@ -185,9 +212,7 @@ def main() -> None:
                 bench.fold(size, built.general, one, fsync=False)
             continue
         bench.fold(size, built.general, one, fsync=True, repeat=REPEAT)
-        bench.fold(size, built.general, one, fsync=False, keep=True, repeat=REPEAT)
-        bench.fold(size, built.general, built.packs[:3], fsync=False, repeat=REPEAT)
-        bench.fold(size, built.general, built.packs[:8], fsync=False, repeat=REPEAT)
+        kept = bench.folds_in_turns(size, built.general, [one, built.packs[:3], built.packs[:8]], REPEAT)
         for method in ("ties", "dare_ties"):
             bench.fold(size, built.general, built.packs[:3], fsync=False, method=method)
         for flags, label in (([], "with sign conflicts"), (["--no-signs"], "low-rank route only")):
@@ -200,7 +225,7 @@ def main() -> None:
             bench.run(f"merge arithmetic alone, {n} pack{'s' if n > 1 else ''} (1 thread)", size,
                       [PY, str(HERE / "_jobs.py"), "arithmetic", str(built.general), str(OMEGA),
                        *map(str, built.packs[:n])], REPEAT)
-        outputs = {"fold": WORK / "1.1B-fold1-nofsync"}
+        outputs = {"fold": kept}
         if not args.no_peers:
             warm(built.general)
             peft_out = WORK / "1.1B-peft"
