@@ -179,20 +179,20 @@ class _Worker(threading.Thread):
             # by tiles: the linear rule on the CPU, and dtype changes of untouched matrices (no terms; on the
             # CPU whatever the device), so that neither needs a buffer the size of the tensor
             if theta.dim() == 2 and (not touched or (job.linear and job.device.type == "cpu")):
-                self._write_tiles(p, theta)
+                self._write_tiles(p, theta, touched)
             else:
                 self._write_whole(p, theta, touched)
             del theta
             job.general.files[job.general.where[src]].release(src)  # keep RSS flat in model size
         return touched
 
-    def _write_tiles(self, p: PlannedTensor, theta: torch.Tensor) -> None:
+    def _write_tiles(self, p: PlannedTensor, theta: torch.Tensor, touched: bool) -> None:
         """Each tile is merged (or only cast), checked and written while it is in cache."""
         job, need = self.job, tile_elements(p.shape)
-        terms = _terms(job.vectors, p.name, job.device) if any(p.name in v for v in job.vectors) else []
+        terms = _terms(job.vectors, p.name, job.device) if touched else []
         if self.scratch.numel() < need:
             self.scratch = torch.empty(need, dtype=torch.float32)
-        tile = self._buffer("tile", need * p.dtype.itemsize).view(p.dtype)
+        tile = self._buffer("tile", need * p.dtype.itemsize)[: need * p.dtype.itemsize].view(p.dtype)
         row_bytes = p.shape[1] * p.dtype.itemsize
         for r0, rows in merged_tiles(theta, terms, self.scratch, tile):
             if job.stop.is_set():

@@ -7,13 +7,15 @@ import threading
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import lora_merge.stream as stream
+from lora_merge.combine import RuleOptions, get_rule
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
 from lora_merge.placed import PlacedWriter
 from lora_merge.task_vector import LowRankDelta
+from lora_merge.tensors import PlannedTensor, WeightSet
 
 WEIGHTS = [0.3, 0.7]
 
@@ -170,3 +172,21 @@ def test_failure_in_the_writer_leaves_nothing(setup, monkeypatch):
         fold(FoldRequest(general=general, packs=[str(packs[0])], out=tmp / "broken2", weights=[0.3], progress=False))
     assert _no_leftovers(tmp, "broken2")
     assert not [t for t in threading.enumerate() if t.name == "fold-merge"]
+
+
+def test_one_worker_reuses_its_tile_buffer_across_dtypes(tmp_path):
+    """A worker's tile buffer, sized for one tensor's dtype, serves the next tensor in another dtype."""
+    src = {"a": torch.randn(7, 3), "b": torch.randn(2, 2).bfloat16(), "c": torch.randn(5, 3).half()}
+    (tmp_path / "in").mkdir()
+    save_file(src, str(tmp_path / "in" / "model.safetensors"))
+    out_dtypes = {"a": torch.bfloat16, "b": torch.float32, "c": torch.float32}  # 42 bytes, then 16, then 60
+    plan = [PlannedTensor(n, out_dtypes[n], tuple(t.shape)) for n, t in src.items()]
+    general = WeightSet.open(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    writer = PlacedWriter(tmp_path / "out", plan, 1 << 30, fsync=False)
+    writer.open()
+    stream.stream_fold(plan, {n: n for n in src}, general, [], get_rule("linear"), RuleOptions(), torch.device("cpu"),
+                       writer, linear=True, workers=1)
+    (name,) = writer.finish()
+    back = load_file(str(tmp_path / "out" / name))
+    assert all(torch.equal(back[n], t.to(out_dtypes[n])) for n, t in src.items())
