@@ -6,15 +6,17 @@ past the end of the file); tensors are then views into a read-only memory map,
 so a 7B model costs address space, not RAM. Nothing is ever unpickled.
 
 Writing: :class:`ShardedWriter` plans every shard's header up front from the
-tensors' names, dtypes and shapes, then streams tensor bytes one at a time, so
-peak memory is one tensor, whatever the shard size.
+tensors' names, dtypes and shapes, then streams tensor bytes one at a time, in
+order, so peak memory is one tensor, whatever the shard size (extraction,
+training, benchmark models). The fold writes through
+:class:`lora_merge.placed.PlacedWriter` instead: the same layout, written by
+position from several threads.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import json
 import mmap
 import os
@@ -385,32 +387,6 @@ class ShardedWriter:
             data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
             self._write_all(memoryview(data))
         self.bytes_written += nbytes
-
-    def write_bytes(self, name: str, data: torch.Tensor | memoryview) -> None:
-        """Write the next planned tensor from its raw bytes (a uint8 tensor or a buffer), no conversion."""
-        view = memoryview(data.numpy()) if isinstance(data, torch.Tensor) else memoryview(data)
-        planned = self._next_planned(name, None, None, view.nbytes)
-        self._write_all(view)
-        self.bytes_written += planned.nbytes
-
-    def copy_span(self, name: str, fd: int, offset: int, nbytes: int) -> None:
-        """Write the next planned tensor by copying ``nbytes`` at ``offset`` of file ``fd`` (kernel-side when it can)."""
-        planned = self._next_planned(name, None, None, nbytes)
-        done = 0
-        try:
-            while done < nbytes:
-                n = os.copy_file_range(fd, self._file.fileno(), nbytes - done, offset + done)
-                if n == 0:
-                    raise OSError(errno.EIO, f"source ended early while copying {name}")
-                done += n
-        except OSError as e:
-            if done or e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as m:  # filesystems without copy_file_range
-                self._write_all(memoryview(m)[offset: offset + nbytes])
-        else:
-            self._kick(nbytes)
-        self.bytes_written += planned.nbytes
 
     def _write_all(self, view: memoryview) -> None:
         view = view.cast("B")
