@@ -11,19 +11,18 @@ hand-off to a single writer thread (on 2 cores that thread was the bottleneck).
 from __future__ import annotations
 
 import errno
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from lora_merge.tensors import (
-    INDEX_NAME,
-    SINGLE_NAME,
     WRITE_CHUNK,
     PlannedTensor,
     _header_bytes,
     _start_writeback,
     plan_shards,
+    shard_names,
+    write_index,
 )
 
 
@@ -49,8 +48,7 @@ class PlacedWriter:
         self.folder = Path(folder)
         self.shards = plan_shards(plan, max_shard_bytes)
         self.metadata = {"format": "pt", **(metadata or {})}
-        n = len(self.shards)
-        self.names = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.names = shard_names(len(self.shards))
         self.headers = [_header_bytes(s, self.metadata) for s in self.shards]
         self.places: dict[str, Place] = {}
         for i, shard in enumerate(self.shards):
@@ -127,12 +125,7 @@ class PlacedWriter:
             if self.fsync and i not in self._synced:
                 os.fsync(fd)
         self.abort()
-        if len(self.names) > 1:
-            index = {
-                "metadata": {"total_size": sum(t.nbytes for s in self.shards for t in s)},
-                "weight_map": {t.name: self.names[i] for i, s in enumerate(self.shards) for t in s},
-            }
-            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
+        write_index(self.folder, self.shards, self.names)
         return list(self.names)
 
     def abort(self) -> None:

@@ -312,6 +312,21 @@ def plan_shards(tensors: Iterable[PlannedTensor], max_shard_bytes: int) -> list[
     return [s for s in shards if s] or [[]]
 
 
+def shard_names(count: int) -> list[str]:
+    """The Hugging Face file names of ``count`` shards (one file: model.safetensors)."""
+    return [SINGLE_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def write_index(folder: Path, shards: list[list[PlannedTensor]], names: list[str]) -> None:
+    """Write the index that maps each tensor to its shard, when there is more than one shard."""
+    if len(names) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.nbytes for s in shards for t in s)},
+            "weight_map": {t.name: names[i] for i, s in enumerate(shards) for t in s},
+        }
+        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
+
+
 def _header_bytes(shard: list[PlannedTensor], metadata: dict[str, str]) -> bytes:
     header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
     offset = 0
@@ -358,8 +373,7 @@ class ShardedWriter:
         self.folder = folder
         self.shards = plan_shards(plan, max_shard_bytes)
         self.metadata = {"format": "pt", **(metadata or {})}
-        n = len(self.shards)
-        self.names = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.names = shard_names(len(self.shards))
         self._order: Iterator[tuple[int, PlannedTensor]] = ((i, t) for i, s in enumerate(self.shards) for t in s)
         self._current = -1
         self._file = None
@@ -430,12 +444,7 @@ class ShardedWriter:
             if not (self.folder / self.names[i]).exists():
                 self._open(i)
         self._close()
-        if len(self.names) > 1:
-            index = {
-                "metadata": {"total_size": sum(t.nbytes for s in self.shards for t in s)},
-                "weight_map": {t.name: self.names[i] for i, s in enumerate(self.shards) for t in s},
-            }
-            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
+        write_index(self.folder, self.shards, self.names)
         return list(self.names)
 
     def abort(self) -> None:
