@@ -205,6 +205,41 @@ def test_fold_killed_halfway_leaves_nothing_and_the_next_fold_cleans_up(built, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+SLOW_CLI_FOLD = textwrap.dedent("""
+    import sys, time
+    import lora_merge.tensors as t
+    from lora_merge.cli import main
+
+    plain = t.SafetensorsFile.get
+    def slow_get(self, name):  # as in SLOW_FOLD: slow enough to be interrupted halfway
+        time.sleep(0.2)
+        return plain(self, name)
+    t.SafetensorsFile.get = slow_get
+    main(["fold", "--general", sys.argv[1], "--adapters", sys.argv[2], "--weights", "0.5", "--out", sys.argv[3]])
+""")
+
+
+def test_ctrl_c_mid_fold_stops_the_workers_and_leaves_nothing(built, tmp_path):
+    """SIGINT while the merge workers write: the CLI says so, exits 130, and no output or temporary folder stays."""
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CLI_FOLD, str(built.pre_dir), str(built.pack), str(out)],
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
+    shard = tmp_path / f".out.tmp-{child.pid}" / "model.safetensors"
+    try:
+        deadline = time.monotonic() + 240  # a bound on waiting for the child to start, not a speed assertion
+        while child.poll() is None and time.monotonic() < deadline and not (shard.exists() and shard.stat().st_size > 4096):
+            time.sleep(0.02)
+        assert child.poll() is None, "the folding child ended before it could be interrupted"
+        os.kill(child.pid, signal.SIGINT)
+        _, err = child.communicate(timeout=240)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 130, err
+    assert "interrupted: nothing was written" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_leftovers_of_live_processes_are_left_alone(tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
