@@ -76,8 +76,27 @@ def keep_top_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
     # The k-th largest magnitude as a threshold: the same entries as PEFT's top-k mask, 4× faster than
     # torch.topk on large tensors. Entries tied exactly at the threshold are all kept (top-k would keep
     # an arbitrary subset of them).
-    threshold = torch.kthvalue(magnitude.reshape(-1).float(), delta.numel() - k + 1).values
+    threshold = kth_smallest(magnitude.reshape(-1).float(), delta.numel() - k + 1)
     return delta * (magnitude >= threshold)
+
+
+RADIX_MIN = 1 << 16  # below this many values torch.kthvalue alone is as fast
+
+
+def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest (1-based) of a 1-D tensor of non-negative float32 values, exactly.
+
+    Non-negative floats order like their bit patterns read as integers, so one counting pass over the top
+    16 bits finds the bucket that holds the k-th value, and kthvalue runs on that bucket alone: half the
+    time of kthvalue on the whole tensor for a 5632 × 2048 delta.
+    """
+    if values.numel() < RADIX_MIN:
+        return torch.kthvalue(values, k).values
+    high = (values.view(torch.int32) >> 16).to(torch.int64)
+    below = torch.cumsum(torch.bincount(high, minlength=1 << 15), 0)
+    bucket = int(torch.searchsorted(below, torch.tensor(k, device=below.device)))  # first with ≥ k values up to it
+    before = int(below[bucket - 1]) if bucket > 0 else 0
+    return torch.kthvalue(values[high == bucket], k - before).values
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -104,13 +123,21 @@ def drop_and_rescale(deltas: Sequence[torch.Tensor], density: float, seed: int, 
 
 
 def elect_and_average(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
-    """TIES' sign election by total mass and disjoint mean of the entries that agree with it."""
-    stacked = torch.stack(list(deltas))
-    sign = stacked.sign()
-    elected = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).to(stacked.dtype)
-    agree = sign == elected  # pruned (zero) entries never agree, so they are not counted
-    total = (stacked * agree).sum(0)
-    return total / agree.sum(0).clamp(min=1).to(stacked.dtype)
+    """TIES' sign election by total mass and disjoint mean of the entries that agree with it.
+
+    Accumulated delta by delta rather than on a stacked copy (and its sign tensor): the same sums in the
+    same order, so the same bits, in about half the memory of the stacked form (3 deltas: 6 tensors, not 10+).
+    """
+    mass = deltas[0].clone()
+    for d in deltas[1:]:
+        mass += d
+    positive = mass >= 0  # the elected sign: + where the total mass is ≥ 0
+    total, count = torch.zeros_like(mass), torch.zeros_like(mass)
+    for d in deltas:
+        agree = torch.where(positive, d > 0, d < 0)  # pruned (zero) entries never agree, so they are not counted
+        total += d * agree
+        count += agree
+    return total / count.clamp_(min=1)
 
 
 def magnitude_prune(deltas: Sequence[torch.Tensor], opts: RuleOptions, name: str = "") -> torch.Tensor:

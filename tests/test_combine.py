@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from peft import PeftModel
 from peft.utils import merge_utils
 
-from lora_merge.combine import RULES, RuleOptions, get_rule, tensor_seed
+from lora_merge.combine import RULES, RuleOptions, get_rule, kth_smallest, tensor_seed
 from lora_merge.errors import LoraMergeError
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
@@ -178,3 +178,15 @@ def test_cli_fold_ties(tmp_path, three_packs):
     assert '"method": "ties"' in record and '"density": 0.5' in record
     bad = CliRunner().invoke(main, args[:-1] + [str(tmp_path / "cli-bad"), "--density", "2"])
     assert bad.exit_code == 2 and "density" in bad.output and not (tmp_path / "cli-bad").exists()
+
+
+@pytest.mark.parametrize("n", [10, 70_000, 300_001])
+def test_kth_smallest_equals_kthvalue(n):
+    """The radix shortcut against torch.kthvalue: ties, zeros, subnormals, huge values, every kind of k."""
+    g = torch.Generator().manual_seed(n)
+    v = torch.randn(n, generator=g).abs()
+    v[: n // 10] = 0.0  # a block of exact zeros (pruned entries)
+    v[n // 10: n // 5] = v[n // 10]  # a block of ties
+    v[-3:] = torch.tensor([1e-40, 3e38, 1.5])  # a subnormal and a huge one
+    for k in sorted({1, 2, n // 10, n // 10 + 1, n // 5, n // 2, n - 1, n}):
+        assert kth_smallest(v, k) == torch.kthvalue(v, k).values, k
