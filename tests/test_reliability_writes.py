@@ -174,6 +174,14 @@ SLOW_FOLD = textwrap.dedent("""
 """)
 
 
+def wait_until_midway(child: subprocess.Popen, shard: Path, what: str) -> None:
+    """Wait until the folding child has written part of its shard (and is still running)."""
+    deadline = time.monotonic() + 240  # a bound on waiting for the child to start, not a speed assertion
+    while child.poll() is None and time.monotonic() < deadline and not (shard.exists() and shard.stat().st_size > 4096):
+        time.sleep(0.02)
+    assert child.poll() is None, f"the folding child ended before it could be {what}"
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_fold_killed_halfway_leaves_nothing_and_the_next_fold_cleans_up(built, tmp_path, existing):
     out = tmp_path / "out"
@@ -184,10 +192,7 @@ def test_fold_killed_halfway_leaves_nothing_and_the_next_fold_cleans_up(built, t
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
     shard = tmp_path / f".out.tmp-{child.pid}" / "model.safetensors"
     try:
-        deadline = time.monotonic() + 240  # a bound on waiting for the child to start, not a speed assertion
-        while child.poll() is None and time.monotonic() < deadline and not (shard.exists() and shard.stat().st_size > 4096):
-            time.sleep(0.02)
-        assert child.poll() is None, "the folding child ended before it could be killed"
+        wait_until_midway(child, shard, "killed")
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
@@ -224,12 +229,8 @@ def test_ctrl_c_mid_fold_stops_the_workers_and_leaves_nothing(built, tmp_path):
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-c", SLOW_CLI_FOLD, str(built.pre_dir), str(built.pack), str(out)],
                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
-    shard = tmp_path / f".out.tmp-{child.pid}" / "model.safetensors"
     try:
-        deadline = time.monotonic() + 240  # a bound on waiting for the child to start, not a speed assertion
-        while child.poll() is None and time.monotonic() < deadline and not (shard.exists() and shard.stat().st_size > 4096):
-            time.sleep(0.02)
-        assert child.poll() is None, "the folding child ended before it could be interrupted"
+        wait_until_midway(child, tmp_path / f".out.tmp-{child.pid}" / "model.safetensors", "interrupted")
         os.kill(child.pid, signal.SIGINT)
         _, err = child.communicate(timeout=240)
     finally:
