@@ -51,23 +51,19 @@ def job_arithmetic(args: list[str]) -> None:
     one thread, no file I/O beyond θG's page-cached map: the arithmetic floor one merge worker cannot go under."""
     import torch
 
+    from lora_merge.fingerprint import read_config
+    from lora_merge.fold import load_packs
     from lora_merge.numerics import all_finite
-    from lora_merge.stream import merged_tiles, tile_elements
-    from lora_merge.tensors import SafetensorsFile, WeightSet
+    from lora_merge.stream import merge_terms, merged_tiles, tile_elements
+    from lora_merge.task_vector import TargetModel, TaskVector
+    from lora_merge.tensors import WeightSet
 
     torch.set_num_threads(1)  # as each of the fold's merge workers computes
-    general, w, packs = WeightSet.open(Path(args[0])), float(args[1]), [Path(p) for p in args[2:]]
-    factors: dict[str, tuple[list, list]] = {}
-    for pack in packs:
-        cfg = json.loads((pack / "adapter_config.json").read_text())
-        src = SafetensorsFile(pack / "adapter_model.safetensors")
-        for key in src.keys():
-            if key.endswith("lora_A.weight"):
-                name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
-                bs, as_ = factors.setdefault(name, ([], []))
-                bs.append(src.get(key.replace("lora_A", "lora_B")).float() * (cfg["lora_alpha"] / cfg["r"] * w))
-                as_.append(src.get(key).float())
-    terms = {n: [("lowrank", (torch.cat(b, 1), torch.cat(a, 0)))] for n, (b, a) in factors.items()}
+    general, w = WeightSet.open(Path(args[0])), float(args[1])
+    target = TargetModel.from_weights(general, read_config(Path(args[0])))
+    vectors = [w * TaskVector.from_pack(p, target) for p in load_packs(args[2:], Path("."))]
+    cpu = torch.device("cpu")
+    terms = {n: merge_terms(vectors, n, cpu) for n in general.keys() if any(n in v for v in vectors)}
     need = max(tile_elements(tuple(general.info(n).shape)) for n in terms)
     scratch, tile = torch.empty(need, dtype=torch.float32), torch.empty(need * 4, dtype=torch.uint8)
 

@@ -72,7 +72,7 @@ def tile_elements(shape: tuple[int, ...]) -> int:
     return max(r1 - r0 for r0, r1 in tile_rows(*shape)) * shape[1]
 
 
-def _terms(vectors: Sequence[TaskVector], name: str, device: torch.device):
+def merge_terms(vectors: Sequence[TaskVector], name: str, device: torch.device):
     """The terms to add to θ's tensor: ('lowrank', (B, A)) or ('dense', ω·Δ).
 
     Every LoRA term is folded into one pair, B = [ω₁s₁B₁ | ω₂s₂B₂ | …] and A = [A₁; A₂; …],
@@ -189,7 +189,7 @@ class _Worker(threading.Thread):
     def _write_tiles(self, p: PlannedTensor, theta: torch.Tensor, touched: bool) -> None:
         """Each tile is merged (or only cast), checked and written while it is in cache."""
         job, need = self.job, tile_elements(p.shape)
-        terms = _terms(job.vectors, p.name, job.device) if touched else []
+        terms = merge_terms(job.vectors, p.name, job.device) if touched else []
         if self.scratch.numel() < need:
             self.scratch = torch.empty(need, dtype=torch.float32)
         tile = self._buffer("tile", need * p.dtype.itemsize)[: need * p.dtype.itemsize].view(p.dtype)
@@ -215,7 +215,7 @@ class _Worker(threading.Thread):
         if not touched:
             out.copy_(theta)
         elif job.linear:
-            merge_linear(theta, _terms(job.vectors, p.name, job.device), out, job.device, self.scratch)
+            merge_linear(theta, merge_terms(job.vectors, p.name, job.device), out, job.device, self.scratch)
         else:
             deltas = [v.delta(p.name, job.device) for v in job.vectors if p.name in v]
             out.copy_(theta.to(device=job.device, dtype=torch.float32) + job.rule(deltas, job.opts, p.name))
