@@ -183,6 +183,13 @@ class TargetModel:
     shapes: dict[str, tuple[int, ...]]
     virtual: dict[str, str] = field(default_factory=dict)  # name → stored tensor it starts from
     tied: tuple[str, str] | None = None  # (input embedding, output head) when tied
+    open_names: bool = False  # names come from the packs themselves (see :meth:`open`)
+
+    @classmethod
+    def open(cls) -> "TargetModel":
+        """A target without a model: each adapter weight name is taken as is, and the first pack to name a
+        weight fixes its shape, so packs bound to it must agree name for name (used to merge packs)."""
+        return cls({}, open_names=True)
 
     @classmethod
     def from_weights(cls, ws: WeightSet, config: dict) -> "TargetModel":
@@ -196,7 +203,7 @@ class TargetModel:
 
     def resolve(self, module_weight: str) -> list[str]:
         """Model weight names for an adapter's ``<module path>.weight`` (prefix-insensitive)."""
-        if module_weight in self.shapes:
+        if module_weight in self.shapes or self.open_names:
             return [module_weight]
         hits = [n for n in self.shapes if n.endswith("." + module_weight) or module_weight.endswith("." + n)]
         if len(hits) > 1:
@@ -332,6 +339,8 @@ def _from_dense(pack: SkillPack, target: TargetModel) -> TaskVector:
 
 def _bind(target: TargetModel, weight_name: str, shape: tuple[int, ...], pack: SkillPack, key: str) -> list[str]:
     names = target.resolve(weight_name)
+    if target.open_names:
+        target.shapes.setdefault(weight_name, tuple(shape))
     if not names:
         raise LoraMergeError(
             f"pack {pack.name!r}: adapter key {key!r} matches no weight of the general model "

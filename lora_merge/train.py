@@ -30,6 +30,7 @@ from lora_merge.data import TrainingMix, count_tokens, load_data, mix, replay_sa
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
 from lora_merge.leftovers import clean_leftovers
+from lora_merge.processes import Processes
 from lora_merge.recipes import Recipe
 from lora_merge.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, publish_folder, write_manifest
 from lora_merge.tensors import SINGLE_NAME, PlannedTensor, ShardedWriter, WeightSet
@@ -66,6 +67,7 @@ class TrainResult:
     resumed_from_step: int | None = None
     warnings: list[str] = field(default_factory=list)
     record: dict = field(default_factory=dict)
+    main_process: bool = True  # False in the other processes of a multi-process launch (they write nothing)
 
 
 def _model_folder(path: Path | None, what: str, flag: str) -> Path:
@@ -284,7 +286,7 @@ class _Interrupt:
         return SaveAndStop()
 
 
-def checkpoint_to_resume(r: Recipe, run_dir: Path) -> tuple[str | None, int | None]:
+def checkpoint_to_resume(r: Recipe, run_dir: Path, clear: bool = True) -> tuple[str | None, int | None]:
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
@@ -297,7 +299,8 @@ def checkpoint_to_resume(r: Recipe, run_dir: Path) -> tuple[str | None, int | No
         if not r.force:
             raise LoraMergeError(f"{run_dir} holds checkpoints of an earlier run ({Path(last).name}); pass --resume "
                                  "to continue it or --force to start over")
-        shutil.rmtree(run_dir)
+        if clear:
+            shutil.rmtree(run_dir)
     return None, None
 
 
@@ -331,7 +334,10 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
     plan = plan_run(recipe)
     data = assemble(recipe)
     hw = hardware(recipe)
-    resume_from, resumed_step = checkpoint_to_resume(recipe, plan.run_dir)
+    processes = Processes()
+    # Every process reads the same run folder and reaches the same decision (or error) whether or not the main
+    # process has cleared a stale one yet; only the main process clears it.
+    resume_from, resumed_step = checkpoint_to_resume(recipe, plan.run_dir, clear=processes.is_main)
     started = time.perf_counter()
     with _Interrupt() as interrupt:
         trainer = build_trainer(recipe, plan, data, hw, [*callbacks, interrupt.callback()])
@@ -346,8 +352,26 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
         out=plan.target, produces=plan.produces, strategy=recipe.strategy, mode=recipe.mode, instances=len(ds),
         tokens=count_tokens(ds), steps=trainer.state.global_step, epochs=float(trainer.state.epoch or 0.0),
         wall_seconds=wall, final_loss=final_loss(trainer.state.log_history), counts=dict(data.counts),
-        resumed_from_step=resumed_step, warnings=hw.warnings,
+        resumed_from_step=resumed_step, warnings=hw.warnings, main_process=processes.is_main,
     )
+    state = gathered_state(recipe, trainer, processes)  # every process takes part in the gather
+    if processes.is_main:  # under `accelerate launch`, only the main process writes the output
+        publish_run(recipe, plan, data, result, trainer, state)
+    processes.barrier()
+    return result
+
+
+def gathered_state(recipe: Recipe, trainer, processes: Processes) -> dict | None:
+    """Full-parameter weights gathered from every process (FSDP and DeepSpeed shard them); None when the
+    model in this process already holds them all (one process, or a LoRA adapter, which DDP replicates)."""
+    if processes.count < 2 or recipe.mode != "full":
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model)
+
+
+def publish_run(recipe: Recipe, plan: RunPlan, data: TrainingMix, result: TrainResult, trainer,
+                state: dict | None = None) -> None:
+    """Write the pack or model folder in a temporary folder and rename it into place."""
     writer = write_pack if plan.produces == "pack" else write_model_folder
     tmp = plan.target.parent / f".{plan.target.name}.tmp-{os.getpid()}"
     plan.target.parent.mkdir(parents=True, exist_ok=True)
@@ -355,12 +379,11 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        result.record = writer(tmp, recipe, plan, data, result, trainer)
+        result.record = writer(tmp, recipe, plan, data, result, trainer, state)
         publish_folder(tmp, plan.target, force=recipe.force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return result
 
 
 def training_info(r: Recipe, res: TrainResult, quantization: str | None) -> TrainingInfo:
@@ -383,10 +406,10 @@ def quantization_of(r: Recipe) -> str | None:
     return f"bnb-4bit-{r.quant_type}" + ("-double" if r.double_quant else "")
 
 
-def write_dense_delta(tmp: Path, model, base_dir: Path) -> None:
+def write_dense_delta(tmp: Path, model, base_dir: Path, state: dict | None = None) -> None:
     """τ = θD − θpre keyed by the base's weight names, streamed into task_vector.safetensors."""
     base = WeightSet.open(base_dir)
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     missing = [k for k in base.keys() if k not in state]
     if missing:
         raise LoraMergeError(f"the trained model lacks base weights {missing[:3]}: cannot form θD − θpre")
@@ -418,10 +441,11 @@ def start_role(folder: Path) -> str | None:
         return None
 
 
-def write_pack(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer) -> dict:
+def write_pack(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer,
+               state: dict | None = None) -> dict:
     """PTM: a LoRA pack (the PEFT adapter as saved by PEFT) or a dense pack (θD − θpre)."""
     if r.mode == "full":
-        write_dense_delta(tmp, trainer.model, plan.start)
+        write_dense_delta(tmp, trainer.model, plan.start, state)
         kind = "dense"
     else:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
@@ -429,12 +453,13 @@ def write_pack(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: Trai
     return write_manifest(tmp, pack_manifest(r, plan, data, res, kind)).model_dump(mode="json")
 
 
-def write_model_folder(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer) -> dict:
+def write_model_folder(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer,
+                       state: dict | None = None) -> dict:
     """CFT / RT / general: a full model folder (LoRA merged into the start model) and its lora_merge.json."""
     from transformers import AutoModelForCausalLM
 
     if r.mode == "full":
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True, state_dict=state)
     else:
         from peft import PeftModel
 

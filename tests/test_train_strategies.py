@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -143,19 +141,3 @@ def test_cli_bad_input_is_one_clear_error_and_leaves_nothing(world, tmp_path, ca
 def test_cli_set_rejects_unknown_keys(tmp_path):
     result = cli("train", "--set", "learning_rate=0.1")
     assert result.exit_code == 2 and "unknown recipe key" in result.output
-
-
-def test_runs_under_accelerate_launch_with_one_cpu_process(world, tmp_path):  # noqa: F811
-    _, pre, data = world
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [str(accelerate), "launch", "--num_processes", "1", "--num_machines", "1", "--cpu", "--mixed_precision",
-         "no", "--dynamo_backend", "no", str(ROOT / "cli.py"), "train", "--config", ROOT / "configs/train/lora-cpu.yaml",
-         "--base", pre, "--data", data, "--name", "acc", "--adapters-dir", tmp_path / "adapters",
-         "--run-dir", tmp_path / "run", "--max-steps", "2", "--no-progress"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "trained skill pack" in proc.stdout
-    assert json.loads((tmp_path / "adapters" / "acc" / "skill.json").read_text())["training"]["steps"] == 2

@@ -71,6 +71,8 @@ def train_cmd(config, sets, no_progress, **flags) -> None:
         overrides["progress"] = False
     recipe = load_recipe(config, overrides)
     res = train_skill(recipe)
+    if not res.main_process:
+        return  # the main process of a multi-process launch reports for all of them
     for w in res.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
     what = "skill pack" if res.produces == "pack" else f"{res.strategy} model"
