@@ -274,7 +274,7 @@ def evaluate_model(
 
     per: dict[tuple[str, str, str], list] = {}
     samples = []
-    for (g, f, row), out in zip(gen_items, outputs):
+    for (g, f, row), out in zip(gen_items, outputs, strict=True):
         ok = score_generation(row, out, classifier)
         per.setdefault((g, f.name, row.metric), []).append(ok)
         samples.append({"group": g, "file": f.name, "id": row.id, "metric": row.metric,
@@ -288,7 +288,7 @@ def evaluate_model(
         per.setdefault((g, f.name, "choice"), []).append(ok)
         samples.append({"group": g, "file": f.name, "id": row.id, "metric": "choice", "logprobs": lps,
                         "answer": row.correct, "correct": ok})
-    for (g, f, _), (lp, n) in zip(loss_items, loss_lp):
+    for (g, f, _), (lp, n) in zip(loss_items, loss_lp, strict=True):
         per.setdefault((g, f.name, "loss"), []).append((lp, n))
 
     scores = []

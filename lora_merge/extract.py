@@ -27,9 +27,10 @@ import torch
 from tqdm import tqdm
 
 from lora_merge import __version__
+from lora_merge.device import resolve_device
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
-from lora_merge.fold import check_output, resolve_device
+from lora_merge.fold import check_output
 from lora_merge.skillpack import (
     ADAPTER_WEIGHTS,
     DEFAULT_REGISTRY,

@@ -113,7 +113,7 @@ def token_batch(vocab: int = 128, rows: int = 2, length: int = 12, seed: int = 0
 
 
 def all_close(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor], atol: float) -> bool:
-    return all(torch.allclose(x, y, atol=atol, rtol=0) for x, y in zip(a, b))
+    return all(torch.allclose(x, y, atol=atol, rtol=0) for x, y in zip(a, b, strict=True))
 
 
 PICO_CHAR_CHAT_TEMPLATE = (

@@ -68,7 +68,7 @@ class PlacedWriter:
 
     def open(self) -> None:
         """Create every shard file and write its header."""
-        for name, head in zip(self.names, self.headers):
+        for name, head in zip(self.names, self.headers, strict=True):
             fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             self._fds.append(fd)
             self._pwrite_all(fd, memoryview(head), 0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import json
 import mmap
 import os
@@ -120,7 +121,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
         infos[name] = _tensor_info(path, name, entry, data_start, data_len)
         spans.append((infos[name].start, infos[name].end, name))
     spans.sort()
-    for (_s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
+    for (_s0, e0, n0), (s1, _e1, n1) in itertools.pairwise(spans):
         if s1 < e0:
             raise LoraMergeError(f"{path}: corrupt safetensors file: tensors {n0!r} and {n1!r} overlap")
     return infos, metadata

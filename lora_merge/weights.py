@@ -92,7 +92,7 @@ def choose_weights(
     if general_size <= 0:
         raise LoraMergeError(f"--general-size must be a positive number of instances, not {general_size}")
     out = []
-    for name, d in zip(names, instances):
+    for name, d in zip(names, instances, strict=True):
         if d is None:
             raise LoraMergeError(
                 f"pack {name!r} does not record its training size |D| (a plain PEFT adapter?): "

@@ -35,7 +35,7 @@ def _oracle_generate(model, tok, prompt: str, n: int) -> str:
 def test_batched_generation_matches_one_at_a_time(model_tok):
     model, tok = model_tok
     expected = [_oracle_generate(model, tok, p, 6) for p in PROMPTS]
-    rows = [{"prompt": p, "answer": e or "x", "metric": "exact", "id": str(i)} for i, (p, e) in enumerate(zip(PROMPTS, expected))]
+    rows = [{"prompt": p, "answer": e or "x", "metric": "exact", "id": str(i)} for i, (p, e) in enumerate(zip(PROMPTS, expected, strict=True))]
     rows.append({"prompt": PROMPTS[0], "answer": "definitely not this", "metric": "exact"})
     rep = evaluate_model(model, {"g": [rows]}, tokenizer=tok, batch_size=4, max_new_tokens=6)
     outputs = {s["id"]: s["output"] for s in rep.samples if s["id"] is not None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 
@@ -30,7 +31,7 @@ def reference_fold(general: dict[str, torch.Tensor], packs, weights) -> dict[str
     out = {}
     for name, theta in general.items():
         bs, as_ = [], []
-        for pack, w in zip(packs, weights):
+        for pack, w in zip(packs, weights, strict=True):
             cfg = json.loads((pack / "adapter_config.json").read_text())
             lora = load_file(str(pack / "adapter_model.safetensors"))
             module = "base_model.model." + name.removesuffix(".weight")
@@ -47,7 +48,7 @@ def one_by_one(general: dict[str, torch.Tensor], packs, weights) -> dict[str, to
     out = {}
     for name, theta in general.items():
         acc = theta.double()
-        for pack, w in zip(packs, weights):
+        for pack, w in zip(packs, weights, strict=True):
             cfg = json.loads((pack / "adapter_config.json").read_text())
             lora = load_file(str(pack / "adapter_model.safetensors"))
             module = "base_model.model." + name.removesuffix(".weight")
@@ -81,7 +82,7 @@ def test_tiles_cover_every_row_once():
     for rows, cols in [(1, 5), (7, 3), (64, 2048), (5632, 2048), (2048, 5632), (32000, 2048), (129, 4096)]:
         tiles = stream.tile_rows(rows, cols)
         assert tiles[0][0] == 0 and tiles[-1][1] == rows
-        assert all(a[1] == b[0] for a, b in zip(tiles, tiles[1:]))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(tiles))
         # tiles under 8 rows take another matmul kernel: only a whole small tensor may have one
         assert all(r1 - r0 >= 8 for r0, r1 in tiles) or len(tiles) == 1
 

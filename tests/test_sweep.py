@@ -66,7 +66,7 @@ def test_sweep_rows_plot_and_same_scores_in_memory_and_on_disk(world):
     assert sum(r["recommended"] for r in doc["rows"]) == 1
     on_disk = run_sweep(_req(tmp_path, ev, mode="disk", out=tmp_path / "sweep2"))
     assert on_disk.mode == "disk" and not list(tmp_path.glob(".sweep2*"))  # temp folds removed
-    for a, b in zip(res.results, on_disk.results):
+    for a, b in zip(res.results, on_disk.results, strict=True):
         assert a.report.group_scores() == pytest.approx(b.report.group_scores(), abs=1e-3)
     assert res.results[1].report.group_scores() != pytest.approx(res.results[0].report.group_scores(), abs=1e-6)
 

@@ -242,7 +242,7 @@ def three_skills(s: Study, cfg: DemoConfig, ref: dict, tau_g, theta: float, grou
                              "instances": sum(s.costs[p]["instances"] for p in packs)},
                             norm(delta) / theta, cosine(delta, tau_g),
                             f"PTM {kind} packs at ω = |D|/|G|; pairwise cos(τi, τj): "
-                            + ", ".join(f"{a}·{b} {c:+.3f}" for (a, b), c in zip(PAIRS, pair))))
+                            + ", ".join(f"{a}·{b} {c:+.3f}" for (a, b), c in zip(PAIRS, pair, strict=True))))
     g_data = s.files.train("general")
     for method, kw in (("CFT", {"strategy": "cft", "general": s.general}),
                        ("RT", {"strategy": "rt", "general_data": g_data})):
