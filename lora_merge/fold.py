@@ -4,14 +4,13 @@ Each of θG's tensors is read from a memory map, the deltas of every pack that
 touches it are formed (for LoRA, B·A for that weight only) and combined in
 float32, and the result is cast to the output dtype and streamed into
 sharded safetensors. Everything is written into a temporary folder beside the
-target and renamed into place at the end, so a failed or interrupted fold
-leaves no output behind.
+target and renamed into place at the end (:mod:`lora_merge.output`), so a
+failed or interrupted fold leaves no output behind.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,11 @@ from lora_merge import __version__
 from lora_merge.combine import RuleOptions, get_rule
 from lora_merge.device import resolve_device
 from lora_merge.errors import LoraMergeError
-from lora_merge.leftovers import clean_leftovers, reports_disk_full
+from lora_merge.leftovers import reports_disk_full
 from lora_merge.numerics import check_folded
+from lora_merge.output import check_output, staged_output
 from lora_merge.placed import PlacedWriter
-from lora_merge.plan import FoldPlan, FoldRequest, PlanTerm, plan_fold
-from lora_merge.skillpack import publish_folder
+from lora_merge.plan import FoldPlan, FoldRequest, PlanTerm, plan_fold, request_inputs
 from lora_merge.stream import stream_fold
 from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES, PlannedTensor, parse_size
 from lora_merge.weights import GENERAL_MANIFEST
@@ -49,13 +48,6 @@ class FoldResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_output(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise LoraMergeError(f"output {out} already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise LoraMergeError(f"output {out} exists and is not a folder")
-
-
 def output_dtype(requested: str, stored: torch.dtype) -> torch.dtype:
     if not stored.is_floating_point or requested == "auto":
         return stored
@@ -67,7 +59,7 @@ def output_dtype(requested: str, stored: torch.dtype) -> torch.dtype:
 
 def fold(req: FoldRequest) -> FoldResult:
     """Fold skill packs into a general model and write the merged model folder."""
-    check_output(Path(req.out), req.force)
+    check_output(Path(req.out), req.force, request_inputs(req))  # refused before any pack is read
     return fold_plan(plan_fold(req))
 
 
@@ -78,8 +70,6 @@ def fold_plan(plan: FoldPlan) -> FoldResult:
     warnings = list(plan.warnings)
     started = time.perf_counter()
     out = Path(req.out)
-    check_output(out, req.force)
-    warnings.extend(clean_leftovers(out.parent, out.name))  # what killed runs left beside the output
     device = resolve_device(req.device)
     rule = get_rule(req.method)
     opts = RuleOptions(density=req.density, seed=req.seed)
@@ -90,39 +80,28 @@ def fold_plan(plan: FoldPlan) -> FoldResult:
     sources = {n: n for n in general.keys()} | (dict(target.virtual) if untie else {})
     layout = [PlannedTensor(n, output_dtype(req.dtype, general.get(s).dtype), target.shapes[n])
               for n, s in sources.items()]
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    writer = PlacedWriter(tmp, layout, parse_size(req.max_shard_size), {"lora_merge": __version__}, fsync=req.fsync)
-    try:
-        writer.open()
-        # read → merge → write overlapped in bounded memory (lora_merge/stream.py); untouched tensors are copied as bytes
-        changed = stream_fold(layout, sources, general, vectors, rule, opts, device, writer, linear=req.method == "linear",
-                              progress=req.progress,
-                              check=check_folded)  # NaN/Inf, or overflow of the output dtype, named
-        shards = writer.finish()
+    # staged: written into a marked temporary folder, renamed into place at the end (lora_merge/output.py)
+    with staged_output(out, force=req.force, inputs=plan.inputs(), notes=warnings) as tmp:
+        writer = PlacedWriter(tmp, layout, parse_size(req.max_shard_size), {"lora_merge": __version__},
+                              fsync=req.fsync)
+        try:
+            writer.open()
+            # read → merge → write overlapped in bounded memory (lora_merge/stream.py); untouched tensors are copied
+            changed = stream_fold(layout, sources, general, vectors, rule, opts, device, writer,
+                                  linear=req.method == "linear", progress=req.progress,
+                                  check=check_folded)  # NaN/Inf, or overflow of the output dtype, named
+            shards = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
         copy_model_files(Path(req.general), tmp)
         edit_config(tmp / "config.json", untie=untie, dtype=None if req.dtype == "auto" else req.dtype)
         if untie:
             warnings.append("a pack changes one side of the tied input/output embeddings: the output unties them "
                             "(tie_word_embeddings = false), as the adapted model computed")
-        result_info = FoldResult(
-            out=out,
-            packs=list(plan.terms),
-            tensors_total=len(layout),
-            tensors_changed=changed,
-            bytes_written=writer.bytes_written,
-            seconds=0.0,
-            shards=shards,
-            warnings=warnings,
-        )
+        result_info = FoldResult(out=out, packs=list(plan.terms), tensors_total=len(layout), tensors_changed=changed,
+                                 bytes_written=writer.bytes_written, seconds=0.0, shards=shards, warnings=warnings)
         write_merge_records(tmp, plan, result_info)
-        publish_folder(tmp, out, force=req.force)
-    except BaseException:
-        writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result_info.seconds = time.perf_counter() - started
     return result_info
 

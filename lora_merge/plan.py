@@ -92,6 +92,10 @@ class FoldPlan:
     packs: list[SkillPack] = field(default_factory=list)  # the loaded packs, in the order of their terms
     weights_chosen: bool = True  # False when the caller allowed ω to stay unknown (a sweep without |G|)
 
+    def inputs(self) -> list[Path]:
+        """Every folder this plan reads: an output may not be, contain or lie inside any of them."""
+        return request_inputs(self.request) + [Path(t.path) for t in self.terms]
+
     def vectors(self) -> list[TaskVector]:
         """ω1·τ1, …, ωk·τk, in order."""
         return [t.scaled() for t in self.terms]
@@ -103,6 +107,12 @@ class FoldPlan:
                  for t, v in zip(self.terms, values, strict=True)]
         request = replace(self.request, weights=list(values), **request_changes)
         return replace(self, request=request, terms=terms, warnings=list(self.warnings), weights_chosen=True)
+
+
+def request_inputs(req: FoldRequest) -> list[Path]:
+    """The folders a request names as inputs (packs given by name are added once the plan resolves them)."""
+    named = [Path(req.general), req.base, req.cft] + ([Path(req.adapters_dir)] if req.packs else [])
+    return [Path(p) for p in named if p is not None]
 
 
 def check_weights(values: Sequence[float], count: int) -> None:

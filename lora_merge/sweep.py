@@ -15,8 +15,6 @@ import csv
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +26,9 @@ from lora_merge.errors import LoraMergeError
 from lora_merge.eval_report import EvalReport, write_folder
 from lora_merge.evalsets import EvalFile, load_groups
 from lora_merge.evaluate import check_device, evaluate_model, file_names_unique, load_model
-from lora_merge.fold import check_output, fold_plan
+from lora_merge.fold import fold_plan
 from lora_merge.numerics import check_folded
+from lora_merge.output import check_output, discard, new_temp_folder
 from lora_merge.plan import FoldPlan, FoldRequest, plan_fold
 from lora_merge.refusal import RefusalClassifier
 from lora_merge.skillpack import DEFAULT_REGISTRY, RecommendedWeight, SkillPack, write_manifest
@@ -162,7 +161,7 @@ def skill_group_of(groups: Mapping[str, Sequence[EvalFile]], general: str, skill
 def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
     """Evaluate θG, every ω of the grid and the |D|/|G| point; write the results and recommend an ω."""
     out = Path(req.out)
-    check_output(out, req.force)
+    check_output(out, req.force, [req.general, req.base, req.adapters_dir])
     rule = parse_rule(req.select)
     grid = check_grid(req.weights)
     groups = load_groups(dict(req.evals))
@@ -271,9 +270,7 @@ def _sweep_in_memory(req: SweepRequest, plan: FoldPlan, points: Sequence[SweepPo
 
 def _sweep_on_disk(plan: FoldPlan, points: Sequence[SweepPoint], scorer: Scorer) -> list[PointResult]:
     """Each point folded by the streamed fold into a scratch folder beside the output, evaluated, removed."""
-    out = Path(plan.request.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.folds-", dir=out.parent))
+    scratch = new_temp_folder(Path(plan.request.out), kind="folds")  # a killed sweep's is cleaned by the next run
     results = []
     try:
         for i, point in enumerate(points):
@@ -282,9 +279,9 @@ def _sweep_on_disk(plan: FoldPlan, points: Sequence[SweepPoint], scorer: Scorer)
             model, tokenizer = load_model(folder, plan.request.device)
             results.append(PointResult(point, scorer(model, tokenizer, point)))
             del model
-            shutil.rmtree(folder, ignore_errors=True)
+            discard(folder)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        discard(scratch)
     return results
 
 

@@ -29,9 +29,9 @@ from lora_merge import __version__
 from lora_merge.data import TrainingMix, count_tokens, load_data, mix, replay_sample
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
-from lora_merge.leftovers import clean_leftovers
+from lora_merge.output import staged_output
 from lora_merge.recipes import Recipe
-from lora_merge.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, publish_folder, write_manifest
+from lora_merge.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, write_manifest
 from lora_merge.tensors import SINGLE_NAME, PlannedTensor, ShardedWriter, WeightSet
 from lora_merge.weights import GENERAL_MANIFEST
 
@@ -349,17 +349,9 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
         resumed_from_step=resumed_step, warnings=hw.warnings,
     )
     writer = write_pack if plan.produces == "pack" else write_model_folder
-    tmp = plan.target.parent / f".{plan.target.name}.tmp-{os.getpid()}"
-    plan.target.parent.mkdir(parents=True, exist_ok=True)
-    result.warnings.extend(clean_leftovers(plan.target.parent, plan.target.name))  # what killed runs left behind
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_output(plan.target, force=recipe.force, inputs=[plan.start, plan.base],
+                       notes=result.warnings) as tmp:  # what killed runs left behind is cleaned and noted
         result.record = writer(tmp, recipe, plan, data, result, trainer)
-        publish_folder(tmp, plan.target, force=recipe.force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 
 

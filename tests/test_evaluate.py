@@ -141,7 +141,7 @@ def test_bad_eval_file_leaves_no_output(tmp_path):
     ev.write_text(json.dumps({"prompt": "x", "metric": "sentiment"}) + "\n")
     r = CliRunner().invoke(main, ["eval", "--model", str(d), "--evals", f"g={ev}", "--out", str(tmp_path / "out")])
     assert r.exit_code == 2 and "unknown metric 'sentiment'" in r.output and "row 1" in r.output
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*out*"))
 
 
 def test_lm_eval_bridge_local_task(tmp_path, model_tok):

@@ -135,7 +135,7 @@ def test_dtype_conversion_of_untouched_tensors(setup, small_tiles, dtype):
 
 
 def _no_leftovers(tmp, name):
-    return not (tmp / name).exists() and not list(tmp.glob(f".{name}.tmp-*"))
+    return not (tmp / name).exists() and not list(tmp.glob(f".lora_merge.{name}.*"))
 
 
 def test_failure_in_the_merge_thread_leaves_nothing(setup, monkeypatch):
