@@ -19,21 +19,22 @@ from pathlib import Path
 import torch
 
 from lora_merge import __version__
+from lora_merge.card import write_card
 from lora_merge.combine import RuleOptions, get_rule
 from lora_merge.device import resolve_device
 from lora_merge.errors import LoraMergeError
 from lora_merge.leftovers import reports_disk_full
+from lora_merge.model_record import MODEL_RECORD, DataRecord, FoldedPackRecord, ModelRecord, write_model_record
 from lora_merge.numerics import check_folded
 from lora_merge.output import check_output, staged_output
 from lora_merge.placed import PlacedWriter
 from lora_merge.plan import FoldPlan, FoldRequest, PlanTerm, plan_fold, request_inputs
 from lora_merge.stream import stream_fold
 from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES, PlannedTensor, parse_size
-from lora_merge.weights import GENERAL_MANIFEST
 
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Files of the general model that are not weights but belong with the merged model.
-SKIP_COPY = {INDEX_NAME, "README.md", GENERAL_MANIFEST}
+SKIP_COPY = {INDEX_NAME, "README.md", MODEL_RECORD}
 
 
 @dataclass
@@ -132,36 +133,16 @@ def copy_model_files(src: Path, dst: Path) -> None:
 
 
 def write_merge_records(folder: Path, plan: FoldPlan, res: FoldResult) -> None:
-    """README model card and lora_merge.json describing the merge."""
-    from lora_merge.card import merged_card
-
+    """lora_merge.json (the model record) and the README card describing the merge."""
     req = plan.request
-    record = {
-        "format_version": 1,
-        "role": "merged",
-        "tool_version": __version__,
-        "general_model": str(req.general),
-        "base_model": str(req.base) if req.base else None,
-        "method": req.method,
-        "density": req.density,
-        "seed": req.seed,
-        "formula": plan.formula,
-        "data": {"instances": plan.general_size},
-        "packs": [
-            {
-                "name": p.name,
-                "path": p.path,
-                "kind": p.kind,
-                "weight": p.weight.value,
-                "rule": p.weight.rule,
-                "weight_formula": p.weight.formula,
-                "instances": p.instances,
-                "sha256": p.sha256,
-                "tensors": p.tensors,
-            }
-            for p in res.packs
-        ],
-        "warnings": res.warnings,
-    }
-    (folder / GENERAL_MANIFEST).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    (folder / "README.md").write_text(merged_card(record))
+    record = ModelRecord(
+        format_version=1, role="merged", tool_version=__version__, general_model=str(req.general),
+        base_model=str(req.base) if req.base else None, method=req.method, density=req.density, seed=req.seed,
+        formula=plan.formula, data=DataRecord(instances=plan.general_size),
+        packs=[FoldedPackRecord(name=p.name, path=p.path, kind=p.kind, weight=p.weight.value, rule=p.weight.rule,
+                                weight_formula=p.weight.formula, instances=p.instances, sha256=p.sha256,
+                                tensors=p.tensors) for p in res.packs],
+        warnings=res.warnings,
+    )
+    write_model_record(folder, record)
+    write_card(folder, record)

@@ -214,7 +214,7 @@ def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
     files = {f: sha256_file(folder / f) for f in (ADAPTER_WEIGHTS, DENSE_WEIGHTS) if (folder / f).exists()}
     manifest = manifest.model_copy(update={"files": files})
     (folder / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
-    from lora_merge.card import pack_card
+    from lora_merge.card import write_card
 
-    (folder / "README.md").write_text(pack_card(manifest, folder))
+    write_card(folder, manifest)
     return manifest

@@ -26,14 +26,15 @@ from pathlib import Path
 import torch
 
 from lora_merge import __version__
+from lora_merge.card import write_card
 from lora_merge.data import TrainingMix, count_tokens, load_data, mix, replay_sample
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
+from lora_merge.model_record import MODEL_RECORD, Cost, DataRecord, Lineage, ModelRecord, write_model_record
 from lora_merge.output import staged_output
 from lora_merge.recipes import Recipe
 from lora_merge.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, write_manifest
 from lora_merge.tensors import SINGLE_NAME, PlannedTensor, ShardedWriter, WeightSet
-from lora_merge.weights import GENERAL_MANIFEST
 
 MODEL_STRATEGIES = ("cft", "rt", "general")
 
@@ -403,7 +404,7 @@ def pack_manifest(r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult,
 
 
 def start_role(folder: Path) -> str | None:
-    path = folder / GENERAL_MANIFEST
+    path = folder / MODEL_RECORD
     try:
         return json.loads(path.read_text()).get("role") if path.is_file() else None
     except (ValueError, AttributeError):
@@ -436,34 +437,15 @@ def write_model_folder(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, r
         PeftModel.from_pretrained(start, tmp / "adapter").merge_and_unload().save_pretrained(tmp)
     trainer.processing_class.save_pretrained(tmp)
     sources = {n: {"instances": len(d), "path": d.path, "sha256": d.sha256} for n, d in data.sources.items()}
-    record = {
-        "format_version": 1,
-        "role": r.strategy,
-        "name": plan.name,
-        "description": r.description,
-        "tool_version": __version__,
-        "lineage": {"start_model": str(plan.start), "start_role": start_role(plan.start),
-                    "start_fingerprint": fingerprint_model(plan.start).model_dump(mode="json"),
-                    "base_model": str(plan.base) if plan.base else None},
-        "data": {"instances": res.instances, "tokens": res.tokens, "sources": sources},
-        "training": training_info(r, res, quantization_of(r)).model_dump(mode="json"),
-        "cost": {"instances": res.instances, "steps": res.steps, "tokens": res.tokens,
-                 "wall_seconds": round(res.wall_seconds, 3)},
-    }
-    (tmp / GENERAL_MANIFEST).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    (tmp / "README.md").write_text(model_card(record))
-    return record
-
-
-def model_card(rec: dict) -> str:
-    d, c, t = rec["data"], rec["cost"], rec["training"]
-    what = {"cft": "continued finetuning (CFT) of the start model", "rt": "retraining (RT) of θpre on G ∪ D",
-            "general": "general tuning of θpre on G"}[rec["role"]]
-    return "\n".join([
-        f"# {rec['name']} ({rec['role']})", "", rec["description"] or f"A model made by lora_merge: {what}.", "",
-        "| field | value |", "|---|---|", f"| role | {rec['role']} |",
-        f"| start model | {rec['lineage']['start_model']} |", f"| method | {t['method']} |",
-        f"| training instances | {d['instances']} |", f"| tokens | {d['tokens']} |",
-        f"| steps | {c['steps']} |", f"| wall time | {c['wall_seconds']:.1f} s |", "",
-        "Everything about the run is in `lora_merge.json`.", "",
-    ])
+    record = ModelRecord(
+        format_version=1, role=r.strategy, name=plan.name, description=r.description, tool_version=__version__,
+        lineage=Lineage(start_model=str(plan.start), start_role=start_role(plan.start),
+                        start_fingerprint=fingerprint_model(plan.start).model_dump(mode="json"),
+                        base_model=str(plan.base) if plan.base else None),
+        data=DataRecord(instances=res.instances, tokens=res.tokens, sources=sources),
+        training=training_info(r, res, quantization_of(r)).model_dump(mode="json"),
+        cost=Cost(instances=res.instances, steps=res.steps, tokens=res.tokens, wall_seconds=round(res.wall_seconds, 3)),
+    )
+    data = write_model_record(tmp, record)
+    write_card(tmp, record)
+    return data
