@@ -29,6 +29,7 @@ from lora_merge.device import resolve_device
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
 from lora_merge.output import check_output, staged_output
+from lora_merge.shards import PlannedTensor, ShardedWriter
 from lora_merge.skillpack import (
     ADAPTER_WEIGHTS,
     DEFAULT_REGISTRY,
@@ -39,7 +40,7 @@ from lora_merge.skillpack import (
     write_manifest,
 )
 from lora_merge.task_vector import EMBEDDING_SUFFIXES, PEFT_PREFIX
-from lora_merge.tensors import DTYPES, SINGLE_NAME, PlannedTensor, ShardedWriter, WeightSet
+from lora_merge.tensors import DTYPES, SINGLE_NAME, WeightSet
 from lora_merge.weights import general_size_from_folder
 
 PACK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -29,8 +29,9 @@ from lora_merge.numerics import check_folded
 from lora_merge.output import check_output, staged_output
 from lora_merge.placed import PlacedWriter
 from lora_merge.plan import FoldPlan, FoldRequest, PlanTerm, plan_fold, request_inputs
+from lora_merge.shards import PlannedTensor, parse_size
 from lora_merge.stream import stream_fold
-from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES, PlannedTensor, parse_size
+from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES
 
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Files of the general model that are not weights but belong with the merged model.

@@ -25,6 +25,7 @@ from lora_merge.errors import LoraMergeError
 from lora_merge.leftovers import clean_leftovers, disk_error
 from lora_merge.numerics import scan_file
 from lora_merge.output import discard, new_temp_folder, publish, staged_file
+from lora_merge.shards import parse_size
 from lora_merge.skillpack import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -34,7 +35,7 @@ from lora_merge.skillpack import (
     load_pack,
     resolve_pack,
 )
-from lora_merge.tensors import PICKLE_SUFFIXES, parse_size, read_header
+from lora_merge.tensors import PICKLE_SUFFIXES, read_header
 
 # The only files a shared pack holds.
 PACK_FILES = (MANIFEST_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DENSE_WEIGHTS, "README.md")

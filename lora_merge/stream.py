@@ -34,8 +34,9 @@ from tqdm import tqdm
 
 from lora_merge.combine import Rule, RuleOptions
 from lora_merge.placed import PlacedWriter
+from lora_merge.shards import PlannedTensor
 from lora_merge.task_vector import LowRankDelta, TaskVector
-from lora_merge.tensors import DTYPES, PlannedTensor, WeightSet
+from lora_merge.tensors import DTYPES, WeightSet
 
 # Rows per tile aim at this many float32 elements (≈ 1 MB: the tile, its θ rows
 # and its output rows stay in L2/L3 across the cast, the matmul, the cast back and the write).

@@ -229,7 +229,7 @@ def _pattern_value(patterns: Mapping[str, object], module: str, default: object)
     return default
 
 
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B)$")
+LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B)$")
 
 
 def _check_lora_config(pack: SkillPack) -> dict:
@@ -261,7 +261,7 @@ def _from_lora(pack: SkillPack, target: TargetModel, base: WeightSet | None) -> 
     replacements: list[str] = []
     for key in keys:
         stripped = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
-        m = _LORA_KEY.match(stripped)
+        m = LORA_KEY.match(stripped)
         if m:
             groups.setdefault(m["module"], {})[m["part"]] = key
         elif ".base_layer." in stripped:

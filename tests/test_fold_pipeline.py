@@ -15,8 +15,9 @@ from lora_merge.combine import RuleOptions, get_rule
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
 from lora_merge.placed import PlacedWriter
+from lora_merge.shards import PlannedTensor
 from lora_merge.task_vector import LowRankDelta
-from lora_merge.tensors import PlannedTensor, WeightSet
+from lora_merge.tensors import WeightSet
 
 WEIGHTS = [0.3, 0.7]
 

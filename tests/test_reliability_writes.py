@@ -19,8 +19,8 @@ import torch
 from peft import PeftModel
 
 import lora_merge.placed as placed_module
+import lora_merge.shards as tensors_module
 import lora_merge.stream as stream_module
-import lora_merge.tensors as tensors_module
 from lora_merge.errors import LoraMergeError
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.leftovers import clean_leftovers, mark, temp_path
