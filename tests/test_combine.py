@@ -190,3 +190,20 @@ def test_kth_smallest_equals_kthvalue(n):
     v[-3:] = torch.tensor([1e-40, 3e38, 1.5])  # a subnormal and a huge one
     for k in sorted({1, 2, n // 10, n // 10 + 1, n // 5, n // 2, n - 1, n}):
         assert kth_smallest(v, k) == torch.kthvalue(v, k).values, k
+
+
+def test_the_folds_tiled_sum_kernel_is_the_linear_rule():
+    """The streamed fold computes SUM_RULES with stream.merge_linear; it must equal θ + combine.linear(deltas)."""
+    from lora_merge import stream
+    from lora_merge.combine import streams_as_sum
+
+    assert streams_as_sum("linear") and not streams_as_sum("ties")
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(40, 24, generator=g)
+    b1, a1 = torch.randn(40, 3, generator=g), torch.randn(3, 24, generator=g)
+    dense = torch.randn(40, 24, generator=g)
+    out = torch.empty_like(theta)
+    stream.merge_linear(theta, [("lowrank", (b1, a1)), ("dense", dense)], out, torch.device("cpu"),
+                        torch.empty(stream.tile_elements((40, 24))))
+    expected = theta + get_rule("linear")([b1 @ a1, dense], RuleOptions(), "w")
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
