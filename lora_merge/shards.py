@@ -1,8 +1,11 @@
 """Writing sharded safetensors: plan the shards, write headers and tensors, and the index.
 
-:class:`ShardedWriter` writes tensors in order; :mod:`lora_merge.placed` writes
-them out of order at offsets planned up front. Both use the header and
-writeback helpers here. Reading lives in :mod:`lora_merge.tensors`.
+:class:`ShardedWriter` plans every shard's header up front from the tensors'
+names, dtypes and shapes, then streams tensor bytes one at a time, in order, so
+peak memory is one tensor whatever the shard size (extraction, training,
+benchmark models). The fold writes through :class:`lora_merge.placed.PlacedWriter`
+instead: the same layout, written by position from several threads, with the
+header and writeback helpers here. Reading lives in :mod:`lora_merge.tensors`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
-"""Safe, lazy safetensors reading and streamed, sharded writing.
+"""Safe, lazy safetensors reading (writing lives in :mod:`lora_merge.shards`).
 
-Reading: the header of every file is parsed and bounds-checked *before* any
+The header of every file is parsed and bounds-checked *before* any
 tensor is touched (a hostile header cannot make us allocate gigabytes or read
 past the end of the file); tensors are then views into a read-only memory map,
 so a 7B model costs address space, not RAM. Nothing is ever unpickled.
 
-Writing: :class:`ShardedWriter` plans every shard's header up front from the
-tensors' names, dtypes and shapes, then streams tensor bytes one at a time, in
-order, so peak memory is one tensor, whatever the shard size (extraction,
-training, benchmark models). The fold writes through
-:class:`lora_merge.placed.PlacedWriter` instead: the same layout, written by
-position from several threads.
+A :class:`WeightSet` is a model folder's tensors (one file or an indexed set
+of shards) under one name space.
 """
 
 from __future__ import annotations

@@ -118,3 +118,17 @@ def test_module_and_function_sizes(mod):
             key = f"{mod}.{node.name}"
             if key not in LONG_FUNCTIONS:
                 assert size <= MAX_FUNCTION_LINES, f"{key} has {size} lines (> {MAX_FUNCTION_LINES})"
+
+
+def test_architecture_doc_names_every_module_and_links_only_inside_the_repo():
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = []
+    for mod, path in MODULES.items():
+        parts = mod.split(".")[1:]
+        if not parts or path.name == "__init__.py":
+            continue
+        top = parts[0] if len(parts) == 1 else parts[0] + "/"
+        if f"`{top}.py`" not in doc and f"`{top}`" not in doc and f"`{parts[-1]}`" not in doc:
+            missing.append(mod)
+    assert not missing, f"docs/architecture.md does not mention {missing}"
+    assert "../" not in doc, "docs/architecture.md links outside the repository"
