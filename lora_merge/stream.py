@@ -262,10 +262,13 @@ def stream_fold(
     if device.type == "cpu":
         torch.set_num_threads(1)
     changed = 0
+    # The bar exists before any worker writes: an interrupt (Ctrl-C, SIGTERM) that arrives mid-fold then never
+    # lands inside tqdm's constructor, whose half-built object would print a traceback when collected.
+    bar = tqdm(range(len(plan)), desc="fold", unit="tensor", disable=not progress)
     try:
         for w in pool:
             w.start()
-        for _ in tqdm(range(len(plan)), desc="fold", unit="tensor", disable=not progress):
+        for _ in bar:
             item = _next(job.done, pool)
             if isinstance(item, BaseException):
                 raise item
@@ -274,6 +277,7 @@ def stream_fold(
             writer.done(plan[item[0]].name)
             changed += item[1]
     finally:
+        bar.close()
         job.stop.set()
         for w in pool:
             if w.ident is not None:  # started
