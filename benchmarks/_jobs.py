@@ -51,17 +51,15 @@ def job_arithmetic(args: list[str]) -> None:
     one thread, no file I/O beyond θG's page-cached map: the arithmetic floor one merge worker cannot go under."""
     import torch
 
-    from lora_merge.fingerprint import read_config
-    from lora_merge.fold import load_packs
     from lora_merge.numerics import all_finite
+    from lora_merge.plan import FoldRequest, plan_fold
     from lora_merge.stream import merge_terms, merged_tiles, tile_elements
-    from lora_merge.task_vector import TargetModel, TaskVector
-    from lora_merge.tensors import WeightSet
 
     torch.set_num_threads(1)  # as each of the fold's merge workers computes
-    general, w = WeightSet.open(Path(args[0])), float(args[1])
-    target = TargetModel.from_weights(general, read_config(Path(args[0])))
-    vectors = [w * TaskVector.from_pack(p, target) for p in load_packs(args[2:], Path("."))]
+    packs = args[2:]
+    plan = plan_fold(FoldRequest(general=Path(args[0]), packs=packs, out=Path(args[0]).parent / "unused",
+                                 adapters_dir=Path("."), weights=[float(args[1])] * len(packs)))
+    general, vectors = plan.general, plan.vectors()
     cpu = torch.device("cpu")
     terms = {n: merge_terms(vectors, n, cpu) for n in general.keys() if any(n in v for v in vectors)}
     need = max(tile_elements(tuple(general.info(n).shape)) for n in terms)

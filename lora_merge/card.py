@@ -1,19 +1,34 @@
-"""Model cards (README.md) for skill packs and merged models, generated from their records."""
+"""Model cards (README.md), generated from a folder's record: a skill pack's manifest or a model's lora_merge.json.
+
+:func:`write_card` is the one card writer. It reads only the record it is given
+(this module imports no pack code, so packs and cards depend one way).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from lora_merge.skillpack import Manifest
+from lora_merge.model_record import ModelRecord
+
+
+def write_card(folder: Path, record: Any) -> Path:
+    """Write README.md for ``record``: a :class:`ModelRecord` (merged or trained model) or a pack manifest."""
+    if isinstance(record, ModelRecord):
+        text = merged_card(record) if record.role == "merged" else trained_card(record)
+    else:
+        text = pack_card(record)
+    path = Path(folder) / "README.md"
+    path.write_text(text)
+    return path
 
 
 def _fmt(v: object) -> str:
     return "—" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def pack_card(m: "Manifest", folder: Path) -> str:
+def pack_card(m: Any) -> str:
+    """The card of a skill pack, from its manifest (skill.json)."""
     t, d = m.training, m.data
     rec = m.recommended_weight
     lines = [
@@ -56,7 +71,8 @@ def pack_card(m: "Manifest", folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def merged_card(record: dict) -> str:
+def merged_card(record: ModelRecord) -> str:
+    """The card of a merged model: formula, and each folded pack with its ω and rule."""
     lines = [
         "---",
         "library_name: transformers",
@@ -64,23 +80,42 @@ def merged_card(record: dict) -> str:
         "---",
         "# Merged model",
         "",
-        f"Made by lora_merge {record['tool_version']}: skill task vectors folded into the general model "
-        f"`{record['general_model']}` with the `{record['method']}` rule.",
+        f"Made by lora_merge {record.tool_version}: skill task vectors folded into the general model "
+        f"`{record.general_model}` with the `{record.method}` rule.",
         "",
-        f"Formula: `{record['formula']}`",
+        f"Formula: `{record.formula}`",
         "",
         "| pack | kind | ω | rule | \\|D\\| | tensors | sha256 |",
         "|---|---|---|---|---|---|---|",
     ]
-    for p in record["packs"]:
-        hashes = ", ".join(f"{f}: {h[:16]}…" for f, h in sorted(p["sha256"].items())) or "not recorded"
+    for p in record.packs or []:
+        hashes = ", ".join(f"{f}: {h[:16]}…" for f, h in sorted(p.sha256.items())) or "not recorded"
         lines.append(
-            f"| {p['name']} | {p['kind']} | {p['weight']:.4g} | {p['weight_formula']} | {_fmt(p['instances'])} "
-            f"| {p['tensors']} | {hashes} |"
+            f"| {p.name} | {p.kind} | {p.weight:.4g} | {p.weight_formula} | {_fmt(p.instances)} "
+            f"| {p.tensors} | {hashes} |"
         )
-    if record.get("base_model"):
-        lines += ["", f"Base model (θpre) used for replaced tensors: `{record['base_model']}`"]
-    if record.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in record["warnings"]]
+    if record.base_model:
+        lines += ["", f"Base model (θpre) used for replaced tensors: `{record.base_model}`"]
+    if record.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in record.warnings]
     lines += ["", "Full record: `lora_merge.json`."]
     return "\n".join(lines) + "\n"
+
+
+TRAINED_ROLES = {"cft": "continued finetuning (CFT) of the start model", "rt": "retraining (RT) of θpre on G ∪ D",
+                 "general": "general tuning of θpre on G"}
+
+
+def trained_card(rec: ModelRecord) -> str:
+    """The card of a trained model (general, CFT or RT): lineage, data and cost."""
+    what = TRAINED_ROLES.get(rec.role, rec.role)
+    t = rec.training or {}
+    return "\n".join([
+        f"# {rec.name} ({rec.role})", "", rec.description or f"A model made by lora_merge: {what}.", "",
+        "| field | value |", "|---|---|", f"| role | {rec.role} |",
+        f"| start model | {rec.lineage.start_model if rec.lineage else 'unknown'} |", f"| method | {t.get('method')} |",
+        f"| training instances | {rec.data.instances} |", f"| tokens | {rec.data.tokens} |",
+        f"| steps | {rec.cost.steps if rec.cost else '—'} |",
+        f"| wall time | {f'{rec.cost.wall_seconds:.1f} s' if rec.cost else '—'} |", "",
+        "Everything about the run is in `lora_merge.json`.", "",
+    ])

@@ -176,6 +176,17 @@ RULES: dict[str, Rule] = {
 VARIANT_METHODS: dict[str, Rule] = {"linear_interp": linear, "wise_ft": linear}
 
 
+# Rules that are the plain sum of the ω-scaled deltas. For these the streamed fold does not call the rule on whole
+# deltas: it computes θG + Σ ωk·Bk·Ak row tile by row tile (lora_merge.stream.merge_linear, the fast kernel),
+# which is the same sum (tests/test_combine.py checks the kernel against ``linear`` here).
+SUM_RULES = frozenset({"linear"})
+
+
+def streams_as_sum(name: str) -> bool:
+    """Whether the fold may compute ``--method name`` with the tiled sum kernel instead of calling the rule."""
+    return name in SUM_RULES
+
+
 def method_names() -> list[str]:
     """Every value ``--method`` accepts: the rules, then the variants."""
     return list(RULES) + list(VARIANT_METHODS)

@@ -12,12 +12,10 @@ import csv
 import io
 import json
 import math
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lora_merge.skillpack import publish_folder
+from lora_merge.output import write_files
 
 TABLE_FILES = ("scores.md", "scores.json", "scores.csv", "samples.jsonl")
 
@@ -109,30 +107,8 @@ class EvalReport:
             "scores.csv": self.csv(),
             "samples.jsonl": "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.samples),
         }
-        write_folder(out, files, force)
+        write_files(out, files, force)
         return out
-
-
-def write_folder(out: Path, files: dict[str, str | bytes], force: bool = False) -> None:
-    """Write a set of files into a temporary sibling folder and rename it to ``out`` when all are written."""
-    from lora_merge.fold import check_output
-
-    check_output(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        for name, content in files.items():
-            target = tmp / name
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                target.write_text(content, encoding="utf-8")
-        publish_folder(tmp, out, force=force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:

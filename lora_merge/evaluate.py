@@ -274,7 +274,7 @@ def evaluate_model(
 
     per: dict[tuple[str, str, str], list] = {}
     samples = []
-    for (g, f, row), out in zip(gen_items, outputs):
+    for (g, f, row), out in zip(gen_items, outputs, strict=True):
         ok = score_generation(row, out, classifier)
         per.setdefault((g, f.name, row.metric), []).append(ok)
         samples.append({"group": g, "file": f.name, "id": row.id, "metric": row.metric,
@@ -288,9 +288,17 @@ def evaluate_model(
         per.setdefault((g, f.name, "choice"), []).append(ok)
         samples.append({"group": g, "file": f.name, "id": row.id, "metric": "choice", "logprobs": lps,
                         "answer": row.correct, "correct": ok})
-    for (g, f, _), (lp, n) in zip(loss_items, loss_lp):
+    for (g, f, _), (lp, n) in zip(loss_items, loss_lp, strict=True):
         per.setdefault((g, f.name, "loss"), []).append((lp, n))
 
+    scores = metric_scores(per)
+    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "limit": limit, "device": str(device),
+                "decoding": "greedy", "chat_template": bool(getattr(tokenizer, "chat_template", None))}
+    return EvalReport(name, scores, samples, settings, time.perf_counter() - started)
+
+
+def metric_scores(per: Mapping[tuple[str, str, str], list]) -> list[MetricScore]:
+    """One score (0–100) per (group, file, metric): accuracy, or exp(−mean token loss) for ``loss``."""
     scores = []
     for (g, fname, metric), vals in per.items():
         if metric == "loss":
@@ -300,9 +308,7 @@ def evaluate_model(
             scores.append(MetricScore(g, fname, "loss", len(vals), 100.0 * math.exp(-loss), loss, ppl, tokens))
         else:
             scores.append(MetricScore(g, fname, metric, len(vals), 100.0 * sum(vals) / len(vals)))
-    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "limit": limit, "device": str(device),
-                "decoding": "greedy", "chat_template": bool(getattr(tokenizer, "chat_template", None))}
-    return EvalReport(name, scores, samples, settings, time.perf_counter() - started)
+    return scores
 
 
 def file_names_unique(groups: Mapping[str, Sequence[EvalFile]]) -> None:

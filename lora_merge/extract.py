@@ -16,9 +16,7 @@ complete, so a failed extraction leaves nothing behind.
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +25,11 @@ import torch
 from tqdm import tqdm
 
 from lora_merge import __version__
+from lora_merge.device import resolve_device
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
-from lora_merge.fold import check_output, resolve_device
+from lora_merge.output import check_output, staged_output
+from lora_merge.shards import PlannedTensor, ShardedWriter
 from lora_merge.skillpack import (
     ADAPTER_WEIGHTS,
     DEFAULT_REGISTRY,
@@ -37,11 +37,10 @@ from lora_merge.skillpack import (
     DataInfo,
     Manifest,
     TrainingInfo,
-    publish_folder,
     write_manifest,
 )
 from lora_merge.task_vector import EMBEDDING_SUFFIXES, PEFT_PREFIX
-from lora_merge.tensors import DTYPES, SINGLE_NAME, PlannedTensor, ShardedWriter, WeightSet
+from lora_merge.tensors import DTYPES, SINGLE_NAME, WeightSet
 from lora_merge.weights import general_size_from_folder
 
 PACK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -171,7 +170,7 @@ def _check_request(req: ExtractRequest) -> tuple[Path, torch.dtype, torch.device
     if req.instances is not None and req.instances < 0:
         raise LoraMergeError(f"--instances {req.instances}: |D| is a count of training instances")
     out = Path(req.out) if req.out else Path(req.adapters_dir) / req.name
-    check_output(out, req.force)
+    check_output(out, req.force, [req.model, req.base])
     return out, PACK_DTYPES[req.dtype], resolve_device(req.device)
 
 
@@ -182,11 +181,7 @@ def extract_pack(req: ExtractRequest) -> ExtractResult:
     model, base = WeightSet.open(req.model), WeightSet.open(req.base)
     names = paired_weights(model, base)
     instances = req.instances if req.instances is not None else general_size_from_folder(req.model)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_output(out, force=req.force, inputs=[req.model, req.base]) as tmp:
         if req.rank is None:
             result = _write_dense(req, model, base, names, tmp, dtype, device)
         else:
@@ -199,10 +194,6 @@ def extract_pack(req: ExtractRequest) -> ExtractResult:
                                            + (f" (rank {req.rank} SVD)" if req.rank else ""),
             base_model=fingerprint_model(req.base, base), data=DataInfo(instances=instances), training=training,
         ))
-        publish_folder(tmp, out, force=req.force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result.out, result.seconds = out, time.perf_counter() - started
     return result
 

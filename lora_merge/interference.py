@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from lora_merge.errors import LoraMergeError
 from lora_merge.skillpack import SkillPack
-from lora_merge.task_vector import _LORA_KEY, PEFT_PREFIX, Delta, LowRankDelta, TargetModel, TaskVector
+from lora_merge.task_vector import LORA_KEY, PEFT_PREFIX, Delta, LowRankDelta, TargetModel, TaskVector
 from lora_merge.tensors import SafetensorsFile
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -182,7 +182,7 @@ def layout_from_packs(packs: Sequence[SkillPack]) -> TargetModel:
         groups: dict[str, dict[str, tuple[int, ...]]] = {}
         for key in src.keys():
             stripped = key.removeprefix(PEFT_PREFIX)
-            m = _LORA_KEY.match(stripped)
+            m = LORA_KEY.match(stripped)
             if m:
                 groups.setdefault(m["module"], {})[m["part"]] = tuple(src.tensors[key].shape)
             elif stripped.endswith((".weight", ".bias")) and ".base_layer." not in stripped:

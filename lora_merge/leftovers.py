@@ -1,17 +1,19 @@
 """Leftovers of killed runs: find them, clean them, say what was done.
 
-Every writer in lora_merge (fold, train, pack import) builds its result in a
-hidden folder ``.NAME.tmp-PID`` beside the target and renames it into place;
-replacing an existing target first moves that aside as ``.NAME.old-PID``
-(see :func:`lora_merge.skillpack.publish_folder`). A run killed with SIGKILL
+Every writer in lora_merge builds its result through :mod:`lora_merge.output`:
+in a hidden folder ``.lora_merge.NAME.tmp-PID`` beside the target, renamed into
+place at the end; replacing an existing target first moves that aside as
+``.lora_merge.NAME.old-PID``. Both carry a marker file (:data:`MARKER`), so
+cleanup only ever touches folders lora_merge made: a user's own
+``.results.old-20240101`` is never moved or deleted. A run killed with SIGKILL
 cannot clean up after itself, so the next run that writes into the same folder
 calls :func:`clean_leftovers`:
 
-- ``.NAME.tmp-PID`` of a process that no longer runs: an unfinished result,
+- a ``tmp`` folder of a process that no longer runs: an unfinished result,
   removed (it can be as large as a whole model).
-- ``.NAME.old-PID`` of a dead process while ``NAME`` exists: the swap
+- an ``old`` folder of a dead process while ``NAME`` exists: the swap
   finished, only the removal of the old copy was cut short; removed.
-- ``.NAME.old-PID`` of a dead process while ``NAME`` is missing: the run was
+- an ``old`` folder of a dead process while ``NAME`` is missing: the run was
   killed between its two renames; the previous ``NAME`` is put back.
 
 Folders of processes that still run are left alone (another run is writing).
@@ -32,7 +34,21 @@ from pathlib import Path
 
 from lora_merge.errors import LoraMergeError
 
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+PREFIX = ".lora_merge."  # every temporary name lora_merge makes starts with this
+MARKER = ".lora_merge-temporary"  # and every temporary folder holds this file
+_LEFTOVER = re.compile(r"^\.lora_merge\.(?P<name>.+)\.(?P<kind>tmp|old|folds)-(?P<pid>\d+)$")
+
+
+def temp_path(target: Path, kind: str = "tmp", pid: int | None = None) -> Path:
+    """The hidden sibling lora_merge uses for ``target``: kind ``tmp`` (being written), ``old`` (being replaced)
+    or ``folds`` (a sweep's scratch folds)."""
+    return target.parent / f"{PREFIX}{target.name}.{kind}-{os.getpid() if pid is None else pid}"
+
+
+def mark(folder: Path) -> Path:
+    """Put the marker into a temporary folder we made, so that cleanup may later touch it."""
+    (folder / MARKER).write_text("made by lora_merge; removed or renamed when its run ends\n")
+    return folder
 
 
 @dataclass(frozen=True)
@@ -76,7 +92,7 @@ def find_leftovers(folder: str | os.PathLike, name: str | None = None) -> list[L
         m = _LEFTOVER.match(entry.name)
         if not m or (name is not None and m["name"] != name):
             continue
-        if entry.is_symlink() or not entry.is_dir():
+        if entry.is_symlink() or not entry.is_dir() or not (entry / MARKER).is_file():
             continue  # not something we made; never follow or delete it
         found.append(Leftover(entry, m["name"], m["kind"], int(m["pid"])))
     return found
@@ -94,11 +110,12 @@ def clean_leftovers(folder: str | os.PathLike, name: str | None = None) -> list[
         target = folder / lo.target
         if lo.kind == "old" and not target.exists() and not target.is_symlink():
             os.replace(lo.path, target)
+            (target / MARKER).unlink(missing_ok=True)
             report.append(f"restored {target} from {lo.path.name}: the run (process {lo.pid}) that was replacing "
                           "it was killed between its two renames")
             continue
         shutil.rmtree(lo.path, ignore_errors=True)
-        what = "unfinished output" if lo.kind == "tmp" else "the replaced previous copy"
+        what = {"tmp": "unfinished output", "old": "the replaced previous copy", "folds": "a sweep's scratch folds"}[lo.kind]
         if lo.path.exists():
             report.append(f"could not remove {lo.path} ({what} of killed process {lo.pid}); delete it by hand")
         else:

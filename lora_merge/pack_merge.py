@@ -18,9 +18,7 @@ fold's own name rules), so a shape disagreement is an error before anything is w
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,8 @@ from lora_merge.combine import RULES, RuleOptions, get_rule
 from lora_merge.errors import LoraMergeError
 from lora_merge.extract import ONE_FILE, WeightError, truncated_factors
 from lora_merge.fingerprint import read_config
+from lora_merge.output import check_output, staged_output
+from lora_merge.shards import PlannedTensor, ShardedWriter
 from lora_merge.skillpack import (
     ADAPTER_WEIGHTS,
     DENSE_WEIGHTS,
@@ -40,11 +40,10 @@ from lora_merge.skillpack import (
     Manifest,
     SkillPack,
     TrainingInfo,
-    publish_folder,
     write_manifest,
 )
 from lora_merge.task_vector import PEFT_PREFIX, LowRankDelta, TargetModel, TaskVector
-from lora_merge.tensors import SINGLE_NAME, PlannedTensor, ShardedWriter, WeightSet
+from lora_merge.tensors import SINGLE_NAME, WeightSet
 from lora_merge.weights import Weight
 
 
@@ -115,24 +114,12 @@ def merge_packs(req: PackMergeRequest) -> PackMergeResult:
                              "a dense pack (leave out --rank, or compress it afterwards with `cli.py extract --rank`)")
     _check_fan_in(req.packs, lowrank)
     out = Path(req.out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        if lowrank:
-            errors = _write_lora(req, vectors, names, tmp)
-        else:
-            errors = []
-            _write_dense(req, vectors, names, tmp)
+    with staged_output(out, force=req.force, inputs=[p.path for p in req.packs] + [req.base]) as tmp:
+        errors = _write_lora(req, vectors, names, tmp) if lowrank else _write_dense(req, vectors, names, tmp)
         instances = (sum(p.instances for p in req.packs)
                      if all(p.instances is not None for p in req.packs) else None)
         result = PackMergeResult(out, "lora" if lowrank else "dense", weights, instances, len(names), errors)
         write_manifest(tmp, _manifest(req, result))
-        publish_folder(tmp, out, force=req.force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result.seconds = time.perf_counter() - started
     return result
 
@@ -151,14 +138,7 @@ def _check_request(req: PackMergeRequest) -> None:
         raise LoraMergeError(f"--rank {req.rank}: give a positive rank")
     if req.method == "linear" and req.rank is not None:
         raise LoraMergeError("--rank is for the SVD of non-linear rules; the linear merge is exact at rank Σr")
-    out = Path(req.out)
-    if out.exists() and not req.force:
-        raise LoraMergeError(f"output {out} already exists; pass --force to replace it")
-    for p in req.packs:
-        if out.resolve() == p.path.resolve() or p.path.resolve() in out.resolve().parents \
-                or out.resolve() in p.path.resolve().parents:
-            raise LoraMergeError(f"output {out} is, contains or lies inside the input pack {p.path}; "
-                                 "choose another --out")
+    check_output(req.out, req.force, [p.path for p in req.packs] + [req.base])  # before any pack is read whole
 
 
 def _target(base: Path | None) -> TargetModel:
@@ -231,7 +211,7 @@ def _write_lora(req: PackMergeRequest, vectors, names: list[str], tmp: Path) -> 
     return errors
 
 
-def _write_dense(req: PackMergeRequest, vectors, names: list[str], tmp: Path) -> None:
+def _write_dense(req: PackMergeRequest, vectors, names: list[str], tmp: Path) -> list[WeightError]:
     rule, opts = get_rule(req.method), RuleOptions(density=req.density, seed=req.seed)
     plan = [PlannedTensor(n, torch.float32, tuple(vectors_shape(vectors, n))) for n in names]
     writer = ShardedWriter(tmp, plan, ONE_FILE, {"lora_merge": __version__, "content": "task_vector"})
@@ -243,6 +223,7 @@ def _write_dense(req: PackMergeRequest, vectors, names: list[str], tmp: Path) ->
     finally:
         writer.abort()
     (tmp / SINGLE_NAME).rename(tmp / DENSE_WEIGHTS)
+    return []  # exact: nothing truncated
 
 
 def vectors_shape(vectors: Sequence[TaskVector], name: str) -> tuple[int, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -110,10 +109,6 @@ def state_of(folder: Path) -> dict[str, torch.Tensor]:
 def token_batch(vocab: int = 128, rows: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (rows, length), generator=g)
-
-
-def all_close(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor], atol: float) -> bool:
-    return all(torch.allclose(x, y, atol=atol, rtol=0) for x, y in zip(a, b))
 
 
 PICO_CHAR_CHAT_TEMPLATE = (

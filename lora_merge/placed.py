@@ -15,13 +15,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_merge.tensors import (
+from lora_merge.shards import (
     WRITE_CHUNK,
     PlannedTensor,
-    _header_bytes,
-    _start_writeback,
+    header_bytes,
     plan_shards,
     shard_names,
+    start_writeback,
     write_index,
 )
 
@@ -49,7 +49,7 @@ class PlacedWriter:
         self.shards = plan_shards(plan, max_shard_bytes)
         self.metadata = {"format": "pt", **(metadata or {})}
         self.names = shard_names(len(self.shards))
-        self.headers = [_header_bytes(s, self.metadata) for s in self.shards]
+        self.headers = [header_bytes(s, self.metadata) for s in self.shards]
         self.places: dict[str, Place] = {}
         for i, shard in enumerate(self.shards):
             at = len(self.headers[i])
@@ -68,7 +68,7 @@ class PlacedWriter:
 
     def open(self) -> None:
         """Create every shard file and write its header."""
-        for name, head in zip(self.names, self.headers):
+        for name, head in zip(self.names, self.headers, strict=True):
             fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             self._fds.append(fd)
             self._pwrite_all(fd, memoryview(head), 0)
@@ -109,7 +109,7 @@ class PlacedWriter:
         if not self.fsync:
             return
         place = self.places[name]
-        _start_writeback(self._fds[place.shard], place.offset, place.nbytes)
+        start_writeback(self._fds[place.shard], place.offset, place.nbytes)
         self._left[place.shard] -= 1
         if self._left[place.shard] == 0:
             os.fsync(self._fds[place.shard])

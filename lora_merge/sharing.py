@@ -5,7 +5,7 @@ A pack someone sends is untrusted input. :func:`import_pack` never lets
 regular files with the few names a pack has (no absolute paths, no ``..``, no
 links, devices or fifos), counts every decompressed byte against a limit (a
 decompression bomb stops at the limit, not at a full disk), writes into a
-hidden ``.import.tmp-PID`` folder, verifies the manifest, the sha256 of every
+hidden, marked ``.lora_merge.import.tmp-PID`` folder (:mod:`lora_merge.output`), verifies the manifest, the sha256 of every
 weight file, the safetensors headers and that every value is finite, and only
 then renames the folder into place. A refused import leaves the adapters
 folder exactly as it was.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import shutil
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from pathlib import Path
 from lora_merge.errors import LoraMergeError
 from lora_merge.leftovers import clean_leftovers, disk_error
 from lora_merge.numerics import scan_file
+from lora_merge.output import discard, new_temp_folder, publish, staged_file
+from lora_merge.shards import parse_size
 from lora_merge.skillpack import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -32,10 +33,9 @@ from lora_merge.skillpack import (
     MANIFEST_NAME,
     load_manifest,
     load_pack,
-    publish_folder,
     resolve_pack,
 )
-from lora_merge.tensors import PICKLE_SUFFIXES, parse_size, read_header
+from lora_merge.tensors import PICKLE_SUFFIXES, read_header
 
 # The only files a shared pack holds.
 PACK_FILES = (MANIFEST_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DENSE_WEIGHTS, "README.md")
@@ -122,15 +122,11 @@ def export_pack(name_or_path: str, out: str | os.PathLike, adapters_dir: str | o
         raise LoraMergeError(f"{path}: the folder name {name!r} is not a plain pack name (letters, digits, . _ + -); "
                              "rename the folder first")
     out = Path(out)
-    if out.exists() and not force:
-        raise LoraMergeError(f"{out} already exists; pass --force to replace it")
     if out.is_dir():
         raise LoraMergeError(f"{out} is a folder; give the archive's file name, e.g. --out {name}.tar.gz")
     files = [f for f in PACK_FILES if (path / f).is_file() and not (path / f).is_symlink()]
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+        with staged_file(out, force=force, inputs=[path]) as tmp, open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tf:
             tf.addfile(_entry(name, tarfile.DIRTYPE, 0, 0o755, int((path / MANIFEST_NAME).stat().st_mtime)))
             for f in files:
@@ -141,9 +137,7 @@ def export_pack(name_or_path: str, out: str | os.PathLike, adapters_dir: str | o
             gz.close()
             raw.flush()
             os.fsync(raw.fileno())
-        os.replace(tmp, out)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
         explained = disk_error(e, out.parent) if isinstance(e, OSError) else None
         if explained:
             raise explained from e
@@ -215,19 +209,18 @@ def import_pack(archive: str | os.PathLike, adapters_dir: str | os.PathLike = "a
         _refuse_existing(adapters_dir / name, force)
     created = not adapters_dir.exists()
     adapters_dir.mkdir(parents=True, exist_ok=True)
-    notes = clean_leftovers(adapters_dir)
-    tmp = adapters_dir / f".import.tmp-{os.getpid()}"
+    notes = clean_leftovers(adapters_dir)  # only folders lora_merge marked as its own
+    tmp = new_temp_folder(adapters_dir / "import")
     try:
-        tmp.mkdir()
         top, files, size = _unpack(archive, tmp, limit)
         require_verified(tmp, f"{archive}")
         final = name or top or load_manifest(tmp / MANIFEST_NAME).name
         _check_name(final, "the pack name (pass --name)")
         target = adapters_dir / final
         _refuse_existing(target, force)
-        publish_folder(tmp, target, force=force)
+        publish(tmp, target, force=force)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         if created and not any(adapters_dir.iterdir()):
             adapters_dir.rmdir()  # we made it; a refused import leaves no trace
         explained = disk_error(e, adapters_dir) if isinstance(e, OSError) else None

@@ -16,7 +16,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -215,20 +214,7 @@ def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
     files = {f: sha256_file(folder / f) for f in (ADAPTER_WEIGHTS, DENSE_WEIGHTS) if (folder / f).exists()}
     manifest = manifest.model_copy(update={"files": files})
     (folder / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
-    from lora_merge.card import pack_card
+    from lora_merge.card import write_card
 
-    (folder / "README.md").write_text(pack_card(manifest, folder))
+    write_card(folder, manifest)
     return manifest
-
-
-def publish_folder(tmp: Path, target: Path, force: bool = False) -> None:
-    """Move a completed temporary folder into place (atomically when the target is new)."""
-    if target.exists():
-        if not force:
-            raise LoraMergeError(f"{target} already exists; pass --force to replace it")
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)

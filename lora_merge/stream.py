@@ -34,8 +34,9 @@ from tqdm import tqdm
 
 from lora_merge.combine import Rule, RuleOptions
 from lora_merge.placed import PlacedWriter
+from lora_merge.shards import PlannedTensor
 from lora_merge.task_vector import LowRankDelta, TaskVector
-from lora_merge.tensors import DTYPES, PlannedTensor, WeightSet
+from lora_merge.tensors import DTYPES, WeightSet
 
 # Rows per tile aim at this many float32 elements (≈ 1 MB: the tile, its θ rows
 # and its output rows stay in L2/L3 across the cast, the matmul, the cast back and the write).
@@ -261,10 +262,13 @@ def stream_fold(
     if device.type == "cpu":
         torch.set_num_threads(1)
     changed = 0
+    # The bar exists before any worker writes: an interrupt (Ctrl-C, SIGTERM) that arrives mid-fold then never
+    # lands inside tqdm's constructor, whose half-built object would print a traceback when collected.
+    bar = tqdm(range(len(plan)), desc="fold", unit="tensor", disable=not progress)
     try:
         for w in pool:
             w.start()
-        for _ in tqdm(range(len(plan)), desc="fold", unit="tensor", disable=not progress):
+        for _ in bar:
             item = _next(job.done, pool)
             if isinstance(item, BaseException):
                 raise item
@@ -273,6 +277,7 @@ def stream_fold(
             writer.done(plan[item[0]].name)
             changed += item[1]
     finally:
+        bar.close()
         job.stop.set()
         for w in pool:
             if w.ident is not None:  # started

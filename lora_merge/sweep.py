@@ -15,8 +15,6 @@ import csv
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +23,20 @@ from typing import Any
 import torch
 
 from lora_merge.errors import LoraMergeError
-from lora_merge.eval_report import EvalReport, write_folder
+from lora_merge.eval_report import EvalReport
 from lora_merge.evalsets import EvalFile, load_groups
 from lora_merge.evaluate import check_device, evaluate_model, file_names_unique, load_model
-from lora_merge.fingerprint import read_config
-from lora_merge.fold import FoldedPack, FoldRequest, check_output, compatibility_warnings, fold_vectors, load_packs
+from lora_merge.fold import fold_plan
+from lora_merge.numerics import check_folded
+from lora_merge.output import check_output, discard, new_temp_folder, write_files
+from lora_merge.plan import FoldPlan, FoldRequest, plan_fold
 from lora_merge.refusal import RefusalClassifier
 from lora_merge.skillpack import DEFAULT_REGISTRY, RecommendedWeight, SkillPack, write_manifest
 from lora_merge.sweep_select import Candidate, Rule, parse_rule, select
 from lora_merge.task_vector import TargetModel, TaskVector
 from lora_merge.tensors import WeightSet
 from lora_merge.tradeoff_plot import PlotPoint, tradeoff_png
-from lora_merge.weights import PAPER_GRID, Weight, choose_weights, general_size_from_folder
+from lora_merge.weights import PAPER_GRID
 
 MAX_SWEEP_WEIGHT = 10.0
 MEMORY_FACTOR = 3  # model + θG copies of the touched tensors + their float32 deltas
@@ -70,14 +70,20 @@ class SweepRequest:
 @dataclass(frozen=True)
 class SweepPoint:
     label: str
-    weights: dict[str, float]  # ω per pack
+    omegas: tuple[float, ...]  # ω per term of the plan, in order (packs are bound by position, never by name)
+    packs: tuple[str, ...]  # the terms' unique display labels, for the tables
     scale: float | None  # the shared ω; None for the heuristic point when packs differ
     reference: bool = False
     heuristic: bool = False
 
     @property
+    def weights(self) -> dict[str, float]:
+        """ω per pack, by the pack's unique display label."""
+        return dict(zip(self.packs, self.omegas, strict=True))
+
+    @property
     def total(self) -> float:
-        return sum(self.weights.values())
+        return sum(self.omegas)
 
 
 @dataclass
@@ -118,20 +124,21 @@ def check_grid(values: Sequence[float]) -> list[float]:
     return out
 
 
-def sweep_points(names: Sequence[str], grid: Sequence[float], heuristic: Sequence[Weight] | None) -> list[SweepPoint]:
+def sweep_points(labels: Sequence[str], grid: Sequence[float], heuristic: Sequence[float] | None) -> list[SweepPoint]:
     """θG, the grid (a shared scale for all packs) and the |D|/|G| point (merged into an equal grid point)."""
-    points = [SweepPoint("θG", {n: 0.0 for n in names}, 0.0, reference=True)]
-    h = {n: w.value for n, w in zip(names, heuristic)} if heuristic else None
-    h_shared = next(iter(h.values())) if h and len(set(h.values())) == 1 else None
+    names = tuple(labels)
+    points = [SweepPoint("θG", (0.0,) * len(names), names, 0.0, reference=True)]
+    h = tuple(heuristic) if heuristic else None
+    h_shared = h[0] if h and len(set(h)) == 1 else None
     for v in grid:
         if v == 0.0:
             continue
         same = h_shared is not None and abs(h_shared - v) < 1e-9
-        points.append(SweepPoint(f"ω={v:g}", {n: v for n in names}, v, heuristic=same))
+        points.append(SweepPoint(f"ω={v:g}", (v,) * len(names), names, v, heuristic=same))
         h = None if same else h
     if h:
-        label = "|D|/|G| " + ",".join(f"{w:.3g}" for w in h.values())
-        points.append(SweepPoint(label, h, h_shared, heuristic=True))
+        label = "|D|/|G| " + ",".join(f"{w:.3g}" for w in h)
+        points.append(SweepPoint(label, h, names, h_shared, heuristic=True))
     return points
 
 
@@ -154,33 +161,29 @@ def skill_group_of(groups: Mapping[str, Sequence[EvalFile]], general: str, skill
 def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
     """Evaluate θG, every ω of the grid and the |D|/|G| point; write the results and recommend an ω."""
     out = Path(req.out)
-    check_output(out, req.force)
+    check_output(out, req.force, [req.general, req.base, req.adapters_dir])
     rule = parse_rule(req.select)
     grid = check_grid(req.weights)
     groups = load_groups(dict(req.evals))
     file_names_unique(groups)
     skill = skill_group_of(groups, req.general_group, req.skill_group)
     check_device(req.device)
-    packs = load_packs(req.packs, Path(req.adapters_dir), verify=req.verify)
+    plan = plan_fold(FoldRequest(general=Path(req.general), packs=req.packs, out=out, adapters_dir=Path(req.adapters_dir),
+                                 general_size=req.general_size, base=req.base, device=req.device, force=req.force,
+                                 verify=req.verify, progress=False), require_weights=False)
+    packs = plan.packs
+    if not (Path(req.general) / "config.json").is_file():
+        raise LoraMergeError(f"{req.general}: not a model folder (no config.json)")
     if req.write_recommendation:
         plain = [p.name for p in packs if p.manifest is None]
         if plain:
             raise LoraMergeError(f"--write-recommendation: pack(s) {', '.join(plain)} have no skill.json to write into; "
                                  "import them as skill packs first")
-    general = WeightSet.open(req.general)
-    if not (Path(req.general) / "config.json").is_file():
-        raise LoraMergeError(f"{req.general}: not a model folder (no config.json)")
-    target = TargetModel.from_weights(general, read_config(Path(req.general)))
-    base = WeightSet.open(req.base) if req.base else None
-    vectors = {p.name: TaskVector.from_pack(p, target, base) for p in packs}
-    warnings = compatibility_warnings(packs, Path(req.general), general)
-    g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
-    heuristic = None
-    if g_size is not None and all(p.instances is not None for p in packs):
-        heuristic = choose_weights([p.name for p in packs], [p.instances for p in packs], None, g_size)
-    else:
+    warnings = list(plan.warnings)
+    heuristic = [t.weight.value for t in plan.terms] if plan.weights_chosen else None
+    if heuristic is None:
         warnings.append("|G| or a pack's |D| is unknown: no ω = |D|/|G| point (pass --general-size)")
-    points = sweep_points([p.name for p in packs], grid, heuristic)
+    points = sweep_points([t.label for t in plan.terms], grid, heuristic)
 
     if scorer is None:
         def scorer(model, tokenizer, point):
@@ -188,11 +191,11 @@ def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
                                   limit=req.limit, max_new_tokens=req.max_new_tokens, classifier=req.classifier,
                                   name=point.label)
 
-    mode = choose_mode(req.mode, general, target, vectors, req.device)
+    mode = choose_mode(req.mode, plan.general, plan.target, [t.vector for t in plan.terms], req.device)
     if mode == "memory":
-        results = _sweep_in_memory(req, vectors, points, scorer)
+        results = _sweep_in_memory(req, plan, points, scorer)
     else:
-        results = _sweep_on_disk(req, general, target, packs, vectors, points, g_size, scorer)
+        results = _sweep_on_disk(plan, points, scorer)
 
     ref = results[0]
     cands = [Candidate(r.point.label, r.point.total, r.score(req.general_group), r.score(skill)) for r in results]
@@ -203,19 +206,19 @@ def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
     if best.point.reference:
         warnings.append("no folded point satisfies the rule better than θG itself: the recommendation is ω = 0 "
                         "(do not fold this skill), or loosen --select")
-    files = _result_files(results, rec, req, skill, rule, packs, g_size, mode, warnings)
-    write_folder(out, files, req.force)
+    files = _result_files(results, rec, req, skill, rule, plan.general_size, mode, warnings)
+    write_files(out, files, req.force)
     if req.write_recommendation:
-        write_recommendations(packs, rec)
+        write_recommendations(packs, best.point.omegas, rec)
     return SweepResult(out, results, rec, mode, warnings)
 
 
-def choose_mode(requested: str, general: WeightSet, target: TargetModel, vectors: Mapping[str, TaskVector],
+def choose_mode(requested: str, general: WeightSet, target: TargetModel, vectors: Sequence[TaskVector],
                 device: str) -> str:
     """In memory when the model and the deltas fit (and no pack touches tied embeddings), else on disk."""
     if requested not in ("auto", "memory", "disk"):
         raise LoraMergeError(f"sweep mode {requested!r}: use auto, memory or disk")
-    touches_tied = target.tied is not None and any(set(target.tied) & set(v.keys()) for v in vectors.values())
+    touches_tied = target.tied is not None and any(set(target.tied) & set(v.keys()) for v in vectors)
     if requested == "disk" or (requested == "auto" and touches_tied):
         return "disk"
     if requested == "memory":
@@ -237,54 +240,48 @@ def _available_bytes(device: str) -> float:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def _sweep_in_memory(req: SweepRequest, vectors: Mapping[str, TaskVector], points: Sequence[SweepPoint],
+def _sweep_in_memory(req: SweepRequest, plan: FoldPlan, points: Sequence[SweepPoint],
                      scorer: Scorer) -> list[PointResult]:
+    """Each point written into the loaded model: θG + Σk ωk·τk from float32 copies, checked like the fold's output."""
     model, tokenizer = load_model(req.general, req.device)
     params = model.state_dict()
-    keys = sorted({k for v in vectors.values() for k in v.keys()})
+    vectors = [t.vector for t in plan.terms]
+    keys = sorted({k for v in vectors for k in v.keys()})
     missing = [k for k in keys if k not in params]
     if missing:
         raise LoraMergeError(f"the loaded model names its weights differently from its files ({missing[:3]}); "
                              "rerun the sweep with --mode disk")
     dev = next(model.parameters()).device
     theta_g = {k: params[k].detach().float().clone() for k in keys}
-    deltas = {name: {k: v.delta(k, dev) for k in v.keys()} for name, v in vectors.items()}
+    deltas = [{k: v.delta(k, dev) for k in v.keys()} for v in vectors]  # pack reads refuse NaN/Inf (the plan)
     results = []
     for point in points:
         with torch.no_grad():
             for k in keys:
                 acc = theta_g[k].clone()
-                for name, w in point.weights.items():
-                    if w and k in deltas[name]:
-                        acc.add_(deltas[name][k], alpha=w)
+                for w, d in zip(point.omegas, deltas, strict=True):
+                    if w and k in d:
+                        acc.add_(d[k], alpha=w)
                 params[k].copy_(acc.to(params[k].dtype))
+                check_folded(k, params[k])  # NaN/Inf, or overflow of the model's dtype, as the fold refuses
         results.append(PointResult(point, scorer(model, tokenizer, point)))
     return results
 
 
-def _sweep_on_disk(req, general, target, packs: Sequence[SkillPack], vectors, points, g_size, scorer) -> list[PointResult]:
-    out = Path(req.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.folds-", dir=out.parent))
+def _sweep_on_disk(plan: FoldPlan, points: Sequence[SweepPoint], scorer: Scorer) -> list[PointResult]:
+    """Each point folded by the streamed fold into a scratch folder beside the output, evaluated, removed."""
+    scratch = new_temp_folder(Path(plan.request.out), kind="folds")  # a killed sweep's is cleaned by the next run
     results = []
     try:
         for i, point in enumerate(points):
             folder = scratch / f"point{i}"
-            terms = []
-            for p in packs:
-                w = point.weights[p.name]
-                record = FoldedPack(p.name, str(p.path), p.kind, Weight(w, "explicit", f"ω = {w:g} (sweep)"),
-                                    p.manifest.files if p.manifest else {}, p.instances, len(vectors[p.name].keys()))
-                terms.append((w * vectors[p.name], record))
-            fold_req = FoldRequest(general=Path(req.general), packs=[p.name for p in packs], out=folder,
-                                   base=req.base, device=req.device, progress=False)
-            fold_vectors(fold_req, general, target, terms, g_size, [])
-            model, tokenizer = load_model(folder, req.device)
+            fold_plan(plan.reweighted(point.omegas, "sweep", out=folder, force=False))
+            model, tokenizer = load_model(folder, plan.request.device)
             results.append(PointResult(point, scorer(model, tokenizer, point)))
             del model
-            shutil.rmtree(folder, ignore_errors=True)
+            discard(folder)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        discard(scratch)
     return results
 
 
@@ -298,8 +295,8 @@ def _evidence(best: PointResult, ref: PointResult, req: SweepRequest, skill: str
 
 
 def _result_files(results: Sequence[PointResult], rec: Recommendation, req: SweepRequest, skill: str, rule: Rule,
-                  packs: Sequence[SkillPack], g_size: int | None, mode: str, warnings: list[str]) -> dict:
-    names = [p.name for p in packs]
+                  g_size: int | None, mode: str, warnings: list[str]) -> dict:
+    names = list(results[0].point.packs)
     found = list(results[0].report.group_scores())
     groups = [req.general_group, skill] + [g for g in found if g not in (req.general_group, skill)]
     ref = results[0]
@@ -342,11 +339,10 @@ def _cell(v: object) -> str:
     return "" if v is None else str(v).replace("|", "\\|")  # a pipe would end the markdown cell
 
 
-def write_recommendations(packs: Sequence[SkillPack], rec: Recommendation) -> None:
-    """Store the chosen ω (with rule and evidence) in each pack's skill.json."""
+def write_recommendations(packs: Sequence[SkillPack], omegas: Sequence[float], rec: Recommendation) -> None:
+    """Store the chosen ω (one per pack, in order, with rule and evidence) in each pack's skill.json."""
     others = len(packs) > 1
-    for p in packs:
-        value = rec.weights[p.name]
+    for p, value in zip(packs, omegas, strict=True):
         evidence = rec.evidence + (f"; swept together with {', '.join(q.name for q in packs if q is not p)}"
                                    if others else "")
         manifest = p.manifest.model_copy(update={"recommended_weight": RecommendedWeight(

@@ -6,7 +6,7 @@ Nothing is computed until :meth:`TaskVector.delta` asks for one tensor, so a
 like the paper::
 
     tau = TaskVector.from_pack(pack, target)      # τD
-    merged = (0.24 * tau_safety + 0.57 * tau_coding).apply_to(general_state)
+    folded = 0.24 * tau_safety + 0.57 * tau_coding  # what lora_merge.fold streams into θG
 
 LoRA packs give ΔW = scale · B·A per adapted weight (scale = α/r, or α/√r with
 rsLoRA, per-module ``rank_pattern``/``alpha_pattern``), transposed for GPT-2
@@ -143,19 +143,6 @@ class TaskVector:
         assert out is not None
         return out
 
-    def apply_to(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """θ + τ for an in-memory state dict (float32 arithmetic, original dtypes kept)."""
-        missing = [k for k in self.terms if k not in state]
-        if missing:
-            raise LoraMergeError(f"task vector {self.name!r} touches weights the model lacks: {missing[:5]}")
-        out = dict(state)
-        for k in self.terms:
-            base = state[k]
-            if tuple(base.shape) != self.shape(k):
-                raise LoraMergeError(f"{k}: task vector shape {self.shape(k)} does not fit weight {tuple(base.shape)}")
-            out[k] = (base.float() + self.delta(k, base.device)).to(base.dtype)
-        return out
-
     # --- construction --------------------------------------------------
     @classmethod
     def from_pack(
@@ -236,7 +223,7 @@ def _pattern_value(patterns: Mapping[str, object], module: str, default: object)
     return default
 
 
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B)$")
+LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B)$")
 
 
 def _check_lora_config(pack: SkillPack) -> dict:
@@ -268,7 +255,7 @@ def _from_lora(pack: SkillPack, target: TargetModel, base: WeightSet | None) -> 
     replacements: list[str] = []
     for key in keys:
         stripped = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
-        m = _LORA_KEY.match(stripped)
+        m = LORA_KEY.match(stripped)
         if m:
             groups.setdefault(m["module"], {})[m["part"]] = key
         elif ".base_layer." in stripped:

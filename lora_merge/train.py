@@ -15,59 +15,23 @@ checkpoint into the run folder; ``resume`` continues from the last one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lora_merge import __version__
 from lora_merge.data import TrainingMix, count_tokens, load_data, mix, replay_sample
 from lora_merge.errors import LoraMergeError
-from lora_merge.fingerprint import fingerprint_model
-from lora_merge.leftovers import clean_leftovers
+from lora_merge.output import staged_output
 from lora_merge.processes import Processes
 from lora_merge.recipes import Recipe
-from lora_merge.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, publish_folder, write_manifest
-from lora_merge.tensors import SINGLE_NAME, PlannedTensor, ShardedWriter, WeightSet
-from lora_merge.weights import GENERAL_MANIFEST
+from lora_merge.train_output import RunPlan, TrainResult, write_model_folder, write_pack
 
 MODEL_STRATEGIES = ("cft", "rt", "general")
-
-
-@dataclass
-class RunPlan:
-    """Where a run starts, what it reads and where it writes: all checked before any training."""
-
-    name: str
-    start: Path
-    base: Path | None
-    target: Path
-    run_dir: Path
-    produces: str  # pack | model
-
-
-@dataclass
-class TrainResult:
-    out: Path
-    produces: str
-    strategy: str
-    mode: str
-    instances: int
-    tokens: int
-    steps: int
-    epochs: float
-    wall_seconds: float
-    final_loss: float | None
-    counts: dict[str, int]
-    resumed_from_step: int | None = None
-    warnings: list[str] = field(default_factory=list)
-    record: dict = field(default_factory=dict)
-    main_process: bool = True  # False in the other processes of a multi-process launch (they write nothing)
 
 
 def _model_folder(path: Path | None, what: str, flag: str) -> Path:
@@ -312,23 +276,6 @@ def final_loss(log_history: list[dict]) -> float | None:
     return float(done[-1]) if done else None
 
 
-def library_versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-    import trl
-
-    out = {"lora_merge": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-           "peft": peft.__version__, "trl": trl.__version__, "accelerate": accelerate.__version__}
-    try:
-        import bitsandbytes
-
-        out["bitsandbytes"] = bitsandbytes.__version__
-    except ImportError:
-        pass
-    return out
-
-
 def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
     """Train one run as the recipe says and write its pack or model folder (see the module docstring)."""
     plan = plan_run(recipe)
@@ -356,7 +303,10 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
     )
     state = gathered_state(recipe, trainer, processes)  # every process takes part in the gather
     if processes.is_main:  # under `accelerate launch`, only the main process writes the output
-        publish_run(recipe, plan, data, result, trainer, state)
+        writer = write_pack if plan.produces == "pack" else write_model_folder
+        with staged_output(plan.target, force=recipe.force, inputs=[plan.start, plan.base],
+                           notes=result.warnings) as tmp:  # what killed runs left behind is cleaned and noted
+            result.record = writer(tmp, recipe, plan, data, result, trainer, state)
     processes.barrier()
     return result
 
@@ -369,134 +319,3 @@ def gathered_state(recipe: Recipe, trainer, processes: Processes) -> dict | None
     return trainer.accelerator.get_state_dict(trainer.model)
 
 
-def publish_run(recipe: Recipe, plan: RunPlan, data: TrainingMix, result: TrainResult, trainer,
-                state: dict | None = None) -> None:
-    """Write the pack or model folder in a temporary folder and rename it into place."""
-    writer = write_pack if plan.produces == "pack" else write_model_folder
-    tmp = plan.target.parent / f".{plan.target.name}.tmp-{os.getpid()}"
-    plan.target.parent.mkdir(parents=True, exist_ok=True)
-    result.warnings.extend(clean_leftovers(plan.target.parent, plan.target.name))  # what killed runs left behind
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        result.record = writer(tmp, recipe, plan, data, result, trainer, state)
-        publish_folder(tmp, plan.target, force=recipe.force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def training_info(r: Recipe, res: TrainResult, quantization: str | None) -> TrainingInfo:
-    lora = r.mode != "full"
-    return TrainingInfo(
-        method=r.mode, strategy=r.strategy, quantization=quantization, rank=r.rank if lora else None,
-        alpha=r.alpha if lora else None, lr=r.lr, epochs=res.epochs, steps=res.steps, seed=r.seed,
-        wall_seconds=round(res.wall_seconds, 3), final_loss=res.final_loss,
-        target_modules=r.target_modules if lora else None, dropout=r.dropout if lora else None,
-        rslora=r.rslora if lora else None, batch_size=r.batch_size, grad_accum=r.grad_accum,
-        max_length=r.max_length, warmup=r.warmup, lr_scheduler=r.lr_scheduler, optim=r.optim,
-        precision=r.precision, tokens=res.tokens, resumed_from_step=res.resumed_from_step, freeze=list(r.freeze),
-        library_versions=library_versions(),
-    )
-
-
-def quantization_of(r: Recipe) -> str | None:
-    if r.mode != "qlora":
-        return None
-    return f"bnb-4bit-{r.quant_type}" + ("-double" if r.double_quant else "")
-
-
-def write_dense_delta(tmp: Path, model, base_dir: Path, state: dict | None = None) -> None:
-    """τ = θD − θpre keyed by the base's weight names, streamed into task_vector.safetensors."""
-    base = WeightSet.open(base_dir)
-    state = model.state_dict() if state is None else state
-    missing = [k for k in base.keys() if k not in state]
-    if missing:
-        raise LoraMergeError(f"the trained model lacks base weights {missing[:3]}: cannot form θD − θpre")
-    keep = [k for k in base.keys() if base.info(k).dtype.startswith(("F", "BF"))]
-    plan = [PlannedTensor(k, state[k].dtype, tuple(base.info(k).shape)) for k in keep]
-    writer = ShardedWriter(tmp, plan, 1 << 62, {"lora_merge": __version__, "kind": "task_vector"})
-    for p in plan:
-        writer.write(p.name, (state[p.name].detach().float().cpu() - base.get(p.name).float()).to(p.dtype))
-    writer.finish()
-    os.replace(tmp / SINGLE_NAME, tmp / DENSE_WEIGHTS)
-
-
-def data_info(data: TrainingMix, res: TrainResult) -> DataInfo:
-    only = next(iter(data.sources.values())) if len(data.sources) == 1 else None
-    return DataInfo(instances=res.instances, tokens=res.tokens, sha256=only.sha256 if only else None,
-                    path=only.path if only else None)
-
-
-def pack_manifest(r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, kind: str) -> Manifest:
-    return Manifest(name=plan.name, description=r.description, kind=kind, base_model=fingerprint_model(plan.start),
-                    data=data_info(data, res), training=training_info(r, res, quantization_of(r)), license=r.license)
-
-
-def start_role(folder: Path) -> str | None:
-    path = folder / GENERAL_MANIFEST
-    try:
-        return json.loads(path.read_text()).get("role") if path.is_file() else None
-    except (ValueError, AttributeError):
-        return None
-
-
-def write_pack(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer,
-               state: dict | None = None) -> dict:
-    """PTM: a LoRA pack (the PEFT adapter as saved by PEFT) or a dense pack (θD − θpre)."""
-    if r.mode == "full":
-        write_dense_delta(tmp, trainer.model, plan.start, state)
-        kind = "dense"
-    else:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
-        kind = "lora"
-    return write_manifest(tmp, pack_manifest(r, plan, data, res, kind)).model_dump(mode="json")
-
-
-def write_model_folder(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer,
-                       state: dict | None = None) -> dict:
-    """CFT / RT / general: a full model folder (LoRA merged into the start model) and its lora_merge.json."""
-    from transformers import AutoModelForCausalLM
-
-    if r.mode == "full":
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True, state_dict=state)
-    else:
-        from peft import PeftModel
-
-        # Merge into a fresh, unquantised copy of the start model (a 4-bit base cannot hold the merged weights).
-        trainer.model.save_pretrained(tmp / "adapter", safe_serialization=True)
-        start = AutoModelForCausalLM.from_pretrained(plan.start, dtype="auto")
-        PeftModel.from_pretrained(start, tmp / "adapter").merge_and_unload().save_pretrained(tmp)
-    trainer.processing_class.save_pretrained(tmp)
-    sources = {n: {"instances": len(d), "path": d.path, "sha256": d.sha256} for n, d in data.sources.items()}
-    record = {
-        "format_version": 1,
-        "role": r.strategy,
-        "name": plan.name,
-        "description": r.description,
-        "tool_version": __version__,
-        "lineage": {"start_model": str(plan.start), "start_role": start_role(plan.start),
-                    "start_fingerprint": fingerprint_model(plan.start).model_dump(mode="json"),
-                    "base_model": str(plan.base) if plan.base else None},
-        "data": {"instances": res.instances, "tokens": res.tokens, "sources": sources},
-        "training": training_info(r, res, quantization_of(r)).model_dump(mode="json"),
-        "cost": {"instances": res.instances, "steps": res.steps, "tokens": res.tokens,
-                 "wall_seconds": round(res.wall_seconds, 3)},
-    }
-    (tmp / GENERAL_MANIFEST).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    (tmp / "README.md").write_text(model_card(record))
-    return record
-
-
-def model_card(rec: dict) -> str:
-    d, c, t = rec["data"], rec["cost"], rec["training"]
-    what = {"cft": "continued finetuning (CFT) of the start model", "rt": "retraining (RT) of θpre on G ∪ D",
-            "general": "general tuning of θpre on G"}[rec["role"]]
-    return "\n".join([
-        f"# {rec['name']} ({rec['role']})", "", rec["description"] or f"A model made by lora_merge: {what}.", "",
-        "| field | value |", "|---|---|", f"| role | {rec['role']} |",
-        f"| start model | {rec['lineage']['start_model']} |", f"| method | {t['method']} |",
-        f"| training instances | {d['instances']} |", f"| tokens | {d['tokens']} |",
-        f"| steps | {c['steps']} |", f"| wall time | {c['wall_seconds']:.1f} s |", "",
-        "Everything about the run is in `lora_merge.json`.", "",
-    ])

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from lora_merge.fold import FoldRequest, fold
+from lora_merge.model_record import MODEL_RECORD
 from lora_merge.pico import make_lora_pack, perturbed, pico_model, save_model, state_of, token_batch
-from lora_merge.weights import GENERAL_MANIFEST
 
 
 def run_walkthrough(workdir: Path, echo: Callable[[str], None] = print) -> Path:
@@ -24,7 +24,7 @@ def run_walkthrough(workdir: Path, echo: Callable[[str], None] = print) -> Path:
     save_model(pre, workdir / "pretrained")
     save_model(general, workdir / "general")
     # |G|: the toolkit records the general model's training size beside it.
-    (workdir / "general" / GENERAL_MANIFEST).write_text('{"role": "general", "data": {"instances": 1000}}\n')
+    (workdir / "general" / MODEL_RECORD).write_text('{"role": "general", "data": {"instances": 1000}}\n')
     echo("2. making two LoRA skill packs on θpre with PEFT (safety: |D| = 240, coding: |D| = 570) …")
     make_lora_pack(pre, workdir / "pretrained", adapters / "safety", "safety", seed=2, instances=240,
                    target_modules=["q_proj", "v_proj"])

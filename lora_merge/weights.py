@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_merge.errors import LoraMergeError
+from lora_merge.model_record import MODEL_RECORD as GENERAL_MANIFEST  # the model record beside a model
 
 PAPER_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)
-GENERAL_MANIFEST = "lora_merge.json"
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def choose_weights(
     if general_size <= 0:
         raise LoraMergeError(f"--general-size must be a positive number of instances, not {general_size}")
     out = []
-    for name, d in zip(names, instances):
+    for name, d in zip(names, instances, strict=True):
         if d is None:
             raise LoraMergeError(
                 f"pack {name!r} does not record its training size |D| (a plain PEFT adapter?): "

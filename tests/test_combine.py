@@ -31,7 +31,7 @@ def ones(k: int) -> torch.Tensor:
 def test_deterministic_rules_equal_peft_on_scaled_deltas(density):
     omegas = [0.3, 0.8, 1.7]
     taus = random_deltas()
-    scaled = [w * t for w, t in zip(omegas, taus)]
+    scaled = [w * t for w, t in zip(omegas, taus, strict=True)]
     opts = RuleOptions(density=density)
     k = len(taus)
     expected = {
@@ -69,7 +69,7 @@ def test_ties_by_hand_on_a_tiny_example():
 @pytest.mark.parametrize("rule,peft_fn", [("dare_linear", merge_utils.dare_linear), ("dare_ties", merge_utils.dare_ties)])
 @pytest.mark.parametrize("density", [0.2, 0.7])
 def test_dare_equals_peft_given_the_same_masks(rule, peft_fn, density):
-    scaled = [w * t for w, t in zip([0.5, 1.2, 0.9], random_deltas(seed=2))]
+    scaled = [w * t for w, t in zip([0.5, 1.2, 0.9], random_deltas(seed=2), strict=True)]
     ours = RULES[rule](scaled, RuleOptions(density=density, seed=11), NAME)
     # PEFT draws its masks from the global generator pack after pack; seed it as our rule seeds its own
     torch.manual_seed(tensor_seed(11, NAME))
@@ -130,7 +130,7 @@ def test_fold_with_rule_equals_peft_rule_on_peft_deltas(tmp_path, three_packs, m
     g, ours = state_of(gen_dir), state_of(out)
     assert set(deltas[0]) == {k for k in g if not torch.equal(g[k], ours[k])}
     for k in deltas[0]:
-        scaled = [w * d[k] for w, d in zip(omegas, deltas)]
+        scaled = [w * d[k] for w, d in zip(omegas, deltas, strict=True)]
         if method == "ties":
             ref = merge_utils.ties(scaled, ones(3), 0.5)
         elif method == "magnitude_prune":
@@ -190,3 +190,20 @@ def test_kth_smallest_equals_kthvalue(n):
     v[-3:] = torch.tensor([1e-40, 3e38, 1.5])  # a subnormal and a huge one
     for k in sorted({1, 2, n // 10, n // 10 + 1, n // 5, n // 2, n - 1, n}):
         assert kth_smallest(v, k) == torch.kthvalue(v, k).values, k
+
+
+def test_the_folds_tiled_sum_kernel_is_the_linear_rule():
+    """The streamed fold computes SUM_RULES with stream.merge_linear; it must equal θ + combine.linear(deltas)."""
+    from lora_merge import stream
+    from lora_merge.combine import streams_as_sum
+
+    assert streams_as_sum("linear") and not streams_as_sum("ties")
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(40, 24, generator=g)
+    b1, a1 = torch.randn(40, 3, generator=g), torch.randn(3, 24, generator=g)
+    dense = torch.randn(40, 24, generator=g)
+    out = torch.empty_like(theta)
+    stream.merge_linear(theta, [("lowrank", (b1, a1)), ("dense", dense)], out, torch.device("cpu"),
+                        torch.empty(stream.tile_elements((40, 24))))
+    expected = theta + get_rule("linear")([b1 @ a1, dense], RuleOptions(), "w")
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -35,7 +35,7 @@ def _oracle_generate(model, tok, prompt: str, n: int) -> str:
 def test_batched_generation_matches_one_at_a_time(model_tok):
     model, tok = model_tok
     expected = [_oracle_generate(model, tok, p, 6) for p in PROMPTS]
-    rows = [{"prompt": p, "answer": e or "x", "metric": "exact", "id": str(i)} for i, (p, e) in enumerate(zip(PROMPTS, expected))]
+    rows = [{"prompt": p, "answer": e or "x", "metric": "exact", "id": str(i)} for i, (p, e) in enumerate(zip(PROMPTS, expected, strict=True))]
     rows.append({"prompt": PROMPTS[0], "answer": "definitely not this", "metric": "exact"})
     rep = evaluate_model(model, {"g": [rows]}, tokenizer=tok, batch_size=4, max_new_tokens=6)
     outputs = {s["id"]: s["output"] for s in rep.samples if s["id"] is not None}
@@ -141,7 +141,7 @@ def test_bad_eval_file_leaves_no_output(tmp_path):
     ev.write_text(json.dumps({"prompt": "x", "metric": "sentiment"}) + "\n")
     r = CliRunner().invoke(main, ["eval", "--model", str(d), "--evals", f"g={ev}", "--out", str(tmp_path / "out")])
     assert r.exit_code == 2 and "unknown metric 'sentiment'" in r.output and "row 1" in r.output
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*out*"))
 
 
 def test_lm_eval_bridge_local_task(tmp_path, model_tok):

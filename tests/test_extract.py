@@ -87,7 +87,7 @@ def test_bad_extract_requests_write_nothing(tmp_path, finetuned):
     ]:
         with pytest.raises(LoraMergeError, match=match):
             extract_pack(ExtractRequest(name="x", out=out, progress=False, **kw))
-        assert not out.exists() and not list(tmp_path.rglob(".x.tmp*"))
+        assert not out.exists() and not list(tmp_path.rglob(".*x.*"))
     extract_pack(ExtractRequest(model=ft_dir, base=pre_dir, name="x", out=out, progress=False))
     with pytest.raises(LoraMergeError, match="already exists"):
         extract_pack(ExtractRequest(model=ft_dir, base=pre_dir, name="x", out=out, progress=False))

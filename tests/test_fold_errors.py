@@ -34,7 +34,7 @@ def assert_clean_failure(result, out, *needles):
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}.tmp-*"))
+    assert not list(out.parent.glob(f".lora_merge.{out.name}.*"))
 
 
 def test_good_fold_through_cli(world):

@@ -100,7 +100,7 @@ def test_tied_embeddings(tmp_path, targets):
 
 def test_prefixes_differ_between_adapter_and_checkpoint(tmp_path):
     """An adapter made on GPT2LMHeadModel (transformer.h.0…) folds into a checkpoint storing h.0…."""
-    from lora_merge.tensors import save_tensors
+    from lora_merge.shards import save_tensors
 
     model = pico_model("gpt2")
     pack = make_lora_pack(model, None, tmp_path / "p", "p", seed=2, target_modules=["c_attn"], fan_in_fan_out=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 
@@ -14,8 +15,9 @@ from lora_merge.combine import RuleOptions, get_rule
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
 from lora_merge.placed import PlacedWriter
+from lora_merge.shards import PlannedTensor
 from lora_merge.task_vector import LowRankDelta
-from lora_merge.tensors import PlannedTensor, WeightSet
+from lora_merge.tensors import WeightSet
 
 WEIGHTS = [0.3, 0.7]
 
@@ -30,7 +32,7 @@ def reference_fold(general: dict[str, torch.Tensor], packs, weights) -> dict[str
     out = {}
     for name, theta in general.items():
         bs, as_ = [], []
-        for pack, w in zip(packs, weights):
+        for pack, w in zip(packs, weights, strict=True):
             cfg = json.loads((pack / "adapter_config.json").read_text())
             lora = load_file(str(pack / "adapter_model.safetensors"))
             module = "base_model.model." + name.removesuffix(".weight")
@@ -47,7 +49,7 @@ def one_by_one(general: dict[str, torch.Tensor], packs, weights) -> dict[str, to
     out = {}
     for name, theta in general.items():
         acc = theta.double()
-        for pack, w in zip(packs, weights):
+        for pack, w in zip(packs, weights, strict=True):
             cfg = json.loads((pack / "adapter_config.json").read_text())
             lora = load_file(str(pack / "adapter_model.safetensors"))
             module = "base_model.model." + name.removesuffix(".weight")
@@ -81,7 +83,7 @@ def test_tiles_cover_every_row_once():
     for rows, cols in [(1, 5), (7, 3), (64, 2048), (5632, 2048), (2048, 5632), (32000, 2048), (129, 4096)]:
         tiles = stream.tile_rows(rows, cols)
         assert tiles[0][0] == 0 and tiles[-1][1] == rows
-        assert all(a[1] == b[0] for a, b in zip(tiles, tiles[1:]))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(tiles))
         # tiles under 8 rows take another matmul kernel: only a whole small tensor may have one
         assert all(r1 - r0 >= 8 for r0, r1 in tiles) or len(tiles) == 1
 
@@ -134,7 +136,7 @@ def test_dtype_conversion_of_untouched_tensors(setup, small_tiles, dtype):
 
 
 def _no_leftovers(tmp, name):
-    return not (tmp / name).exists() and not list(tmp.glob(f".{name}.tmp-*"))
+    return not (tmp / name).exists() and not list(tmp.glob(f".lora_merge.{name}.*"))
 
 
 def test_failure_in_the_merge_thread_leaves_nothing(setup, monkeypatch):

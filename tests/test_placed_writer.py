@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 import lora_merge.placed as placed_module
 from lora_merge.placed import PlacedWriter
-from lora_merge.tensors import INDEX_NAME, PlannedTensor, save_tensors
+from lora_merge.shards import PlannedTensor, save_tensors
+from lora_merge.tensors import INDEX_NAME
 
 
 def tensors() -> dict[str, torch.Tensor]:

@@ -112,7 +112,7 @@ def test_non_finite_pack_is_refused_naming_the_tensor(built, reg, tmp_path, valu
     with pytest.raises(LoraMergeError) as err:
         fold(request(built, reg, tmp_path / "out"))
     assert KEY in str(err.value) and shown in str(err.value)
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".lora_merge.out.*"))
     res = CliRunner().invoke(main, ["pack", "verify", "skill", "--adapters-dir", str(reg)])
     assert res.exit_code == 2 and KEY in res.output and "FAIL  values adapter_model.safetensors" in res.output
 

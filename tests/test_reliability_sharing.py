@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from lora_merge.cli import main
 from lora_merge.errors import LoraMergeError
 from lora_merge.fold import FoldRequest, fold
+from lora_merge.leftovers import mark, temp_path
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
 from lora_merge.sharing import export_pack, import_pack
 
@@ -232,8 +233,10 @@ def test_import_cleans_what_a_killed_import_left(built, tmp_path):
     reg = tmp_path / "adapters"
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # a process id that no longer runs
-    (reg / f".import.tmp-{child.pid}").mkdir(parents=True)
-    (reg / f".import.tmp-{child.pid}" / "skill.json").write_text("{}")
+    left = temp_path(reg / "import", "tmp", child.pid)
+    left.mkdir(parents=True)
+    mark(left)
+    (left / "skill.json").write_text("{}")
     res = import_pack(built.archive, reg)
     assert sorted(p.name for p in reg.iterdir()) == ["skill"]
-    assert len(res.notes) == 1 and f".import.tmp-{child.pid}" in res.notes[0] and "removed" in res.notes[0]
+    assert len(res.notes) == 1 and left.name in res.notes[0] and "removed" in res.notes[0]

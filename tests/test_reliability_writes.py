@@ -19,11 +19,11 @@ import torch
 from peft import PeftModel
 
 import lora_merge.placed as placed_module
+import lora_merge.shards as tensors_module
 import lora_merge.stream as stream_module
-import lora_merge.tensors as tensors_module
 from lora_merge.errors import LoraMergeError
 from lora_merge.fold import FoldRequest, fold
-from lora_merge.leftovers import clean_leftovers
+from lora_merge.leftovers import clean_leftovers, mark, temp_path
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
 
 
@@ -190,7 +190,7 @@ def test_fold_killed_halfway_leaves_nothing_and_the_next_fold_cleans_up(built, t
     before = snapshot(out) if existing else None
     child = subprocess.Popen([sys.executable, "-c", SLOW_FOLD, str(built.pre_dir), str(built.pack), str(out)],
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    shard = tmp_path / f".out.tmp-{child.pid}" / "model.safetensors"
+    shard = temp_path(out, "tmp", child.pid) / "model.safetensors"
     try:
         wait_until_midway(child, shard, "killed")
         os.kill(child.pid, signal.SIGKILL)
@@ -205,7 +205,7 @@ def test_fold_killed_halfway_leaves_nothing_and_the_next_fold_cleans_up(built, t
         assert not out.exists()
     res = fold(request(built, out, force=existing))
     assert not leftover.exists()
-    assert any(f".out.tmp-{child.pid}" in w and "removed" in w for w in res.warnings), res.warnings
+    assert any(temp_path(out, "tmp", child.pid).name in w and "removed" in w for w in res.warnings), res.warnings
     assert_matches_peft(built, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -224,14 +224,16 @@ SLOW_CLI_FOLD = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_mid_fold_stops_the_workers_and_leaves_nothing(built, tmp_path):
-    """SIGINT while the merge workers write: the CLI says so, exits 130, and no output or temporary folder stays."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_mid_fold_stops_the_workers_and_leaves_nothing(built, tmp_path, sig):
+    """SIGINT (or SIGTERM, handled alike) while the merge workers write: the CLI says so, exits 130, and no output
+    or temporary folder stays."""
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-c", SLOW_CLI_FOLD, str(built.pre_dir), str(built.pack), str(out)],
                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until_midway(child, tmp_path / f".out.tmp-{child.pid}" / "model.safetensors", "interrupted")
-        os.kill(child.pid, signal.SIGINT)
+        wait_until_midway(child, temp_path(out, "tmp", child.pid) / "model.safetensors", "interrupted")
+        os.kill(child.pid, sig)
         _, err = child.communicate(timeout=240)
     finally:
         child.kill()
@@ -244,9 +246,10 @@ def test_ctrl_c_mid_fold_stops_the_workers_and_leaves_nothing(built, tmp_path):
 def test_leftovers_of_live_processes_are_left_alone(tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / f".out.tmp-{live.pid}").mkdir()
+        live_tmp = temp_path(tmp_path / "out", "tmp", live.pid)
+        mark(live_tmp.mkdir() or live_tmp)
         report = clean_leftovers(tmp_path, "out")
-        assert (tmp_path / f".out.tmp-{live.pid}").is_dir()
+        assert live_tmp.is_dir()
         assert len(report) == 1 and "still runs" in report[0]
     finally:
         live.kill()
@@ -255,23 +258,27 @@ def test_leftovers_of_live_processes_are_left_alone(tmp_path):
 
 def test_a_replace_killed_between_its_renames_is_rolled_back(tmp_path):
     pid = dead_pid()
-    old = tmp_path / f".out.old-{pid}"  # the previous output, moved aside; the new one never arrived
-    old.mkdir()
+    old = temp_path(tmp_path / "out", "old", pid)  # the previous output, moved aside; the new one never arrived
+    mark(old.mkdir() or old)
     (old / "model.safetensors").write_bytes(b"previous")
-    (tmp_path / f".out.tmp-{pid}").mkdir()
+    mark(temp_path(tmp_path / "out", "tmp", pid).mkdir() or temp_path(tmp_path / "out", "tmp", pid))
     report = clean_leftovers(tmp_path, "out")
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"previous"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.safetensors"]
     assert "restored" in report[0] and "removed" in report[1]
     # once the target exists, an .old copy is just the replaced output: removed
-    (tmp_path / f".out.old-{pid}").mkdir()
+    mark(old.mkdir() or old)
     assert "removed" in clean_leftovers(tmp_path)[0] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_other_names_and_plain_files_are_not_touched(tmp_path):
     pid = dead_pid()
-    (tmp_path / f".other.tmp-{pid}").mkdir()
-    (tmp_path / f".out.tmp-{pid}").write_text("a file, not ours")
-    (tmp_path / f".out.tmp-{pid}x").mkdir()
+    other = temp_path(tmp_path / "other", "tmp", pid)
+    mark(other.mkdir() or other)
+    temp_path(tmp_path / "out", "tmp", pid).write_text("a file, not ours")
+    mark(temp_path(tmp_path / "out", "tmp", f"{pid}x").mkdir() or temp_path(tmp_path / "out", "tmp", f"{pid}x"))
+    (tmp_path / f".out.tmp-{pid}").mkdir()  # the name without our prefix: not ours
+    unmarked = temp_path(tmp_path / "out", "old", pid)
+    unmarked.mkdir()  # our name but no marker inside: not ours either
     assert clean_leftovers(tmp_path, "out") == []
-    assert len(list(tmp_path.iterdir())) == 3
+    assert len(list(tmp_path.iterdir())) == 5

@@ -65,8 +65,8 @@ def test_sweep_rows_plot_and_same_scores_in_memory_and_on_disk(world):
         assert im.size == PLOT_SIZE_PX
     assert sum(r["recommended"] for r in doc["rows"]) == 1
     on_disk = run_sweep(_req(tmp_path, ev, mode="disk", out=tmp_path / "sweep2"))
-    assert on_disk.mode == "disk" and not list(tmp_path.glob(".sweep2*"))  # temp folds removed
-    for a, b in zip(res.results, on_disk.results):
+    assert on_disk.mode == "disk" and not list(tmp_path.glob(".*sweep2*"))  # temp folds removed
+    for a, b in zip(res.results, on_disk.results, strict=True):
         assert a.report.group_scores() == pytest.approx(b.report.group_scores(), abs=1e-3)
     assert res.results[1].report.group_scores() != pytest.approx(res.results[0].report.group_scores(), abs=1e-6)
 
@@ -134,7 +134,7 @@ def test_bad_input_leaves_nothing(world, kw, needle):
     tmp_path, _, _, ev = world
     with pytest.raises(LoraMergeError, match=needle):
         run_sweep(_req(tmp_path, ev, **kw))
-    assert not (tmp_path / "sweep").exists() and not list(tmp_path.glob(".sweep*"))
+    assert not (tmp_path / "sweep").exists() and not list(tmp_path.glob(".*sweep*"))
 
 
 def test_cli_sweep_errors(world):
@@ -151,7 +151,7 @@ def test_cli_sweep_errors(world):
     bad.write_text(json.dumps({"prompt": "x", "metric": "exact"}) + "\n")
     r = CliRunner().invoke(main, base + ["--general", str(tmp_path / "general"), "--evals", f"skill={bad}"])
     assert r.exit_code == 2 and "missing field 'answer'" in r.output
-    assert not (tmp_path / "sweep").exists() and not list(tmp_path.glob(".sweep*"))
+    assert not (tmp_path / "sweep").exists() and not list(tmp_path.glob(".*sweep*"))
 
 
 def test_cli_sweep_runs(world):

@@ -94,7 +94,7 @@ def test_variant_mistakes_are_clear_and_write_nothing(tmp_path, setup):
     for kw, match in cases:
         with pytest.raises(LoraMergeError, match=match):
             fold(FoldRequest(general=gen_dir, out=out, progress=False, **kw))
-        assert not out.exists() and not list(tmp_path.glob(".never*"))
+        assert not out.exists() and not list(tmp_path.glob(".*never*"))
 
 
 def test_cli_linear_interp_and_wise_ft(tmp_path, setup):

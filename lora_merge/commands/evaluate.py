@@ -46,7 +46,7 @@ def eval_cmd(model, evals, batch_size, device, limit, max_new_tokens, refusal_ph
     """Score a model: greedy generation, log-likelihood choices and held-out loss, per file and group."""
     from lora_merge.evalsets import parse_eval_option
     from lora_merge.evaluate import evaluate_model, load_model
-    from lora_merge.fold import check_output
+    from lora_merge.output import check_output
 
     if out is not None:
         check_output(out, force)

@@ -25,17 +25,19 @@ from lora_merge.commands.pack import pack
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of pack weights.")
 def interference_cmd(packs, adapters_dir, base, out, json_path, signs, device, no_verify) -> None:
     """Pairwise cosine, sign-conflict rate and norms of skill packs PACKS (comma separated), per layer and overall."""
+    from lora_merge.device import resolve_device
     from lora_merge.fingerprint import read_config
-    from lora_merge.fold import load_packs, resolve_device
     from lora_merge.interference import interference, layout_from_packs, report_json, report_lines, save_heatmap
-    from lora_merge.task_vector import TargetModel, TaskVector
+    from lora_merge.plan import bind_packs, load_packs
+    from lora_merge.task_vector import TargetModel
     from lora_merge.tensors import WeightSet
 
     loaded = load_packs(split_names(packs), adapters_dir, verify=not no_verify)
     base_ws = WeightSet.open(base) if base else None
     target = TargetModel.from_weights(base_ws, read_config(base)) if base_ws else layout_from_packs(loaded)
-    vectors = [TaskVector.from_pack(p, target, base_ws) for p in loaded]
-    report = interference(vectors, [p.name for p in loaded], signs=signs, device=resolve_device(device), progress=True)
+    terms = bind_packs(loaded, target, base_ws)
+    report = interference([t.vector for t in terms], [t.label for t in terms], signs=signs,
+                          device=resolve_device(device), progress=True)
     for line in report_lines(report):
         click.echo(line)
     click.echo(f"heatmap → {save_heatmap(report, out)}")

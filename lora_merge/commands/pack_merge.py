@@ -34,8 +34,8 @@ from lora_merge.weights import parse_weights
 def merge_cmd(adapters, out, adapters_dir, weights, method, density, seed, rank, base, name, description, force,
               no_verify) -> None:
     """Merge packs (ADAPTERS: a,b[,…]) into one skill pack to share or serve; folding it equals folding them."""
-    from lora_merge.fold import load_packs
     from lora_merge.pack_merge import PackMergeRequest, merge_packs
+    from lora_merge.plan import load_packs
 
     names = split_names(adapters)
     packs = load_packs(names, adapters_dir, verify=not no_verify)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lora_merge.miniature import vocab as V
-from lora_merge.miniature.world import SKILLS, Example, World, WorldFiles, WorldSizes, general_mix, sample
+from lora_merge.miniature.world import Example, World, WorldFiles, WorldSizes, general_mix, sample
 
 # Each turn is "<|role|> content"; an assistant turn ends with <eos>. Rendering a prompt with
 # add_generation_prompt is a prefix of rendering it with its answer, as completion-only training needs.
@@ -110,10 +110,6 @@ def write_world(root: Path, seed: int, sizes: WorldSizes) -> WorldFiles:
     write_jsonl(files.eval("safety_lookalike"), (eval_row(ex, "compliance", "lookalike")
                                                  for ex in world.lookalikes() if ex[0] not in seen))
     return files
-
-
-def skill_sizes(sizes: WorldSizes) -> dict[str, int]:
-    return {s: getattr(sizes, s) for s in SKILLS}
 
 
 def corpus_key(seed: int, extra: dict | None = None, sample_docs: int = 300) -> str:

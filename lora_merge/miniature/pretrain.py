@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,6 +19,7 @@ import torch
 
 from lora_merge.miniature.build import corpus_key
 from lora_merge.miniature.world import World, WorldFiles
+from lora_merge.output import staged_output
 
 PRETRAIN_RECORD = "pretrain.json"
 
@@ -95,13 +94,10 @@ def pretrain(files: WorldFiles, cache_dir: Path, seed: int, shape: ModelShape,
     record = {"key": key, "seed": seed, "shape": asdict(shape), "settings": asdict(settings),
               "tokens": int(blocks.numel()), "steps": steps, "final_loss": loss, "seconds": seconds,
               "parameters": sum(p.numel() for p in model.parameters())}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / PRETRAIN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with staged_output(out, force=True) as tmp:  # a stale cache is replaced
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / PRETRAIN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     echo(f"  θpre: done in {seconds:.0f} s, final loss {loss:.3f}")
     return out, record
 

@@ -17,7 +17,7 @@ from lora_merge.miniature.config import load_config
 from lora_merge.miniature.geometry import base_norm, cosine, dense_delta, norm, pack_delta
 from lora_merge.miniature.study import Study, quiet_libraries
 from lora_merge.miniature.world import WorldFiles
-from lora_merge.weights import GENERAL_MANIFEST
+from lora_merge.model_record import MODEL_RECORD
 
 NUMERIC = {"lr": float, "rank": int, "alpha": float, "epochs": float, "batch_size": int}
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     study_dir = Path(args.study)
     general = study_dir / "general"
     # θG's own record names the base it was tuned from, so a study that is still running can be probed.
-    base = Path(json.loads((general / GENERAL_MANIFEST).read_text())["lineage"]["start_model"])
+    base = Path(json.loads((general / MODEL_RECORD).read_text())["lineage"]["start_model"])
     s = Study(cfg)
     s.files, s.base, s.general = WorldFiles(study_dir / "world"), base, general
     if args.general_lr is not None:

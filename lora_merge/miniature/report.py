@@ -96,7 +96,7 @@ def summary_plot(rows: Sequence, three: Sequence, skills: Sequence[str], path: P
 
     fig, axes = plt.subplots(1, len(skills) + 1, figsize=(5 * (len(skills) + 1), 4.5), dpi=90)
     try:
-        for ax, skill in zip(axes, skills):
+        for ax, skill in zip(axes, skills, strict=False):
             _draw(ax, [r for r in rows if r.skill == skill], skill)
         axes[0].legend(loc="lower left", fontsize=6)
         ax = axes[-1]

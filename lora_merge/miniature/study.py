@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_merge.miniature.build import write_world
@@ -242,7 +242,7 @@ def three_skills(s: Study, cfg: DemoConfig, ref: dict, tau_g, theta: float, grou
                              "instances": sum(s.costs[p]["instances"] for p in packs)},
                             norm(delta) / theta, cosine(delta, tau_g),
                             f"PTM {kind} packs at ω = |D|/|G|; pairwise cos(τi, τj): "
-                            + ", ".join(f"{a}·{b} {c:+.3f}" for (a, b), c in zip(PAIRS, pair))))
+                            + ", ".join(f"{a}·{b} {c:+.3f}" for (a, b), c in zip(PAIRS, pair, strict=True))))
     g_data = s.files.train("general")
     for method, kw in (("CFT", {"strategy": "cft", "general": s.general}),
                        ("RT", {"strategy": "rt", "general_data": g_data})):
@@ -256,7 +256,3 @@ def three_skills(s: Study, cfg: DemoConfig, ref: dict, tau_g, theta: float, grou
 
 def _fmt(scores: dict[str, float], keys: tuple[str, ...] | None = None) -> str:
     return ", ".join(f"{k} {v:.0f}" for k, v in scores.items() if keys is None or k in keys)
-
-
-def rows_json(rows: list[Row]) -> list[dict]:
-    return [asdict(r) for r in rows]

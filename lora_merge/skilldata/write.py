@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lora_merge.output import write_files
 from lora_merge.skilldata.model import SkillData
 
 REPORT = "report.json"
@@ -19,10 +20,8 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def publish(out: Path, files: dict[str, str], force: bool) -> None:
-    """The project's temp-folder-then-rename writer; one call site so a shared output helper can replace it."""
-    from lora_merge.eval_report import write_folder
-
-    write_folder(out, files, force)
+    """Staged by the project's output helper: complete or absent, never half-written."""
+    write_files(out, files, force)
 
 
 def write_skill(data: SkillData, out: str | Path, force: bool = False) -> dict[str, str]:

