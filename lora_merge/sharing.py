@@ -25,6 +25,7 @@ from pathlib import Path
 from lora_merge.errors import LoraMergeError
 from lora_merge.leftovers import clean_leftovers, disk_error
 from lora_merge.numerics import scan_file
+from lora_merge.packfiles import MAX_JSON_BYTES, check_pack_file, open_pack_file
 from lora_merge.skillpack import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -60,7 +61,7 @@ def check_pack(path: str | os.PathLike) -> list[PackCheck]:
     path = Path(path)
     checks: list[PackCheck] = []
     manifest_file = path / MANIFEST_NAME
-    if manifest_file.is_file():
+    if os.path.lexists(manifest_file):  # a link or a fifo is refused by load_manifest, not taken for absent
         try:
             load_manifest(manifest_file)
             checks.append(PackCheck("manifest", True, f"{MANIFEST_NAME} is valid"))
@@ -73,6 +74,11 @@ def check_pack(path: str | os.PathLike) -> list[PackCheck]:
     except LoraMergeError as e:
         return checks + [PackCheck("layout", False, str(e))]
     checks.append(PackCheck("layout", True, f"{pack.kind} pack"))
+    if os.path.lexists(path / "README.md"):
+        try:
+            check_pack_file(path / "README.md", path)
+        except LoraMergeError as e:
+            checks.append(PackCheck("file README.md", False, str(e)))
     for fname, ok, detail in pack.verify():
         checks.append(PackCheck(f"sha256 {fname}", ok, detail))
     for fname in (ADAPTER_WEIGHTS, DENSE_WEIGHTS):
@@ -126,7 +132,7 @@ def export_pack(name_or_path: str, out: str | os.PathLike, adapters_dir: str | o
         raise LoraMergeError(f"{out} already exists; pass --force to replace it")
     if out.is_dir():
         raise LoraMergeError(f"{out} is a folder; give the archive's file name, e.g. --out {name}.tar.gz")
-    files = [f for f in PACK_FILES if (path / f).is_file() and not (path / f).is_symlink()]
+    files = [f for f in PACK_FILES if os.path.lexists(path / f)]  # each checked by open_pack_file below
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -134,8 +140,8 @@ def export_pack(name_or_path: str, out: str | os.PathLike, adapters_dir: str | o
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tf:
             tf.addfile(_entry(name, tarfile.DIRTYPE, 0, 0o755, int((path / MANIFEST_NAME).stat().st_mtime)))
             for f in files:
-                st = (path / f).stat()
-                with open(path / f, "rb") as src:
+                with open_pack_file(path / f, path) as src:
+                    st = os.fstat(src.fileno())
                     tf.addfile(_entry(f"{name}/{f}", tarfile.REGTYPE, st.st_size, 0o644, int(st.st_mtime)), src)
             tf.close()
             gz.close()
@@ -221,6 +227,7 @@ def import_pack(archive: str | os.PathLike, adapters_dir: str | os.PathLike = "a
         tmp.mkdir()
         top, files, size = _unpack(archive, tmp, limit)
         require_verified(tmp, f"{archive}")
+        notes.extend(load_pack(tmp, verify=False).warnings)  # e.g. a format-1 manifest that leaves the config out
         final = name or top or load_manifest(tmp / MANIFEST_NAME).name
         _check_name(final, "the pack name (pass --name)")
         target = adapters_dir / final
@@ -282,6 +289,9 @@ def _unpack(archive: Path, dest: Path, limit: int) -> tuple[str | None, list[str
                         if fname is not None:
                             raise LoraMergeError(f"{archive}: unexpected folder {member.name!r}; a pack has no sub-folders")
                         continue
+                    if fname not in (ADAPTER_WEIGHTS, DENSE_WEIGHTS) and member.size > MAX_JSON_BYTES:
+                        raise LoraMergeError(f"{archive}: {fname} is {member.size} bytes; a pack's {fname} is at most "
+                                             f"{MAX_JSON_BYTES} bytes")
                     if total + member.size > limit:
                         raise LoraMergeError(f"{archive}: unpacks to more than the import limit of {limit} bytes "
                                              "(a decompression bomb, or a pack bigger than --max-size allows)")

@@ -8,6 +8,7 @@ import click
 
 from lora_merge.commands.pack import pack
 from lora_merge.errors import LoraMergeError
+from lora_merge.pack_upgrade import upgrade_pack
 from lora_merge.sharing import DEFAULT_MAX_IMPORT, check_pack, export_pack, import_pack
 from lora_merge.skillpack import resolve_pack
 
@@ -25,6 +26,21 @@ def verify_cmd(path: str, adapters_dir: Path) -> None:
     if failed:
         raise LoraMergeError(f"{folder}: {failed} check(s) failed; do not fold or share this pack")
     click.echo(f"{folder}: all {len(checks)} checks hold")
+
+
+@pack.command("upgrade")
+@click.argument("path")
+@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+def upgrade_cmd(path: str, adapters_dir: Path) -> None:
+    """Record the hash of adapter_config.json in an older pack's manifest (only if the pack verifies)."""
+    res = upgrade_pack(resolve_pack(path, adapters_dir))
+    if res.old_format == res.new_format and res.config is None:
+        click.echo(f"{res.path}: already format {res.new_format}; every file is covered, nothing to do")
+        return
+    click.echo(f"{res.path}: manifest format {res.old_format} → {res.new_format}; now hashed: {', '.join(sorted(res.files))}")
+    if res.config is not None:
+        shown = {k: res.config.get(k) for k in ("r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern")}
+        click.echo(f"  the hash vouches for the config as it is now: {shown}; check it is what the pack's author set")
 
 
 @pack.command("export")
