@@ -32,6 +32,7 @@ from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import Fingerprint
 from lora_merge.packfiles import check_pack_file, open_pack_file, read_json_capped
 from lora_merge.tensors import PICKLE_SUFFIXES
+from lora_merge.weights import OMEGA_LIMIT
 
 MANIFEST_NAME = "skill.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -74,7 +75,7 @@ class TrainingInfo(BaseModel):
 
 class RecommendedWeight(BaseModel):
     model_config = ConfigDict(extra="allow")
-    value: float = Field(allow_inf_nan=False)
+    value: float = Field(allow_inf_nan=False, ge=-OMEGA_LIMIT, le=OMEGA_LIMIT)  # weights.check_weight's bound
     rule: str
     evidence: str | None = None
 

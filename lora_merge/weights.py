@@ -27,6 +27,9 @@ class Weight:
     formula: str
 
 
+OMEGA_LIMIT = 10.0  # |ω| above this is a mistake, not a merge: every rule's ω is held to it (check_weight)
+
+
 def size_ratio(d: int, g: int) -> float:
     """ω = |D| / |G| (task arithmetic)."""
     return d / g
@@ -35,6 +38,39 @@ def size_ratio(d: int, g: int) -> float:
 def size_fraction(d: int, g: int) -> float:
     """ω = |D| / (|D| + |G|) (linear interpolation, WiSE-FT)."""
     return d / (d + g)
+
+
+def check_weight(value: float, what: str, sizes: str = "") -> float:
+    """The one bound on ω, whichever rule chose it: finite and within ±OMEGA_LIMIT.
+
+    ``sizes`` names |D| and |G| when the size rule produced the value, so the error says which to fix.
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value \
+            or not -OMEGA_LIMIT <= value <= OMEGA_LIMIT:
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        fix = f" ({sizes}: check both sizes, or pass --weights)" if sizes else ""
+        raise LoraMergeError(f"{what}: ω = {shown} is outside the sane range [{-OMEGA_LIMIT:g}, {OMEGA_LIMIT:g}]{fix}")
+    return float(value)
+
+
+def _size(value: object, what: str) -> int:
+    if type(value) is not int or value <= 0:  # bool is an int subclass: refused too
+        raise LoraMergeError(f"{what} must be a positive whole number of training instances, not {value!r}")
+    return value
+
+
+def size_weight(name: str, d: object, g: object, rule: str) -> Weight:
+    """ω from |D| and |G| by ``rule``, checked before dividing (10**400 / 1000 is no float)."""
+    d = _size(d, f"pack {name!r}: |D| (data.instances in its skill.json)")
+    g = _size(g, "|G| (--general-size, or data.instances in the general model's lora_merge.json)")
+    sizes = f"|D| = {d} for pack {name!r}, |G| = {g}"
+    if rule == "size_fraction":  # always in (0, 1)
+        return Weight(size_fraction(d, g), rule, f"ω = |D|/(|D|+|G|) = {d}/({d}+{g})")
+    if d > OMEGA_LIMIT * g:  # exact integer comparison: no overflow, no rounding
+        raise LoraMergeError(f"pack {name!r}: ω = |D|/|G| = {d}/{g} is above the sane limit of {OMEGA_LIMIT:g} "
+                             f"({sizes}: check both sizes, or pass --weights)")
+    w = size_ratio(d, g)
+    return Weight(check_weight(w, f"pack {name!r}", sizes), "size_ratio", f"ω = |D|/|G| = {d}/{g}")
 
 
 def parse_weights(text: str, count: int) -> list[float]:
@@ -47,10 +83,7 @@ def parse_weights(text: str, count: int) -> list[float]:
         values = values * count
     if len(values) != count:
         raise LoraMergeError(f"--weights gives {len(values)} values for {count} packs; give one per pack, in order")
-    for v in values:
-        if not -10.0 <= v <= 10.0 or v != v:
-            raise LoraMergeError(f"--weights: {v} is outside the sane range [-10, 10]")
-    return values
+    return [check_weight(v, "--weights") for v in values]
 
 
 def parse_grid(text: str) -> list[float]:
@@ -69,7 +102,7 @@ def general_size_from_folder(folder: str | Path) -> int | None:
         n = data.get("data", {}).get("instances")
     except (ValueError, AttributeError):
         raise LoraMergeError(f"{path}: not a valid lora_merge model manifest") from None
-    if n is not None and (not isinstance(n, int) or n <= 0):
+    if n is not None and (type(n) is not int or n <= 0):  # true is not a size
         raise LoraMergeError(f"{path}: data.instances must be a positive integer, not {n!r}")
     return n
 
@@ -83,14 +116,12 @@ def choose_weights(
 ) -> list[Weight]:
     """ω per pack: the explicit values, or the size rule from |D| (packs) and |G|."""
     if explicit is not None:
-        return [Weight(w, "explicit", f"ω = {w:g} (given)") for w in explicit]
+        return [Weight(check_weight(w, f"pack {n!r}"), "explicit", f"ω = {w:g} (given)") for n, w in zip(names, explicit)]
     if general_size is None:
         raise LoraMergeError(
             "ω is not given and |G| is unknown: pass --weights (one ω per pack), or --general-size N "
             "(instances the general model was tuned on) so that ω = |D|/|G| can be used"
         )
-    if general_size <= 0:
-        raise LoraMergeError(f"--general-size must be a positive number of instances, not {general_size}")
     out = []
     for name, d in zip(names, instances):
         if d is None:
@@ -98,8 +129,5 @@ def choose_weights(
                 f"pack {name!r} does not record its training size |D| (a plain PEFT adapter?): "
                 "pass --weights to give ω explicitly"
             )
-        if rule == "size_fraction":
-            out.append(Weight(size_fraction(d, general_size), rule, f"ω = |D|/(|D|+|G|) = {d}/({d}+{general_size})"))
-        else:
-            out.append(Weight(size_ratio(d, general_size), "size_ratio", f"ω = |D|/|G| = {d}/{general_size}"))
+        out.append(size_weight(name, d, general_size, rule))
     return out
