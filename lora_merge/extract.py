@@ -30,6 +30,7 @@ from lora_merge import __version__
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
 from lora_merge.fold import check_output, resolve_device
+from lora_merge.names import check_name
 from lora_merge.skillpack import (
     ADAPTER_WEIGHTS,
     DEFAULT_REGISTRY,
@@ -46,7 +47,6 @@ from lora_merge.weights import general_size_from_folder
 
 PACK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ONE_FILE = 1 << 62  # a pack is one safetensors file, however large
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -162,8 +162,7 @@ def truncated_factors(t: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.T
 
 
 def _check_request(req: ExtractRequest) -> tuple[Path, torch.dtype, torch.device]:
-    if not _NAME_OK.match(req.name):
-        raise LoraMergeError(f"--name {req.name!r}: use letters, digits, '.', '_' or '-' (it names a folder)")
+    check_name(req.name, "--name")
     if req.rank is not None and req.rank < 1:
         raise LoraMergeError(f"--rank {req.rank}: give a positive rank, or leave it out for a dense pack")
     if req.dtype not in PACK_DTYPES:

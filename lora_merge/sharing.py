@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lora_merge.errors import LoraMergeError
 from lora_merge.leftovers import clean_leftovers, disk_error
+from lora_merge.names import check_name, is_plain_name
 from lora_merge.numerics import scan_file
 from lora_merge.packfiles import MAX_JSON_BYTES, check_pack_file, open_pack_file
 from lora_merge.skillpack import (
@@ -43,7 +44,6 @@ PACK_FILES = (MANIFEST_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DENSE_WEIGHTS, "RE
 DEFAULT_MAX_IMPORT = "20GiB"
 MAX_MEMBERS = 16  # the pack files, their folder and a little slack
 MAX_METADATA_RECORD = 64 * 1024  # pax / GNU long-name records are read into memory: keep them small
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 _CHUNK = 1 << 20
 
 
@@ -124,9 +124,7 @@ def export_pack(name_or_path: str, out: str | os.PathLike, adapters_dir: str | o
     path = resolve_pack(name_or_path, adapters_dir)
     require_verified(path, str(path))
     name = path.resolve().name
-    if not SAFE_NAME.match(name):
-        raise LoraMergeError(f"{path}: the folder name {name!r} is not a plain pack name (letters, digits, . _ + -); "
-                             "rename the folder first")
+    check_name(name, f"{path}: the folder name (rename the folder first)")
     out = Path(out)
     if out.exists() and not force:
         raise LoraMergeError(f"{out} already exists; pass --force to replace it")
@@ -217,7 +215,7 @@ def import_pack(archive: str | os.PathLike, adapters_dir: str | os.PathLike = "a
         raise LoraMergeError(f"{archive}: {archive.stat().st_size} bytes is over the import limit of {limit} bytes; "
                              "pass --max-size to allow a bigger pack")
     if name is not None:
-        _check_name(name, "--name")
+        check_name(name, "--name")
         _refuse_existing(adapters_dir / name, force)
     created = not adapters_dir.exists()
     adapters_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +227,7 @@ def import_pack(archive: str | os.PathLike, adapters_dir: str | os.PathLike = "a
         require_verified(tmp, f"{archive}")
         notes.extend(load_pack(tmp, verify=False).warnings)  # e.g. a format-1 manifest that leaves the config out
         final = name or top or load_manifest(tmp / MANIFEST_NAME).name
-        _check_name(final, "the pack name (pass --name)")
+        check_name(final, "the pack name (pass --name)")
         target = adapters_dir / final
         _refuse_existing(target, force)
         publish_folder(tmp, target, force=force)
@@ -249,11 +247,6 @@ def _refuse_existing(target: Path, force: bool) -> None:
         raise LoraMergeError(f"{target} already exists; pass --force to replace it, or --name to import it as another pack")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise LoraMergeError(f"{target} exists and is not a pack folder; move it away first")
-
-
-def _check_name(name: str, what: str) -> None:
-    if not SAFE_NAME.match(name):
-        raise LoraMergeError(f"{what}: {name!r} is not a plain pack name (letters, digits, . _ + -, at most 100)")
 
 
 def _open_stream(raw):
@@ -331,7 +324,7 @@ def _member_path(archive: Path, member: tarfile.TarInfo) -> tuple[str | None, st
     if len(parts) not in (1, 2):
         raise LoraMergeError(f"{bad}: a pack's files lie in one folder")
     folder, fname = (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-    if folder is not None and not SAFE_NAME.match(folder):
+    if folder is not None and not is_plain_name(folder):
         raise LoraMergeError(f"{bad}: the folder name is not a plain pack name")
     if fname not in PACK_FILES:
         raise LoraMergeError(f"{bad}: unexpected file {fname!r}; a pack holds only {', '.join(PACK_FILES)}")

@@ -30,6 +30,8 @@ from lora_merge.data import TrainingMix, count_tokens, load_data, mix, replay_sa
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
 from lora_merge.leftovers import clean_leftovers
+from lora_merge.names import check_name
+from lora_merge.numerics import require_finite_folder
 from lora_merge.recipes import Recipe
 from lora_merge.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, publish_folder, write_manifest
 from lora_merge.tensors import SINGLE_NAME, PlannedTensor, ShardedWriter, WeightSet
@@ -84,6 +86,7 @@ def plan_run(r: Recipe) -> RunPlan:
     name = r.name or (r.data.stem if isinstance(r.data, Path) else None)
     if not name:
         raise LoraMergeError("the run needs a name: pass --name (or give a data file to name it after)")
+    check_name(name, "--name" if r.name else f"the run name taken from {r.data} (pass --name)")
     if r.data is None:
         raise LoraMergeError("no training data: pass --data FILE (jsonl, json, parquet or csv)")
     if r.strategy == "cft":
@@ -356,6 +359,7 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
     tmp.mkdir()
     try:
         result.record = writer(tmp, recipe, plan, data, result, trainer)
+        require_finite_folder(tmp, f"the trained {plan.produces} {plan.name!r}")  # never publish NaN/Inf
         publish_folder(tmp, plan.target, force=recipe.force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
