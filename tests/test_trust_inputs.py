@@ -99,3 +99,56 @@ def test_recommended_weight_out_of_range_is_an_invalid_manifest(reg):
     path.write_text(json.dumps(m))
     res = cli("pack", "verify", "skill", "--adapters-dir", str(reg))
     assert res.exit_code == 2 and "recommended_weight.value" in res.output
+
+
+# --- item 8 (part): shard sizes parsed before anything is created --------------
+
+@pytest.mark.parametrize("size", ["0", "-1", "abc", "nan", "inf", "0.1"])
+def test_bad_max_shard_size_is_refused_while_parsing_options(built, reg, tmp_path, size):
+    out = tmp_path / "models" / "out"
+    res = cli("fold", "--general", str(built.gen_dir), "--adapters", "skill", "--adapters-dir", str(reg),
+              "--weights", "0.5", "--max-shard-size", size, "--out", str(out))
+    assert res.exit_code == 2 and "Invalid value for '--max-shard-size'" in res.output, res.output
+    assert not (tmp_path / "models").exists()  # not even the parent: nothing was created
+
+
+def test_parse_size_refuses_non_finite_and_sub_byte_sizes():
+    from lora_merge.tensors import parse_size
+
+    assert parse_size("2GiB") == 2 << 30 and parse_size(1024) == 1024
+    for bad in ("nan", "inf", "-inf", "0", "-5GB", "0.1", 0, -1, True):
+        with pytest.raises(LoraMergeError):
+            parse_size(bad)
+
+
+# --- item 9: control characters in manifests ------------------------------------
+
+HOSTILE = "evil\x1b[2J\x1b[31m\rreal\x07\u202egnp.exe"
+
+
+def test_control_characters_in_a_manifest_are_escaped_on_the_terminal_and_in_cards(built, reg, tmp_path):
+    from lora_merge.card import pack_card
+    from lora_merge.skillpack import load_pack
+
+    path = reg / "skill" / "skill.json"
+    m = json.loads(path.read_text())
+    m.update(name=HOSTILE, description=f"line one{HOSTILE}", license="\x9bMIT")
+    path.write_text(json.dumps(m))
+    res = cli("pack", "inspect", "skill", "--adapters-dir", str(reg))
+    assert res.exit_code == 0, res.output
+    assert "evil\\x1b[2J\\x1b[31m\\x0dreal\\x07\\u202egnp.exe" in res.output
+    res = cli("fold", "--general", str(built.gen_dir), "--adapters", "skill", "--adapters-dir", str(reg),
+              "--weights", "0.5", "--out", str(tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    for text in (res.output, (tmp_path / "out" / "README.md").read_text(),
+                 pack_card(load_pack(reg / "skill").manifest, reg / "skill")):
+        assert not any(c in text for c in "\x1b\x07\u202e\x9b"), text  # (\r: the progress bar's own)
+    assert "\\x0dreal" in res.output and "\r" not in (tmp_path / "out" / "README.md").read_text()
+    assert "\\x9bMIT" in pack_card(load_pack(reg / "skill").manifest, reg / "skill")
+
+
+def test_printable_keeps_ordinary_text():
+    from lora_merge.printable import printable
+
+    assert printable("café – 数学 ω=0.5 🙂") == "café – 数学 ω=0.5 🙂"
+    assert printable("a\nb\tc", keep="\n") == "a\nb\\x09c"
