@@ -8,6 +8,7 @@ variants (linear_interp, wise_ft). Sizes are training instances, not tokens.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,12 @@ def choose_weights(
 ) -> list[Weight]:
     """ω per pack: the explicit values, or the size rule from |D| (packs) and |G|."""
     if explicit is not None:
-        return [Weight(check_weight(w, f"pack {n!r}"), "explicit", f"ω = {w:g} (given)") for n, w in zip(names, explicit)]
+        # The command line holds explicit ω to check_weight's bound (parse_weights); a library caller may go past it
+        # on purpose (the overflow tests do), but never to NaN or Inf.
+        for n, w in zip(names, explicit):
+            if not math.isfinite(w):
+                raise LoraMergeError(f"pack {n!r}: ω = {w} is not a finite number")
+        return [Weight(w, "explicit", f"ω = {w:g} (given)") for w in explicit]
     if general_size is None:
         raise LoraMergeError(
             "ω is not given and |G| is unknown: pass --weights (one ω per pack), or --general-size N "

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from lora_merge.cli import main
 from lora_merge.errors import LoraMergeError
 from lora_merge.pico import make_lora_pack, perturbed, pico_model, save_model
-from lora_merge.weights import choose_weights, size_weight
+from lora_merge.weights import choose_weights, parse_weights, size_weight
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,9 @@ def test_d_is_a_positive_integer_without_coercion(built, reg, tmp_path, value):
 def test_explicit_and_size_rules_share_one_bound():
     assert cli("fold", "--general", "x", "--adapters", "s", "--weights", "11", "--out", "o").exit_code == 2
     with pytest.raises(LoraMergeError, match=r"ω = 11 is outside the sane range \[-10, 10\]"):
-        choose_weights(["s"], [None], [11.0], None)
+        parse_weights("0.5,11", 2)
+    with pytest.raises(LoraMergeError, match="not a finite number"):
+        choose_weights(["s"], [None], [float("nan")], None)
     assert size_weight("s", 10_000, 1000, "size_ratio").value == 10.0  # the bound itself is allowed
     with pytest.raises(LoraMergeError, match="sane limit of 10"):
         size_weight("s", 10_001, 1000, "size_ratio")

@@ -231,3 +231,10 @@ def test_a_gigabyte_of_spaces_in_an_archived_skill_json_is_refused_before_readin
     with pytest.raises(LoraMergeError, match="skill.json is 1073741824 bytes"):
         import_pack(archive, tmp_path / "adapters2")
     assert not (tmp_path / "adapters2").exists()
+
+
+def test_import_of_a_format_1_pack_says_its_config_is_not_covered(reg, tmp_path):
+    make_v1(reg / "skill")
+    assert cli("pack", "export", "skill", "--adapters-dir", str(reg), "--out", str(tmp_path / "s.tar.gz")).exit_code == 0
+    res = import_pack(tmp_path / "s.tar.gz", tmp_path / "other")
+    assert any("does not cover adapter_config.json" in n for n in res.notes)
