@@ -167,8 +167,8 @@ def _check_request(req: ExtractRequest) -> tuple[Path, torch.dtype, torch.device
         raise LoraMergeError(f"--rank {req.rank}: give a positive rank, or leave it out for a dense pack")
     if req.dtype not in PACK_DTYPES:
         raise LoraMergeError(f"--dtype {req.dtype!r}: choose float32, bfloat16 or float16")
-    if req.instances is not None and req.instances < 0:
-        raise LoraMergeError(f"--instances {req.instances}: |D| is a count of training instances")
+    if req.instances is not None and (type(req.instances) is not int or req.instances < 1):
+        raise LoraMergeError(f"--instances {req.instances}: |D| is a positive count of training instances")
     out = Path(req.out) if req.out else Path(req.adapters_dir) / req.name
     check_output(out, req.force)
     return out, PACK_DTYPES[req.dtype], resolve_device(req.device)

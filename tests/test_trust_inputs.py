@@ -154,3 +154,11 @@ def test_printable_keeps_ordinary_text():
 
     assert printable("café – 数学 ω=0.5 🙂") == "café – 数学 ω=0.5 🙂"
     assert printable("a\nb\tc", keep="\n") == "a\nb\\x09c"
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_extract_refuses_a_size_the_manifest_would_refuse(built, tmp_path, value):
+    res = cli("extract", "--model", str(built.gen_dir), "--base", str(built.pre_dir), "--name", "x",
+              "--adapters-dir", str(tmp_path / "adapters"), "--instances", value)
+    assert res.exit_code == 2 and "positive count" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "adapters").exists()
