@@ -54,9 +54,16 @@ def check_weight(value: float, what: str, sizes: str = "") -> float:
     return float(value)
 
 
+def _show(n: int) -> str:
+    """An instance count for a message: in full, or as 1.000e+400 when it is absurdly long."""
+    digits = str(n)
+    return digits if len(digits) <= 24 else f"{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
+
+
 def _size(value: object, what: str) -> int:
     if type(value) is not int or value <= 0:  # bool is an int subclass: refused too
-        raise LoraMergeError(f"{what} must be a positive whole number of training instances, not {value!r}")
+        shown = _show(value) if type(value) is int else repr(value)[:40]
+        raise LoraMergeError(f"{what} must be a positive whole number of training instances, not {shown}")
     return value
 
 
@@ -64,14 +71,15 @@ def size_weight(name: str, d: object, g: object, rule: str) -> Weight:
     """ω from |D| and |G| by ``rule``, checked before dividing (10**400 / 1000 is no float)."""
     d = _size(d, f"pack {name!r}: |D| (data.instances in its skill.json)")
     g = _size(g, "|G| (--general-size, or data.instances in the general model's lora_merge.json)")
-    sizes = f"|D| = {d} for pack {name!r}, |G| = {g}"
+    ds, gs = _show(d), _show(g)
+    sizes = f"|D| = {ds} for pack {name!r}, |G| = {gs}"
     if rule == "size_fraction":  # always in (0, 1)
-        return Weight(size_fraction(d, g), rule, f"ω = |D|/(|D|+|G|) = {d}/({d}+{g})")
+        return Weight(size_fraction(d, g), rule, f"ω = |D|/(|D|+|G|) = {ds}/({ds}+{gs})")
     if d > OMEGA_LIMIT * g:  # exact integer comparison: no overflow, no rounding
-        raise LoraMergeError(f"pack {name!r}: ω = |D|/|G| = {d}/{g} is above the sane limit of {OMEGA_LIMIT:g} "
+        raise LoraMergeError(f"pack {name!r}: ω = |D|/|G| = {ds}/{gs} is above the sane limit of {OMEGA_LIMIT:g} "
                              f"({sizes}: check both sizes, or pass --weights)")
     w = size_ratio(d, g)
-    return Weight(check_weight(w, f"pack {name!r}", sizes), "size_ratio", f"ω = |D|/|G| = {d}/{g}")
+    return Weight(check_weight(w, f"pack {name!r}", sizes), "size_ratio", f"ω = |D|/|G| = {ds}/{gs}")
 
 
 def parse_weights(text: str, count: int) -> list[float]:
