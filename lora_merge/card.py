@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_merge.model_record import ModelRecord
+from lora_merge.printable import printable
 
 
 def write_card(folder: Path, record: Any) -> Path:
@@ -24,7 +25,8 @@ def write_card(folder: Path, record: Any) -> Path:
 
 
 def _fmt(v: object) -> str:
-    return "—" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+    """A card cell: floats short, strings from the pack with control characters escaped."""
+    return "—" if v is None else f"{v:g}" if isinstance(v, float) else printable(v)
 
 
 def pack_card(m: Any) -> str:
@@ -34,40 +36,40 @@ def pack_card(m: Any) -> str:
     lines = [
         "---",
         "library_name: peft" if m.kind == "lora" else "library_name: lora_merge",
-        f"base_model: {m.base_model.name_or_path or 'unknown'}",
+        f"base_model: {_fmt(m.base_model.name_or_path or 'unknown')}",
         "tags: [lora_merge, skill-pack, merge-to-learn]",
         "---",
-        f"# Skill pack: {m.name}",
+        f"# Skill pack: {_fmt(m.name)}",
         "",
-        m.description or "_No description._",
+        _fmt(m.description) if m.description else "_No description._",
         "",
         f"A {'LoRA' if m.kind == 'lora' else 'dense (full-parameter)'} task vector τ = θD − θpre, made to be folded "
         "into a general model with lora_merge:",
         "",
         "```",
-        f"python cli.py fold --general GENERAL_DIR --adapters {m.name} --out merged/",
+        f"python cli.py fold --general GENERAL_DIR --adapters {_fmt(m.name)} --out merged/",
         "```",
         "",
         "| field | value |",
         "|---|---|",
         f"| kind | {m.kind} |",
-        f"| base model | {m.base_model.name_or_path or 'unknown'} |",
+        f"| base model | {_fmt(m.base_model.name_or_path or 'unknown')} |",
         f"| training instances \\|D\\| | {_fmt(d.instances)} |",
         f"| training tokens | {_fmt(d.tokens)} |",
         f"| method / strategy | {_fmt(t.method)} / {_fmt(t.strategy)} |",
         f"| rank / alpha | {_fmt(t.rank)} / {_fmt(t.alpha)} |",
         f"| lr / epochs / steps | {_fmt(t.lr)} / {_fmt(t.epochs)} / {_fmt(t.steps)} |",
-        f"| recommended ω | {f'{rec.value:g} ({rec.rule})' if rec else 'none: use ω = |D|/|G|'} |",
+        f"| recommended ω | {f'{rec.value:g} ({_fmt(rec.rule)})' if rec else 'none: use ω = |D|/|G|'} |",
         f"| license | {_fmt(m.license)} |",
-        f"| tool version | {m.tool_version} |",
+        f"| tool version | {_fmt(m.tool_version)} |",
         "",
         "## Files",
         "",
     ]
-    lines += [f"- `{f}` sha256 `{h}`" for f, h in sorted(m.files.items())]
+    lines += [f"- `{_fmt(f)}` sha256 `{_fmt(h)}`" for f, h in sorted(m.files.items())]
     if m.evaluation:
         lines += ["", "## Evaluation", "", "| metric | score |", "|---|---|"]
-        lines += [f"| {k} | {v:.4g} |" for k, v in sorted(m.evaluation.items())]
+        lines += [f"| {_fmt(k)} | {v:.4g} |" for k, v in sorted(m.evaluation.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -91,13 +93,13 @@ def merged_card(record: ModelRecord) -> str:
     for p in record.packs or []:
         hashes = ", ".join(f"{f}: {h[:16]}…" for f, h in sorted(p.sha256.items())) or "not recorded"
         lines.append(
-            f"| {p.name} | {p.kind} | {p.weight:.4g} | {p.weight_formula} | {_fmt(p.instances)} "
+            f"| {_fmt(p.name)} | {p.kind} | {p.weight:.4g} | {p.weight_formula} | {_fmt(p.instances)} "
             f"| {p.tensors} | {hashes} |"
         )
     if record.base_model:
         lines += ["", f"Base model (θpre) used for replaced tensors: `{record.base_model}`"]
     if record.warnings:
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in record.warnings]
+        lines += ["", "## Warnings", ""] + [f"- {_fmt(w)}" for w in record.warnings]
     lines += ["", "Full record: `lora_merge.json`."]
     return "\n".join(lines) + "\n"
 

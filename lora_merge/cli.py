@@ -14,6 +14,7 @@ import click
 
 from lora_merge import __version__
 from lora_merge.errors import LoraMergeError
+from lora_merge.printable import printable
 
 # Modules under lora_merge.commands that add commands to the group (each exposes COMMANDS).
 COMMAND_MODULES = ["fold", "pack", "share", "pack_merge", "walkthrough", "extract", "interference", "evaluate", "sweep", "train", "demo", "study", "data"]
@@ -26,7 +27,7 @@ class FriendlyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LoraMergeError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+            click.secho(f"error: {printable(e, keep=chr(10))}", fg="red", err=True)  # may quote a pack's strings
             sys.exit(2)
         except KeyboardInterrupt:
             click.secho("interrupted: nothing was written", fg="yellow", err=True)

@@ -28,6 +28,7 @@ from lora_merge import __version__
 from lora_merge.device import resolve_device
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
+from lora_merge.names import check_name
 from lora_merge.output import check_output, staged_output
 from lora_merge.shards import PlannedTensor, ShardedWriter
 from lora_merge.skillpack import (
@@ -45,7 +46,6 @@ from lora_merge.weights import general_size_from_folder
 
 PACK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ONE_FILE = 1 << 62  # a pack is one safetensors file, however large
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -161,14 +161,13 @@ def truncated_factors(t: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.T
 
 
 def _check_request(req: ExtractRequest) -> tuple[Path, torch.dtype, torch.device]:
-    if not _NAME_OK.match(req.name):
-        raise LoraMergeError(f"--name {req.name!r}: use letters, digits, '.', '_' or '-' (it names a folder)")
+    check_name(req.name, "--name")
     if req.rank is not None and req.rank < 1:
         raise LoraMergeError(f"--rank {req.rank}: give a positive rank, or leave it out for a dense pack")
     if req.dtype not in PACK_DTYPES:
         raise LoraMergeError(f"--dtype {req.dtype!r}: choose float32, bfloat16 or float16")
-    if req.instances is not None and req.instances < 0:
-        raise LoraMergeError(f"--instances {req.instances}: |D| is a count of training instances")
+    if req.instances is not None and (type(req.instances) is not int or req.instances < 1):
+        raise LoraMergeError(f"--instances {req.instances}: |D| is a positive count of training instances")
     out = Path(req.out) if req.out else Path(req.adapters_dir) / req.name
     check_output(out, req.force, [req.model, req.base])
     return out, PACK_DTYPES[req.dtype], resolve_device(req.device)

@@ -63,6 +63,18 @@ def scan_file(path, pack_name: str) -> Iterator[tuple[str, str]]:
     src.close()
 
 
+def require_finite_folder(folder, what: str) -> None:
+    """Refuse a freshly written folder whose safetensors hold NaN/Inf (e.g. a diverged training run)."""
+    from pathlib import Path
+
+    for f in sorted(Path(folder).rglob("*.safetensors")):
+        bad = list(scan_file(f, what))
+        if bad:
+            listed = "; ".join(f"{k}: {d}" for k, d in bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
+            raise LoraMergeError(f"{what} holds non-finite weights ({listed}, in {f.name}); nothing was published. "
+                                 "Training diverged: check lr, weight_decay and precision in the recipe")
+
+
 def guard_pack_reads(tv, pack_name: str):
     """Make every pack tensor the task vector ``tv`` reads be checked for NaN/Inf, once, on its first read.
 

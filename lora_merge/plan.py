@@ -253,12 +253,13 @@ def _plan_wise_ft(req: FoldRequest) -> FoldPlan:
 
 
 def compatibility_warnings(packs: Sequence[SkillPack], general_dir: Path, general: WeightSet) -> list[str]:
-    """Refuse packs from another model family; warn when the base differs but the layout fits."""
+    """Refuse packs from another model family; warn when the base differs but the layout fits (or a pack's
+    manifest is of an old format)."""
+    out = [w for p in packs for w in p.warnings]
     recorded = [p for p in packs if p.manifest and p.manifest.base_model.shapes_sha256]
     if not recorded:
-        return []
+        return out
     fp = fingerprint_model(general_dir, general)
-    out = []
     for p in recorded:
         bfp = p.manifest.base_model
         diffs = bfp.differences(fp)

@@ -25,7 +25,7 @@ FREEZE_TARGETS = ("embeddings", "lm_head")
 class Recipe(BaseModel):
     """Everything one training run needs. Paths are relative to the working directory."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)  # .nan is no setting
 
     # what and where
     name: str | None = Field(default=None, description="skill / run name (the pack folder under adapters_dir)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import math
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -27,8 +28,12 @@ from lora_merge.tensors import DTYPE_NAMES, DTYPE_SIZES, INDEX_NAME, SINGLE_NAME
 
 def parse_size(text: str | int) -> int:
     """'5GB' → 5_000_000_000; '500MB', '2GiB', '1024' also work."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 1:
+            raise LoraMergeError(f"size {text!r} must be at least one byte")
         return text
+    if not isinstance(text, str):
+        raise LoraMergeError(f"cannot read size {text!r}: write it like 5GB, 500MB or 2GiB")
     s = text.strip().upper().replace(" ", "")
     units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
     unit = next((u for u in units if s.endswith(u)), None)
@@ -37,8 +42,8 @@ def parse_size(text: str | int) -> int:
         value = float(number)
     except ValueError:
         raise LoraMergeError(f"cannot read size {text!r}: write it like 5GB, 500MB or 2GiB") from None
-    if value <= 0:
-        raise LoraMergeError(f"size {text!r} must be positive")
+    if not math.isfinite(value) or value * mult < 1:  # nan, inf, 0, -1, 0.1 B: no shard size
+        raise LoraMergeError(f"size {text!r} must be a positive, finite number of bytes (like 5GB)")
     return int(value * mult)
 
 

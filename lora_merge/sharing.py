@@ -23,8 +23,10 @@ from pathlib import Path
 
 from lora_merge.errors import LoraMergeError
 from lora_merge.leftovers import clean_leftovers, disk_error
+from lora_merge.names import check_name, is_plain_name
 from lora_merge.numerics import scan_file
 from lora_merge.output import discard, new_temp_folder, publish, staged_file
+from lora_merge.packfiles import MAX_JSON_BYTES, check_pack_file, open_pack_file
 from lora_merge.shards import parse_size
 from lora_merge.skillpack import (
     ADAPTER_CONFIG,
@@ -42,7 +44,6 @@ PACK_FILES = (MANIFEST_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DENSE_WEIGHTS, "RE
 DEFAULT_MAX_IMPORT = "20GiB"
 MAX_MEMBERS = 16  # the pack files, their folder and a little slack
 MAX_METADATA_RECORD = 64 * 1024  # pax / GNU long-name records are read into memory: keep them small
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 _CHUNK = 1 << 20
 
 
@@ -60,7 +61,7 @@ def check_pack(path: str | os.PathLike) -> list[PackCheck]:
     path = Path(path)
     checks: list[PackCheck] = []
     manifest_file = path / MANIFEST_NAME
-    if manifest_file.is_file():
+    if os.path.lexists(manifest_file):  # a link or a fifo is refused by load_manifest, not taken for absent
         try:
             load_manifest(manifest_file)
             checks.append(PackCheck("manifest", True, f"{MANIFEST_NAME} is valid"))
@@ -73,6 +74,11 @@ def check_pack(path: str | os.PathLike) -> list[PackCheck]:
     except LoraMergeError as e:
         return checks + [PackCheck("layout", False, str(e))]
     checks.append(PackCheck("layout", True, f"{pack.kind} pack"))
+    if os.path.lexists(path / "README.md"):
+        try:
+            check_pack_file(path / "README.md", path)
+        except LoraMergeError as e:
+            checks.append(PackCheck("file README.md", False, str(e)))
     for fname, ok, detail in pack.verify():
         checks.append(PackCheck(f"sha256 {fname}", ok, detail))
     for fname in (ADAPTER_WEIGHTS, DENSE_WEIGHTS):
@@ -118,20 +124,18 @@ def export_pack(name_or_path: str, out: str | os.PathLike, adapters_dir: str | o
     path = resolve_pack(name_or_path, adapters_dir)
     require_verified(path, str(path))
     name = path.resolve().name
-    if not SAFE_NAME.match(name):
-        raise LoraMergeError(f"{path}: the folder name {name!r} is not a plain pack name (letters, digits, . _ + -); "
-                             "rename the folder first")
+    check_name(name, f"{path}: the folder name (rename the folder first)")
     out = Path(out)
     if out.is_dir():
         raise LoraMergeError(f"{out} is a folder; give the archive's file name, e.g. --out {name}.tar.gz")
-    files = [f for f in PACK_FILES if (path / f).is_file() and not (path / f).is_symlink()]
+    files = [f for f in PACK_FILES if os.path.lexists(path / f)]  # each checked by open_pack_file below
     try:
         with staged_file(out, force=force, inputs=[path]) as tmp, open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tf:
             tf.addfile(_entry(name, tarfile.DIRTYPE, 0, 0o755, int((path / MANIFEST_NAME).stat().st_mtime)))
             for f in files:
-                st = (path / f).stat()
-                with open(path / f, "rb") as src:
+                with open_pack_file(path / f, path) as src:
+                    st = os.fstat(src.fileno())
                     tf.addfile(_entry(f"{name}/{f}", tarfile.REGTYPE, st.st_size, 0o644, int(st.st_mtime)), src)
             tf.close()
             gz.close()
@@ -205,7 +209,7 @@ def import_pack(archive: str | os.PathLike, adapters_dir: str | os.PathLike = "a
         raise LoraMergeError(f"{archive}: {archive.stat().st_size} bytes is over the import limit of {limit} bytes; "
                              "pass --max-size to allow a bigger pack")
     if name is not None:
-        _check_name(name, "--name")
+        check_name(name, "--name")
         _refuse_existing(adapters_dir / name, force)
     created = not adapters_dir.exists()
     adapters_dir.mkdir(parents=True, exist_ok=True)
@@ -214,8 +218,9 @@ def import_pack(archive: str | os.PathLike, adapters_dir: str | os.PathLike = "a
     try:
         top, files, size = _unpack(archive, tmp, limit)
         require_verified(tmp, f"{archive}")
+        notes.extend(load_pack(tmp, verify=False).warnings)  # e.g. a format-1 manifest that leaves the config out
         final = name or top or load_manifest(tmp / MANIFEST_NAME).name
-        _check_name(final, "the pack name (pass --name)")
+        check_name(final, "the pack name (pass --name)")
         target = adapters_dir / final
         _refuse_existing(target, force)
         publish(tmp, target, force=force)
@@ -235,11 +240,6 @@ def _refuse_existing(target: Path, force: bool) -> None:
         raise LoraMergeError(f"{target} already exists; pass --force to replace it, or --name to import it as another pack")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise LoraMergeError(f"{target} exists and is not a pack folder; move it away first")
-
-
-def _check_name(name: str, what: str) -> None:
-    if not SAFE_NAME.match(name):
-        raise LoraMergeError(f"{what}: {name!r} is not a plain pack name (letters, digits, . _ + -, at most 100)")
 
 
 def _open_stream(raw):
@@ -275,6 +275,9 @@ def _unpack(archive: Path, dest: Path, limit: int) -> tuple[str | None, list[str
                         if fname is not None:
                             raise LoraMergeError(f"{archive}: unexpected folder {member.name!r}; a pack has no sub-folders")
                         continue
+                    if fname not in (ADAPTER_WEIGHTS, DENSE_WEIGHTS) and member.size > MAX_JSON_BYTES:
+                        raise LoraMergeError(f"{archive}: {fname} is {member.size} bytes; a pack's {fname} is at most "
+                                             f"{MAX_JSON_BYTES} bytes")
                     if total + member.size > limit:
                         raise LoraMergeError(f"{archive}: unpacks to more than the import limit of {limit} bytes "
                                              "(a decompression bomb, or a pack bigger than --max-size allows)")
@@ -314,7 +317,7 @@ def _member_path(archive: Path, member: tarfile.TarInfo) -> tuple[str | None, st
     if len(parts) not in (1, 2):
         raise LoraMergeError(f"{bad}: a pack's files lie in one folder")
     folder, fname = (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-    if folder is not None and not SAFE_NAME.match(folder):
+    if folder is not None and not is_plain_name(folder):
         raise LoraMergeError(f"{bad}: the folder name is not a plain pack name")
     if fname not in PACK_FILES:
         raise LoraMergeError(f"{bad}: unexpected file {fname!r}; a pack holds only {', '.join(PACK_FILES)}")

@@ -6,7 +6,12 @@ A pack is a folder with either a standard PEFT LoRA adapter
 generated ``README.md`` card. A plain PEFT adapter folder without
 ``skill.json`` is accepted too; its |D| is then unknown.
 
-Loading validates the manifest and verifies the sha256 of every weight file.
+Loading validates the manifest and the adapter config, and verifies the
+sha256 of every file that changes the fold's result (:data:`HASHED_FILES`:
+the adapter config and the weights). Manifests of format 1 hashed the weights
+only; they still load, with a warning that their config is not covered, and
+``pack upgrade`` records the config's hash. Pack files are read through
+:mod:`lora_merge.packfiles` (regular files inside the pack, JSON capped).
 Nothing in a pack is unpickled or executed.
 """
 
@@ -14,23 +19,28 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from lora_merge import __version__
+from lora_merge.adapter_config import AdapterConfig, validate_adapter_config
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import Fingerprint
+from lora_merge.packfiles import check_pack_file, open_pack_file, read_json_capped
 from lora_merge.tensors import PICKLE_SUFFIXES
+from lora_merge.weights import OMEGA_LIMIT
 
 MANIFEST_NAME = "skill.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DENSE_WEIGHTS = "task_vector.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: files covers adapter_config.json as well as the weights
+KNOWN_FORMATS = (1, 2)
+# Every pack file that changes what a fold computes (skill.json itself is validated, README.md is generated).
+HASHED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DENSE_WEIGHTS)
 DEFAULT_REGISTRY = Path("adapters")
 
 
@@ -38,8 +48,9 @@ class DataInfo(BaseModel):
     """What the skill was trained on: |D| is what the ω = |D|/|G| rule uses."""
 
     model_config = ConfigDict(extra="forbid")
-    instances: int | None = Field(default=None, ge=0, description="|D|: training instances after filtering")
-    tokens: int | None = Field(default=None, ge=0)
+    # Strict: "100" or true is not a size. Bounds on ω = |D|/|G| are checked where ω is chosen (weights.py).
+    instances: StrictInt | None = Field(default=None, gt=0, description="|D|: training instances after filtering")
+    tokens: StrictInt | None = Field(default=None, ge=0)
     sha256: str | None = None
     path: str | None = None
 
@@ -63,7 +74,7 @@ class TrainingInfo(BaseModel):
 
 class RecommendedWeight(BaseModel):
     model_config = ConfigDict(extra="allow")
-    value: float
+    value: float = Field(allow_inf_nan=False, ge=-OMEGA_LIMIT, le=OMEGA_LIMIT)  # weights.check_weight's bound
     rule: str
     evidence: str | None = None
 
@@ -72,7 +83,7 @@ class Manifest(BaseModel):
     """``skill.json``: everything needed to fold, reproduce and trust a pack."""
 
     model_config = ConfigDict(extra="forbid")
-    format_version: int = FORMAT_VERSION
+    format_version: Literal[KNOWN_FORMATS] = FORMAT_VERSION  # a newer format is refused, not misread
     name: str = Field(min_length=1)
     description: str = ""
     kind: Literal["lora", "dense"]
@@ -81,15 +92,16 @@ class Manifest(BaseModel):
     training: TrainingInfo = Field(default_factory=TrainingInfo)
     recommended_weight: RecommendedWeight | None = None
     evaluation: dict[str, float] = {}
-    files: dict[str, str] = Field(default_factory=dict, description="sha256 of every weight file")
+    files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file in HASHED_FILES")
     license: str | None = None
     tool_version: str = __version__
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, pack: Path | None = None) -> str:
+    """sha256 of a file; with ``pack``, only of a regular file inside that pack (see packfiles)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with (open_pack_file(path, pack) if pack is not None else open(path, "rb")) as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -98,10 +110,13 @@ def sha256_file(path: Path) -> str:
 class SkillPack:
     """A loaded (and, by default, verified) skill pack."""
 
-    def __init__(self, path: Path, manifest: Manifest | None, adapter_config: dict | None):
+    def __init__(self, path: Path, manifest: Manifest | None, adapter_config: dict | None,
+                 lora_config: AdapterConfig | None = None):
         self.path = path
         self.manifest = manifest
-        self.adapter_config = adapter_config
+        self.adapter_config = adapter_config  # the JSON object as written (validated)
+        self.lora_config = lora_config  # its fields the fold reads, checked
+        self.warnings: list[str] = []
 
     @property
     def name(self) -> str:
@@ -123,16 +138,24 @@ class SkillPack:
         return self.path / (ADAPTER_WEIGHTS if self.kind == "lora" else DENSE_WEIGHTS)
 
     def verify(self) -> list[tuple[str, bool, str]]:
-        """Check each weight file against the manifest's sha256: (file, ok, detail) rows."""
+        """Check each file of :data:`HASHED_FILES` against the manifest's sha256: (file, ok, detail) rows."""
         rows = []
         recorded = self.manifest.files if self.manifest else {}
-        for fname in [ADAPTER_WEIGHTS, DENSE_WEIGHTS]:
+        legacy = self.manifest is not None and self.manifest.format_version < 2
+        for fname in HASHED_FILES:
             f = self.path / fname
-            if not f.exists():
+            if not os.path.lexists(f):
+                if fname in recorded:
+                    rows.append((fname, False, "recorded in the manifest but missing"))
                 continue
-            actual = sha256_file(f)
+            actual = sha256_file(f, self.path)
             if fname not in recorded:
-                rows.append((fname, self.manifest is None, "no hash recorded" if self.manifest else "no manifest"))
+                if self.manifest is None:
+                    rows.append((fname, True, "no manifest"))
+                elif legacy and fname == ADAPTER_CONFIG:
+                    rows.append((fname, True, f"not covered by this format-1 manifest: {CONFIG_NOT_COVERED}"))
+                else:
+                    rows.append((fname, False, "no hash recorded"))
             elif recorded[fname] == actual:
                 rows.append((fname, True, "sha256 ok"))
             else:
@@ -140,15 +163,12 @@ class SkillPack:
         return rows
 
 
+CONFIG_NOT_COVERED = ("a change to adapter_config.json (alpha, rank) would go unnoticed; "
+                      "run `cli.py pack upgrade NAME` to record its hash")
+
+
 def load_manifest(path: Path) -> Manifest:
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise LoraMergeError(f"{path}: cannot read manifest ({e})") from None
-    except json.JSONDecodeError as e:
-        raise LoraMergeError(f"{path}: manifest is not valid JSON ({e.msg}, line {e.lineno})") from None
-    except RecursionError:
-        raise LoraMergeError(f"{path}: manifest nests too deeply to be a skill.json") from None
+    raw = read_json_capped(path, "manifest", path.parent)
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
@@ -156,21 +176,30 @@ def load_manifest(path: Path) -> Manifest:
         raise LoraMergeError(f"{path}: invalid manifest: {problems}") from None
 
 
+def load_adapter_config(path: Path) -> tuple[dict, AdapterConfig]:
+    """adapter_config.json as written and as checked (LoraMergeError naming the field if it is malformed)."""
+    raw = read_json_capped(path, "adapter config", path.parent)
+    return raw, validate_adapter_config(raw, path)  # type: ignore[return-value]  # validated to be a dict
+
+
+def _present(path: Path, fname: str) -> bool:
+    """Whether the pack has ``fname``, refusing links out of the pack, devices and fifos."""
+    f = path / fname
+    if not os.path.lexists(f):
+        return False
+    check_pack_file(f, path)
+    return True
+
+
 def load_pack(path: str | os.PathLike, verify: bool = True) -> SkillPack:
-    """Load a skill pack folder, validating its manifest and (unless told not to) its hashes."""
+    """Load a skill pack folder, validating its manifest and config and (unless told not to) its hashes."""
     path = Path(path)
     if not path.is_dir():
         raise LoraMergeError(f"{path}: no such skill pack folder")
-    manifest = load_manifest(path / MANIFEST_NAME) if (path / MANIFEST_NAME).exists() else None
-    adapter_config = None
-    if (path / ADAPTER_CONFIG).exists():
-        try:
-            adapter_config = json.loads((path / ADAPTER_CONFIG).read_text())
-            assert isinstance(adapter_config, dict)
-        except (ValueError, AssertionError, RecursionError):
-            raise LoraMergeError(f"{path / ADAPTER_CONFIG}: not a valid JSON object") from None
-    has_adapter = (path / ADAPTER_WEIGHTS).exists()
-    has_dense = (path / DENSE_WEIGHTS).exists()
+    manifest = load_manifest(path / MANIFEST_NAME) if _present(path, MANIFEST_NAME) else None
+    adapter_config, lora_config = load_adapter_config(path / ADAPTER_CONFIG) if _present(path, ADAPTER_CONFIG) else (None, None)
+    has_adapter = _present(path, ADAPTER_WEIGHTS)
+    has_dense = _present(path, DENSE_WEIGHTS)
     if not has_adapter and not has_dense:
         pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if pickles:
@@ -185,12 +214,16 @@ def load_pack(path: str | os.PathLike, verify: bool = True) -> SkillPack:
         raise LoraMergeError(f"{path}: LoRA pack is missing {missing}")
     if kind == "dense" and not has_dense:
         raise LoraMergeError(f"{path}: dense pack is missing {DENSE_WEIGHTS}")
-    pack = SkillPack(path, manifest, adapter_config)
+    pack = SkillPack(path, manifest, adapter_config, lora_config)
+    if manifest is not None and manifest.format_version < 2 and adapter_config is not None \
+            and ADAPTER_CONFIG not in manifest.files:
+        pack.warnings.append(f"pack {pack.name!r} has a format-1 manifest that does not cover adapter_config.json: "
+                             + CONFIG_NOT_COVERED)
     if verify and manifest is not None:
         bad = [f"{f}: {detail}" for f, ok, detail in pack.verify() if not ok]
         if bad:
             raise LoraMergeError(
-                f"{path}: pack failed verification ({'; '.join(bad)}). The weights changed after the manifest was "
+                f"{path}: pack failed verification ({'; '.join(bad)}). A file changed after the manifest was "
                 "written, or the download is damaged. Re-fetch the pack, or pass --no-verify to fold it anyway."
             )
     return pack
@@ -210,10 +243,13 @@ def resolve_pack(name_or_path: str, registry: str | os.PathLike = DEFAULT_REGIST
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
-    """Hash the weight files in ``folder``, store the hashes in the manifest, write skill.json and README.md."""
-    files = {f: sha256_file(folder / f) for f in (ADAPTER_WEIGHTS, DENSE_WEIGHTS) if (folder / f).exists()}
-    manifest = manifest.model_copy(update={"files": files})
-    (folder / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
+    """Hash the files of :data:`HASHED_FILES` in ``folder`` into the manifest (now of the current format),
+    write skill.json and README.md."""
+    files = {f: sha256_file(folder / f, folder) for f in HASHED_FILES if os.path.lexists(folder / f)}
+    manifest = manifest.model_copy(update={"files": files, "format_version": FORMAT_VERSION})
+    staged = folder / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
+    staged.write_text(manifest.model_dump_json(indent=2) + "\n")
+    os.replace(staged, folder / MANIFEST_NAME)  # a reader never sees half a manifest
     from lora_merge.card import write_card
 
     write_card(folder, manifest)

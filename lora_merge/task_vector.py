@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lora_merge.adapter_config import AdapterConfig, pattern_value, validate_adapter_config
 from lora_merge.errors import LoraMergeError
 from lora_merge.skillpack import SkillPack
 from lora_merge.tensors import SafetensorsFile, WeightSet
@@ -211,37 +212,24 @@ def tied_pair(shapes: Mapping[str, tuple[int, ...]], config: dict) -> tuple[str,
     return embeds[0], heads[0] if heads else "lm_head.weight"
 
 
-_PATTERN_CACHE: dict[str, re.Pattern] = {}
-
-
-def _pattern_value(patterns: Mapping[str, object], module: str, default: object) -> object:
-    """PEFT's rule: a pattern key matches a module path ending in it at a dot boundary."""
-    for key, value in patterns.items():
-        rx = _PATTERN_CACHE.setdefault(key, re.compile(rf"(.*\.)?({key})$"))
-        if rx.match(module):
-            return value
-    return default
-
-
 LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B)$")
 
 
-def _check_lora_config(pack: SkillPack) -> dict:
-    cfg = pack.adapter_config or {}
+def _check_lora_config(pack: SkillPack) -> AdapterConfig:
     where = pack.path / "adapter_config.json"
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise LoraMergeError(f"{where}: peft_type {cfg.get('peft_type')!r} is not LoRA; only LoRA adapters fold as task vectors")
-    if cfg.get("use_dora"):
+    cfg = pack.lora_config or validate_adapter_config(pack.adapter_config or {}, where)
+    extra = cfg.model_extra or {}
+    if cfg.peft_type != "LORA":
+        raise LoraMergeError(f"{where}: peft_type {cfg.peft_type!r} is not LoRA; only LoRA adapters fold as task vectors")
+    if cfg.use_dora:
         raise LoraMergeError(
             f"{where}: DoRA adapters are not linear deltas (the magnitude vector rescales each column), so they "
             "cannot be folded as τ. Merge it into its base with PEFT's merge_and_unload and extract a dense pack "
             "with `cli.py extract`, or retrain with use_dora=false."
         )
     for unsupported in ("target_parameters", "layer_replication", "trainable_token_indices"):
-        if cfg.get(unsupported):
+        if extra.get(unsupported):
             raise LoraMergeError(f"{where}: {unsupported} is not supported by the fold; retrain without it")
-    if not isinstance(cfg.get("r", 8), int) or not isinstance(cfg.get("lora_alpha", 8), (int, float)):
-        raise LoraMergeError(f"{where}: 'r' must be an integer and 'lora_alpha' a number")
     return cfg
 
 
@@ -266,7 +254,7 @@ def _from_lora(pack: SkillPack, target: TargetModel, base: WeightSet | None) -> 
             raise LoraMergeError(f"{pack.weights_file}: unrecognised adapter key {key!r}")
 
     tv = TaskVector(pack.name)
-    r_default, alpha_default = cfg.get("r", 8), cfg.get("lora_alpha", 8)
+    where = f"{pack.path / 'adapter_config.json'}"
     for module, parts in groups.items():
         embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
         ka, kb = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight", "lora_B.weight")
@@ -275,12 +263,12 @@ def _from_lora(pack: SkillPack, target: TargetModel, base: WeightSet | None) -> 
         a_shape, b_shape = src.tensors[parts[ka]].shape, src.tensors[parts[kb]].shape
         if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
             raise LoraMergeError(f"{pack.weights_file}: {module}: LoRA factors A{a_shape} and B{b_shape} do not multiply")
-        r = int(_pattern_value(cfg.get("rank_pattern") or {}, module, r_default))
-        alpha = float(_pattern_value(cfg.get("alpha_pattern") or {}, module, alpha_default))
+        r = int(pattern_value(cfg.rank_pattern, module, cfg.r, f"{where}: rank_pattern"))  # validated > 0
+        alpha = float(pattern_value(cfg.alpha_pattern, module, cfg.lora_alpha, f"{where}: alpha_pattern"))
         if r != a_shape[0]:
             raise LoraMergeError(f"{pack.weights_file}: {module}: rank {a_shape[0]} in the weights, {r} in adapter_config.json")
-        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-        transpose = embedding or bool(cfg.get("fan_in_fan_out"))
+        scale = alpha / math.sqrt(r) if cfg.use_rslora else alpha / r
+        transpose = embedding or bool(cfg.fan_in_fan_out)
         dense_shape = (b_shape[0], a_shape[1])
         shape = (dense_shape[1], dense_shape[0]) if transpose else dense_shape
         targets = _bind(target, module + ".weight", shape, pack, parts[kb])

@@ -26,6 +26,8 @@ import torch
 
 from lora_merge.data import TrainingMix, count_tokens, load_data, mix, replay_sample
 from lora_merge.errors import LoraMergeError
+from lora_merge.names import check_name
+from lora_merge.numerics import require_finite_folder
 from lora_merge.output import staged_output
 from lora_merge.processes import Processes
 from lora_merge.recipes import Recipe
@@ -50,6 +52,7 @@ def plan_run(r: Recipe) -> RunPlan:
     name = r.name or (r.data.stem if isinstance(r.data, Path) else None)
     if not name:
         raise LoraMergeError("the run needs a name: pass --name (or give a data file to name it after)")
+    check_name(name, "--name" if r.name else f"the run name taken from {r.data} (pass --name)")
     if r.data is None:
         raise LoraMergeError("no training data: pass --data FILE (jsonl, json, parquet or csv)")
     if r.strategy == "cft":
@@ -307,6 +310,7 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
         with staged_output(plan.target, force=recipe.force, inputs=[plan.start, plan.base],
                            notes=result.warnings) as tmp:  # what killed runs left behind is cleaned and noted
             result.record = writer(tmp, recipe, plan, data, result, trainer, state)
+            require_finite_folder(tmp, f"the trained {plan.produces} {plan.name!r}")  # never publish NaN/Inf
     processes.barrier()
     return result
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from lora_merge.combine import method_names
-from lora_merge.commands.options import split_names
+from lora_merge.commands.options import SIZE, split_names
 from lora_merge.fold import FoldRequest, fold
+from lora_merge.printable import printable
 from lora_merge.weights import parse_weights
 
 
@@ -26,7 +27,7 @@ from lora_merge.weights import parse_weights
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the dare rules.")
 @click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the arithmetic runs.")
-@click.option("--max-shard-size", default="5GB", show_default=True)
+@click.option("--max-shard-size", default="5GB", show_default=True, type=SIZE, help="Largest shard, e.g. 5GB.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder for the merged model.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of pack weights (not recommended).")
@@ -45,10 +46,10 @@ def fold_cmd(general, adapters, adapters_dir, weights, general_size, base, metho
     )
     res = fold(req)
     for w in res.warnings:
-        click.secho(f"warning: {w}", fg="yellow", err=True)
+        click.secho(f"warning: {printable(w)}", fg="yellow", err=True)
     click.echo(f"folded {len(res.packs)} pack(s) into {general} → {res.out}")
     for p in res.packs:
-        click.echo(f"  {p.name:<16} ω = {p.weight.value:.4g}  ({p.weight.formula}; {p.tensors} tensors)")
+        click.echo(f"  {printable(p.name):<16} ω = {p.weight.value:.4g}  ({p.weight.formula}; {p.tensors} tensors)")
     click.echo(f"  {res.tensors_changed}/{res.tensors_total} tensors changed, {res.bytes_written / 1e6:.1f} MB "
                f"in {len(res.shards)} shard(s), {res.seconds:.1f} s")
 

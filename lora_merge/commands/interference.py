@@ -9,6 +9,7 @@ import click
 
 from lora_merge.commands.options import split_names
 from lora_merge.commands.pack import pack
+from lora_merge.printable import printable
 
 
 @pack.command("interference")
@@ -39,7 +40,7 @@ def interference_cmd(packs, adapters_dir, base, out, json_path, signs, device, n
     report = interference([t.vector for t in terms], [t.label for t in terms], signs=signs,
                           device=resolve_device(device), progress=True)
     for line in report_lines(report):
-        click.echo(line)
+        click.echo(printable(line))  # pack names come from their manifests
     click.echo(f"heatmap → {save_heatmap(report, out)}")
     if json_path:
         Path(json_path).write_text(json.dumps(report_json(report), indent=2) + "\n")

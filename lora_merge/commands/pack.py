@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from lora_merge.pack_info import summarize_pack
+from lora_merge.printable import printable
 from lora_merge.skillpack import resolve_pack
 
 
@@ -24,7 +25,7 @@ def inspect_cmd(path: str, adapters_dir: Path, as_json: bool) -> None:
     """Print a pack's manifest and adapter summary."""
     s = summarize_pack(resolve_pack(path, adapters_dir))
     if as_json:
-        click.echo(json.dumps(s.manifest, indent=2))
+        click.echo(json.dumps(s.manifest, indent=2, ensure_ascii=True))  # JSON escapes every control character
         return
     rows = [
         ("name", s.name), ("path", str(s.path)), ("kind", s.kind), ("base model", s.base_model or "unknown"),
@@ -34,15 +35,15 @@ def inspect_cmd(path: str, adapters_dir: Path, as_json: bool) -> None:
         ("tensors / parameters", f"{s.tensors} / {s.parameters:,}"), ("size on disk", f"{s.bytes_on_disk / 1e6:.2f} MB"),
     ]
     for k, v in rows:
-        click.echo(f"{k:<22}{v}")
+        click.echo(f"{k:<22}{printable(v)}")  # every value may come from the pack: escape control characters
     for f, ok, detail in s.hashes:
-        click.secho(f"{'verified':<22}{f}: {'ok' if ok else 'FAILED'} ({detail})", fg=None if ok else "red")
+        click.secho(f"{'verified':<22}{f}: {'ok' if ok else 'FAILED'} ({printable(detail)})", fg=None if ok else "red")
     if s.manifest:
         t = s.manifest["training"]
-        click.echo(f"{'training':<22}" + ", ".join(f"{k}={v}" for k, v in t.items() if v is not None))
+        click.echo(f"{'training':<22}" + printable(", ".join(f"{k}={v}" for k, v in t.items() if v is not None)))
         if s.manifest.get("recommended_weight"):
             rw = s.manifest["recommended_weight"]
-            click.echo(f"{'recommended ω':<22}{rw['value']} ({rw['rule']})")
+            click.echo(f"{'recommended ω':<22}{rw['value']} ({printable(rw['rule'])})")
 
 
 def _modules(targets: list[str] | str | None) -> str:

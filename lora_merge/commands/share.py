@@ -6,8 +6,11 @@ from pathlib import Path
 
 import click
 
+from lora_merge.commands.options import SIZE
 from lora_merge.commands.pack import pack
 from lora_merge.errors import LoraMergeError
+from lora_merge.pack_upgrade import upgrade_pack
+from lora_merge.printable import printable
 from lora_merge.sharing import DEFAULT_MAX_IMPORT, check_pack, export_pack, import_pack
 from lora_merge.skillpack import resolve_pack
 
@@ -20,11 +23,27 @@ def verify_cmd(path: str, adapters_dir: Path) -> None:
     folder = resolve_pack(path, adapters_dir)
     checks = check_pack(folder)
     for c in checks:
-        click.secho(f"{'ok  ' if c.ok else 'FAIL'}  {c.what:<34}{c.detail}", fg=None if c.ok else "red")
+        click.secho(f"{'ok  ' if c.ok else 'FAIL'}  {printable(c.what):<34}{printable(c.detail)}", fg=None if c.ok else "red")
     failed = sum(not c.ok for c in checks)
     if failed:
         raise LoraMergeError(f"{folder}: {failed} check(s) failed; do not fold or share this pack")
     click.echo(f"{folder}: all {len(checks)} checks hold")
+
+
+@pack.command("upgrade")
+@click.argument("path")
+@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+def upgrade_cmd(path: str, adapters_dir: Path) -> None:
+    """Record the hash of adapter_config.json in an older pack's manifest (only if the pack verifies)."""
+    res = upgrade_pack(resolve_pack(path, adapters_dir))
+    if res.old_format == res.new_format and res.config is None:
+        click.echo(f"{res.path}: already format {res.new_format}; every file is covered, nothing to do")
+        return
+    click.echo(f"{res.path}: manifest format {res.old_format} → {res.new_format}; now hashed: {', '.join(sorted(res.files))}")
+    if res.config is not None:
+        shown = {k: res.config.get(k) for k in ("r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern")}
+        click.echo(f"  the hash vouches for the config as it is now: {printable(shown)}; check it is what the pack's "
+                   "author set")
 
 
 @pack.command("export")
@@ -43,9 +62,9 @@ def export_cmd(name: str, out: Path, adapters_dir: Path, force: bool) -> None:
 @click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
 @click.option("--name", default=None, help="Folder name under --adapters-dir (default: the archive's).")
 @click.option("--force", is_flag=True, help="Replace an existing pack of that name.")
-@click.option("--max-size", default=DEFAULT_MAX_IMPORT, show_default=True,
+@click.option("--max-size", default=DEFAULT_MAX_IMPORT, show_default=True, type=SIZE,
               help="Refuse archives that unpack to more than this (decompression bombs).")
-def import_cmd(archive: Path, adapters_dir: Path, name: str | None, force: bool, max_size: str) -> None:
+def import_cmd(archive: Path, adapters_dir: Path, name: str | None, force: bool, max_size: int) -> None:
     """Unpack a shared pack into the adapters folder after verifying every file."""
     res = import_pack(archive, adapters_dir, name=name, force=force, max_bytes=max_size)
     for note in res.notes:

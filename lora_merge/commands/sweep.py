@@ -8,6 +8,7 @@ import click
 
 from lora_merge.commands.evaluate import classifier_from, eval_options
 from lora_merge.commands.options import split_names
+from lora_merge.printable import printable
 from lora_merge.weights import PAPER_GRID
 
 
@@ -45,12 +46,12 @@ def sweep_cmd(general, adapters, adapters_dir, weights, general_size, base, eval
     )
     res = run_sweep(req)
     for w in res.warnings:
-        click.secho(f"warning: {w}", fg="yellow", err=True)
-    click.echo((res.out / "results.md").read_text())
+        click.secho(f"warning: {printable(w)}", fg="yellow", err=True)
+    click.echo(printable((res.out / "results.md").read_text(), keep="\n"))
     rec = res.recommendation
-    click.echo(f"recommended: {rec.label} ({', '.join(f'{k} ω = {v:.4g}' for k, v in rec.weights.items())}) by {rec.rule}")
+    click.echo(printable(f"recommended: {rec.label} ({', '.join(f'{k} ω = {v:.4g}' for k, v in rec.weights.items())}) by {rec.rule}"))
     if write_recommendation:
-        click.echo("written into skill.json of " + ", ".join(rec.weights))
+        click.echo(printable("written into skill.json of " + ", ".join(rec.weights)))
     click.echo(f"wrote {res.out}/results.csv, results.json, results.md, tradeoff.png ({res.mode} folds)")
 
 
