@@ -143,10 +143,10 @@ def test_control_characters_in_a_manifest_are_escaped_on_the_terminal_and_in_car
               "--weights", "0.5", "--out", str(tmp_path / "out"))
     assert res.exit_code == 0, res.output
     for text in (res.output, (tmp_path / "out" / "README.md").read_text(),
-                 pack_card(load_pack(reg / "skill").manifest, reg / "skill")):
+                 pack_card(load_pack(reg / "skill").manifest)):
         assert not any(c in text for c in "\x1b\x07\u202e\x9b"), text  # (\r: the progress bar's own)
     assert "\\x0dreal" in res.output and "\r" not in (tmp_path / "out" / "README.md").read_text()
-    assert "\\x9bMIT" in pack_card(load_pack(reg / "skill").manifest, reg / "skill")
+    assert "\\x9bMIT" in pack_card(load_pack(reg / "skill").manifest)
 
 
 def test_printable_keeps_ordinary_text():
