@@ -39,7 +39,7 @@ def job_interference(args: list[str]) -> None:
     packs = [a for a in args if not a.startswith("--")]
     flags = [a for a in args if a.startswith("--")]
     t = time.perf_counter()
-    res = CliRunner().invoke(main, ["pack", "interference", ",".join(packs), *flags,
+    res = CliRunner().invoke(main, ["pack", "interference", "--adapters", ",".join(packs), *flags,
                                     "--out", str(Path(packs[0]).parent / "interference.png")])
     if res.exit_code != 0:
         raise SystemExit(res.output)

@@ -3,6 +3,10 @@
 Each sub-command lives in ``lora_merge/commands/`` and only parses options and
 calls one library function. A :class:`LoraMergeError` is printed as one line
 (no traceback) and exits with status 2.
+
+Start-up stays light: the command modules import click and torch-free helpers only, and import the library
+inside each command, so `--help`, `pack inspect` or `data list` never load torch, and `fold` never loads
+transformers (tests/test_startup.py).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import sys
 
 import click
 
-from lora_merge import __version__
+from lora_merge import __version__, console
 from lora_merge.errors import LoraMergeError
 from lora_merge.printable import printable
 
@@ -36,8 +40,15 @@ class FriendlyGroup(click.Group):
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lora-merge")
-def main() -> None:
-    """Add skills to language models by folding task vectors (Merge to Learn, arXiv 2410.12937)."""
+@click.option("--quiet", "-q", is_flag=True, help="Only results, warnings about them and errors: no bars, no progress "
+              "messages, no library info logs.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (messages stay).")
+def main(quiet: bool, no_progress: bool) -> None:
+    """Add skills to language models by folding task vectors (Merge to Learn, arXiv 2410.12937).
+
+    Global options go before the command: lora-merge --quiet fold …
+    """
+    console.configure(progress=not no_progress, quiet=quiet)
 
 
 for _name in COMMAND_MODULES:

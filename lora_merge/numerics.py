@@ -10,15 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from lora_merge.errors import LoraMergeError
 from lora_merge.tensors import SafetensorsFile
 
+if TYPE_CHECKING:  # the checks of tensors import torch where they run; scan_file reads bits with numpy
+    import torch
+
+# IEEE float layouts as safetensors names them: (unsigned view, exponent mask, mantissa mask, sign shift).
+# A value is NaN or ±Inf exactly when its exponent bits are all ones; the mantissa tells NaN from Inf.
+_FLOAT_BITS = {
+    "F64": ("<u8", 0x7FF0000000000000, 0x000FFFFFFFFFFFFF, 63),
+    "F32": ("<u4", 0x7F800000, 0x007FFFFF, 31),
+    "F16": ("<u2", 0x7C00, 0x03FF, 15),
+    "BF16": ("<u2", 0x7F80, 0x007F, 15),
+}
+_SCAN_CHUNK = 1 << 22  # elements per step: bounded temporaries however large the tensor
+
 
 def all_finite(t: torch.Tensor) -> bool:
     """True when every value of ``t`` is finite (integer and empty tensors always are)."""
+    import torch
+
     if not t.is_floating_point() or t.numel() == 0:
         return True
     # A NaN or ±Inf anywhere makes the sum NaN or ±Inf, and a sum is twice as fast as aminmax; a finite
@@ -39,6 +53,8 @@ class BadValues:
 
     @classmethod
     def count(cls, t: torch.Tensor) -> "BadValues":
+        import torch
+
         return cls(int(torch.isnan(t).sum()), int(torch.isposinf(t).sum()), int(torch.isneginf(t).sum()))
 
     def describe(self) -> str:
@@ -53,13 +69,43 @@ def non_finite_error(pack_name: str, file: str, key: str, t: torch.Tensor) -> Lo
     )
 
 
+def bad_bits(src: SafetensorsFile, key: str) -> BadValues | None:
+    """NaN/±Inf counts of one stored tensor read as raw bits (numpy, no torch); None when every value is finite."""
+    import numpy as np
+
+    info = src.tensors[key]
+    if info.dtype not in _FLOAT_BITS or info.numel == 0:
+        return None  # integers and empty tensors are always finite
+    view, exp, mant, sign = _FLOAT_BITS[info.dtype]
+    x = np.frombuffer(src.mapped(), dtype=view, count=info.numel, offset=info.start)
+    nan = pos = neg = 0
+    for i in range(0, info.numel, _SCAN_CHUNK):
+        part = x[i:i + _SCAN_CHUNK]
+        special = part[(part & view_of(exp, view)) == view_of(exp, view)]
+        if special.size:
+            is_nan = (special & view_of(mant, view)) != 0
+            negative = (special >> view_of(sign, view)) != 0
+            nan += int(is_nan.sum())
+            neg += int((~is_nan & negative).sum())
+            pos += int((~is_nan & ~negative).sum())
+    return BadValues(nan, pos, neg) if nan + pos + neg else None
+
+
+def view_of(value: int, view: str):
+    """A mask as a numpy scalar of the view's type (so & and >> stay unsigned)."""
+    import numpy as np
+
+    return np.dtype(view).type(value)
+
+
 def scan_file(path, pack_name: str) -> Iterator[tuple[str, str]]:
-    """Every tensor of a safetensors file that holds NaN/Inf: (tensor name, what is wrong)."""
+    """Every tensor of a safetensors file that holds NaN/Inf: (tensor name, what is wrong). Reads bits, not
+    tensors, so `pack verify / export / import` never import torch."""
     src = SafetensorsFile(path)
     for key in src.keys():
-        t = src.get(key)
-        if not all_finite(t):
-            yield key, BadValues.count(t).describe()
+        bad = bad_bits(src, key)
+        if bad is not None:
+            yield key, bad.describe()
     src.close()
 
 
@@ -114,6 +160,8 @@ def check_folded(name: str, result: torch.Tensor, source: torch.Tensor | None = 
     """
     if result is source or all_finite(result):
         return
+    import torch
+
     bad = BadValues.count(result)
     limit = torch.finfo(result.dtype).max
     if bad.nan:

@@ -19,11 +19,13 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lora_merge.errors import LoraMergeError
-from lora_merge.tensors import DTYPE_NAMES, DTYPE_SIZES, INDEX_NAME, SINGLE_NAME
+from lora_merge.tensors import DTYPE_SIZES, INDEX_NAME, SINGLE_NAME
+
+if TYPE_CHECKING:  # torch is imported where tensors are written, not to parse a --max-shard-size
+    import torch
 
 
 def parse_size(text: str | int) -> int:
@@ -55,6 +57,8 @@ class PlannedTensor:
 
     @property
     def nbytes(self) -> int:
+        from lora_merge.tensors import DTYPE_NAMES
+
         n = DTYPE_SIZES[DTYPE_NAMES[self.dtype]]
         for s in self.shape:
             n *= s
@@ -90,6 +94,8 @@ def write_index(folder: Path, shards: list[list[PlannedTensor]], names: list[str
 
 
 def header_bytes(shard: list[PlannedTensor], metadata: dict[str, str]) -> bytes:
+    from lora_merge.tensors import DTYPE_NAMES
+
     header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for t in shard:
@@ -160,6 +166,8 @@ class ShardedWriter:
         nbytes = tensor.numel() * tensor.element_size()
         self._next_planned(name, tuple(tensor.shape), tensor.dtype, nbytes)
         if tensor.numel():
+            import torch
+
             data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
             self._write_all(memoryview(data))
         self.bytes_written += nbytes

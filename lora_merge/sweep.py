@@ -250,7 +250,7 @@ def _sweep_in_memory(req: SweepRequest, plan: FoldPlan, points: Sequence[SweepPo
     missing = [k for k in keys if k not in params]
     if missing:
         raise LoraMergeError(f"the loaded model names its weights differently from its files ({missing[:3]}); "
-                             "rerun the sweep with --mode disk")
+                             "rerun the sweep with --fold-mode disk")
     dev = next(model.parameters()).device
     theta_g = {k: params[k].detach().float().clone() for k in keys}
     deltas = [{k: v.delta(k, dev) for k in v.keys()} for v in vectors]  # pack reads refuse NaN/Inf (the plan)

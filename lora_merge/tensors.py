@@ -18,28 +18,43 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lora_merge.errors import LoraMergeError
+
+if TYPE_CHECKING:
+    import torch
 
 # The largest header we accept. Real headers are a few hundred kB even for
 # 70B models; anything bigger is corrupt or hostile.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+# safetensors dtype name → torch dtype. Built on first use (module __getattr__), so reading headers, manifests
+# and pack summaries never imports torch (`pack inspect` starts in a blink).
+_DTYPE_TORCH_NAMES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
 }
-DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+
+
+def _dtypes() -> dict:
+    """DTYPES, built (and torch imported) on first use."""
+    if "DTYPES" not in globals():
+        import torch
+
+        dtypes = {k: getattr(torch, v) for k, v in _DTYPE_TORCH_NAMES.items()}
+        globals().update(DTYPES=dtypes, DTYPE_NAMES={v: k for k, v in dtypes.items()})
+    return globals()["DTYPES"]
+
+
+def __getattr__(name: str):
+    """DTYPES (name → torch dtype) and DTYPE_NAMES (torch dtype → name), built with torch's first use."""
+    if name not in ("DTYPES", "DTYPE_NAMES"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _dtypes()
+    return globals()[name]
+
+
 # Keep this list in sync with DTYPES: byte width of one element.
 DTYPE_SIZES: dict[str, int] = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4,
@@ -161,13 +176,19 @@ class SafetensorsFile:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._map
 
+    def mapped(self) -> mmap.mmap:
+        """The whole file as a read-only map (raw bytes; `numerics.scan_file` reads bits from it without torch)."""
+        return self._mapped()
+
     def keys(self) -> list[str]:
         return list(self.tensors)
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor ``name`` as a read-only view into the map (copy before writing to it)."""
+        import torch
+
         info = self.tensors[name]
-        dtype = DTYPES[info.dtype]
+        dtype = _dtypes()[info.dtype]
         if info.numel == 0:
             return torch.empty(info.shape, dtype=dtype)
         import warnings

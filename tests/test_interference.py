@@ -117,7 +117,7 @@ def test_cli_table_heatmap_and_json(tmp_path, packs):
 
     _pre, pre_dir, made = packs
     png, js = tmp_path / "out" / "int.png", tmp_path / "int.json"
-    args = ["pack", "interference", "safety,coding", "--adapters-dir", str(tmp_path / "reg"), "--out", str(png),
+    args = ["pack", "interference", "--adapters", "safety,coding", "--adapters-dir", str(tmp_path / "reg"), "--out", str(png),
             "--json", str(js)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output

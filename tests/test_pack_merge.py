@@ -144,12 +144,12 @@ def test_bad_requests_are_refused_and_write_nothing(tmp_path, world):
 def test_cli_merge_then_refuses_existing_output(tmp_path, world):
     _pre, _pre_dir, _gen, a, b = world
     runner = CliRunner()
-    r = runner.invoke(main, ["pack", "merge", f"{a},{b}", "--out", str(tmp_path / "ab")])
+    r = runner.invoke(main, ["pack", "merge", "--adapters", f"{a},{b}", "--out", str(tmp_path / "ab")])
     assert r.exit_code == 0, r.output
     assert "ω = 0.25" in r.output and "|D| = 120" in r.output
     r = runner.invoke(main, ["pack", "verify", str(tmp_path / "ab")])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(main, ["pack", "merge", f"{a},{b}", "--out", str(tmp_path / "ab")])
+    r = runner.invoke(main, ["pack", "merge", "--adapters", f"{a},{b}", "--out", str(tmp_path / "ab")])
     assert r.exit_code == 2 and "already exists" in r.output
-    r = runner.invoke(main, ["pack", "merge", f"{a},{b}", "--method", "ties", "--rank", "3", "--out", str(tmp_path / "t")])
+    r = runner.invoke(main, ["pack", "merge", "--adapters", f"{a},{b}", "--method", "ties", "--rank", "3", "--out", str(tmp_path / "t")])
     assert r.exit_code == 0 and "relative error" in r.output, r.output

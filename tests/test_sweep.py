@@ -145,7 +145,7 @@ def test_cli_sweep_errors(world):
             "--out", str(tmp_path / "sweep")]
     r = CliRunner().invoke(main, base + ["--general", str(tmp_path / "notmodel")])
     assert r.exit_code == 2 and "no safetensors weights" in r.output
-    r = CliRunner().invoke(main, base + ["--general", str(tmp_path / "general"), "--weights", "0.2,99"])
+    r = CliRunner().invoke(main, base + ["--general", str(tmp_path / "general"), "--omegas", "0.2,99"])
     assert r.exit_code == 2 and "sane range" in r.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "x", "metric": "exact"}) + "\n")
@@ -157,7 +157,7 @@ def test_cli_sweep_errors(world):
 def test_cli_sweep_runs(world):
     tmp_path, _, _, ev = world
     r = CliRunner().invoke(main, ["sweep", "--general", str(tmp_path / "general"), "--adapters", "safety",
-                                  "--adapters-dir", str(tmp_path / "adapters"), "--weights", "0.25,1",
+                                  "--adapters-dir", str(tmp_path / "adapters"), "--omegas", "0.25,1",
                                   "--general-size", "400", "--evals", f"general={ev / 'general.jsonl'}",
                                   "--evals", f"skill={ev / 'skill.jsonl'}", "--max-new-tokens", "3",
                                   "--out", str(tmp_path / "sweep")])

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 SIZE_OPTIONS = [
-    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draw and the splits."),
     click.option("--n-train", type=int, default=None, help="Training rows (default: the skill's own)."),
     click.option("--n-eval", type=int, default=None, help="Rows per eval split (default: the skill's own)."),
     click.option("--system", default=None, help="A system prompt put before every user turn."),

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import click
 
-from lora_merge.commands.options import split_names
+from lora_merge.commands.options import shared, split_names
 
 EVAL_OPTIONS = [
     click.option("--evals", "evals", multiple=True, required=True,
                  help="GROUP=PATH[,PATH…] of jsonl eval sets; repeat for several groups (general=…, skill=…)."),
-    click.option("--batch-size", type=int, default=8, show_default=True),
-    click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
+    click.option("--batch-size", type=int, default=8, show_default=True, help="Rows generated or scored at once."),
+    shared("--device", extra="The model runs there."),
     click.option("--limit", type=int, default=None, help="Only the first N rows of each file (quick looks)."),
-    click.option("--max-new-tokens", type=int, default=64, show_default=True),
+    click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Longest greedy answer, in tokens."),
     click.option("--refusal-phrases", type=click.Path(path_type=Path), default=None,
                  help="JSON/YAML file configuring the refusal classifier (see lora_merge/refusal.py)."),
 ]

@@ -6,24 +6,28 @@ from pathlib import Path
 
 import click
 
-from lora_merge.extract import PACK_DTYPES, ExtractRequest, extract_pack
+from lora_merge.choices import FLOAT_DTYPE_NAMES
+from lora_merge.commands.options import shared
 
 
 @click.command("extract")
 @click.option("--model", required=True, type=click.Path(path_type=Path), help="Finetuned model θD (safetensors).")
-@click.option("--base", required=True, type=click.Path(path_type=Path), help="Pretrained model θpre it started from.")
+@shared("--base", required=True, extra="The model θD was finetuned from.")
 @click.option("--name", required=True, help="Skill name (the pack folder under --adapters-dir).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Pack folder (default: adapters/NAME).")
-@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+@shared("--adapters-dir")
 @click.option("--rank", type=int, default=None, help="Compress τ to a LoRA pack of this rank by truncated SVD.")
 @click.option("--instances", type=int, default=None, help="|D|: training instances (for ω = |D|/|G|).")
 @click.option("--description", default="", help="One line for the pack card.")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(sorted(PACK_DTYPES)))
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where τ and the SVDs are computed.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(FLOAT_DTYPE_NAMES),
+              help="dtype of the pack's tensors.")
+@shared("--device", extra="τ and the SVDs are computed there.")
 @click.option("--force", is_flag=True, help="Replace an existing pack folder.")
 @click.option("--show", type=int, default=10, show_default=True, help="Worst weights to list in the SVD report.")
 def extract_cmd(model, base, name, out, adapters_dir, rank, instances, description, dtype, device, force, show) -> None:
     """Extract τ = θD − θpre into a skill pack."""
+    from lora_merge.extract import ExtractRequest, extract_pack
+
     res = extract_pack(ExtractRequest(model=model, base=base, name=name, out=out, adapters_dir=adapters_dir, rank=rank,
                                       instances=instances, description=description, dtype=dtype, device=device,
                                       force=force))

@@ -6,27 +6,26 @@ from pathlib import Path
 
 import click
 
-from lora_merge.combine import method_names
-from lora_merge.commands.options import SIZE, split_names
-from lora_merge.fold import FoldRequest, fold
+from lora_merge.choices import FLOAT_DTYPE_NAMES, METHOD_NAMES
+from lora_merge.commands.options import SIZE, shared, split_names
 from lora_merge.printable import printable
-from lora_merge.weights import parse_weights
 
 
 @click.command("fold")
-@click.option("--general", required=True, type=click.Path(path_type=Path), help="General model folder θG (safetensors).")
-@click.option("--adapters", default=None, help="Skill packs, comma separated: names under --adapters-dir or paths.")
-@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
-@click.option("--weights", default=None, help="ω per pack, e.g. 0.24,0.57. Default: ω = |D|/|G|.")
+@shared("--general", required=True)
+@shared("--adapters", default=None)
+@shared("--adapters-dir")
+@shared("--weights", extra="Default: ω = |D|/|G|.")
 @click.option("--general-size", type=int, default=None, help="|G|: instances θG was tuned on (for ω = |D|/|G|).")
-@click.option("--base", type=click.Path(path_type=Path), default=None, help="Pretrained base θpre (for replaced tensors).")
-@click.option("--method", default="linear", show_default=True, type=click.Choice(method_names()),
+@shared("--base", extra="Needed for replaced tensors and linear_interp.")
+@click.option("--method", default="linear", show_default=True, type=click.Choice(METHOD_NAMES),
               help="Merge rule (docs/merge-rules.md), or a paper variant: linear_interp (needs --base), wise_ft (--cft).")
 @click.option("--cft", type=click.Path(path_type=Path), default=None, help="wise_ft: θG continued-finetuned on D.")
 @click.option("--density", type=float, default=1.0, show_default=True, help="Kept fraction for ties/dare rules.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the dare rules.")
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the arithmetic runs.")
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", *FLOAT_DTYPE_NAMES]),
+              help="Output dtype; auto keeps each tensor's dtype in θG.")
+@shared("--device")
 @click.option("--max-shard-size", default="5GB", show_default=True, type=SIZE, help="Largest shard, e.g. 5GB.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder for the merged model.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -34,6 +33,9 @@ from lora_merge.weights import parse_weights
 def fold_cmd(general, adapters, adapters_dir, weights, general_size, base, method, cft, density, seed, dtype, device,
              max_shard_size, out, force, no_verify) -> None:
     """Fold one or several skill packs into a general model."""
+    from lora_merge.fold import FoldRequest, fold
+    from lora_merge.weights import parse_weights
+
     names = [] if adapters is None and method == "wise_ft" else split_names(adapters or "")
     count = len(names) or 1  # wise_ft takes one ω for its --cft model
     if no_verify:

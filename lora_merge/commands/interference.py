@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from lora_merge.commands.options import split_names
+from lora_merge.commands.options import shared, split_names, write_json
 from lora_merge.commands.pack import pack
 from lora_merge.printable import printable
 
 
 @pack.command("interference")
-@click.argument("packs")
-@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
-@click.option("--base", type=click.Path(path_type=Path), default=None,
-              help="Pretrained base θpre: the layout to read packs against, and θpre for replaced tensors.")
+@shared("--adapters", "packs", required=True)
+@shared("--adapters-dir")
+@shared("--base", extra="The layout to read packs against, and θpre for replaced tensors.")
 @click.option("--out", default="interference.png", show_default=True, type=click.Path(path_type=Path),
               help="Heatmap PNG.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the numbers here.")
+@shared("--json", "json_path")
 @click.option("--signs/--no-signs", default=True, show_default=True,
               help="Count sign conflicts (forms each delta one tensor at a time; --no-signs uses LoRA factors only).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@shared("--device")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of pack weights.")
 def interference_cmd(packs, adapters_dir, base, out, json_path, signs, device, no_verify) -> None:
-    """Pairwise cosine, sign-conflict rate and norms of skill packs PACKS (comma separated), per layer and overall."""
+    """Pairwise cosine, sign-conflict rate and norms of skill packs (--adapters), per layer and overall."""
     from lora_merge.device import resolve_device
     from lora_merge.fingerprint import read_config
     from lora_merge.interference import interference, layout_from_packs, report_json, report_lines, save_heatmap
@@ -39,12 +37,14 @@ def interference_cmd(packs, adapters_dir, base, out, json_path, signs, device, n
     terms = bind_packs(loaded, target, base_ws)
     report = interference([t.vector for t in terms], [t.label for t in terms], signs=signs,
                           device=resolve_device(device), progress=True)
-    for line in report_lines(report):
-        click.echo(printable(line))  # pack names come from their manifests
-    click.echo(f"heatmap → {save_heatmap(report, out)}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(report_json(report), indent=2) + "\n")
-        click.echo(f"numbers → {json_path}")
+    if json_path != "-":
+        for line in report_lines(report):
+            click.echo(printable(line))  # pack names come from their manifests
+    heatmap = save_heatmap(report, out)
+    if json_path is not None:
+        write_json(report_json(report), json_path)
+    if json_path != "-":
+        click.echo(f"heatmap → {heatmap}")
 
 
 COMMANDS: list = []  # `pack interference` is attached to the pack group above

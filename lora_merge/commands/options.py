@@ -1,11 +1,41 @@
-"""Option parsing helpers shared by the commands."""
+"""Options shared by the commands: one name, one meaning, one help text (tests/test_cli_options.py checks it).
+
+Torch-free: every command module imports this at start-up.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 from lora_merge.errors import LoraMergeError
-from lora_merge.shards import parse_size
+
+# The help of each shared option; a command may add a sentence after it, never change its meaning.
+SHARED_HELP = {
+    "--adapters": "Skill packs, comma separated: names under --adapters-dir or paths.",
+    "--adapters-dir": "Folder where pack names are looked up.",
+    "--weights": "ω per pack, comma separated, in --adapters order (e.g. 0.24,0.57).",
+    "--json": "Write the numbers as JSON to this file ('-' prints them to stdout instead of the text report).",
+    "--device": "cpu or cuda: where the arithmetic runs.",
+    "--base": "Pretrained base model folder θpre.",
+    "--general": "General model folder θG (safetensors).",
+}
+
+
+def shared(name: str, *decls: str, extra: str = "", **kw):
+    """The shared option ``name`` (see SHARED_HELP), with an optional sentence added to its help."""
+    defaults = {
+        "--adapters": {},
+        "--adapters-dir": {"default": "adapters", "show_default": True, "type": click.Path(path_type=Path)},
+        "--weights": {"default": None},
+        "--json": {"default": None, "metavar": "PATH|-"},
+        "--device": {"default": "cpu", "show_default": True},
+        "--base": {"default": None, "type": click.Path(path_type=Path)},
+        "--general": {"type": click.Path(path_type=Path)},
+    }[name]
+    help_text = SHARED_HELP[name] + (f" {extra}" if extra else "")
+    return click.option(name, *decls, **{**defaults, **kw}, help=help_text)
 
 
 def split_names(text: str) -> list[str]:
@@ -16,6 +46,35 @@ def split_names(text: str) -> list[str]:
     return names
 
 
+def write_json(value, path: str, echo_note: bool = True) -> None:
+    """The --json rule: '-' prints the JSON to stdout, a path gets the file (written whole)."""
+    import json
+
+    text = json.dumps(value, indent=2, ensure_ascii=True) + "\n"  # JSON escapes every control character
+    if path == "-":
+        click.echo(text, nl=False)
+        return
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    if echo_note:
+        click.echo(f"numbers → {out}")
+
+
+def renamed(old: str, new: str, command: str):
+    """A hidden old spelling that stops with the new name (kept one release; its old meaning clashed)."""
+
+    def refuse(ctx, param, value):
+        if value is not None:
+            raise click.UsageError(f"{command} {old} was renamed {new} (one meaning per option across commands); "
+                                   f"write {new} {value}", ctx)
+        return value
+
+    return click.option(old, hidden=True, expose_value=False, callback=refuse, default=None,
+                        help=f"Renamed {new}.")
+
+
 class SizeType(click.ParamType):
     """A byte size (5GB, 500MB, 2GiB, 1024) parsed with the options, so a bad one stops the command before
     anything is created (0, -1, abc, nan and inf are refused)."""
@@ -23,6 +82,8 @@ class SizeType(click.ParamType):
     name = "size"
 
     def convert(self, value, param, ctx) -> int:
+        from lora_merge.shards import parse_size
+
         try:
             return parse_size(value)
         except LoraMergeError as e:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from lora_merge.pack_info import summarize_pack
+from lora_merge.commands.options import shared, write_json
 from lora_merge.printable import printable
-from lora_merge.skillpack import resolve_pack
 
 
 @click.group("pack")
@@ -19,14 +17,18 @@ def pack() -> None:
 
 @pack.command("inspect")
 @click.argument("path")
-@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON only.")
-def inspect_cmd(path: str, adapters_dir: Path, as_json: bool) -> None:
-    """Print a pack's manifest and adapter summary."""
+@shared("--adapters-dir")
+@shared("--json", "json_path", extra="Here: the manifest (skill.json).")
+def inspect_cmd(path: str, adapters_dir: Path, json_path: str | None) -> None:
+    """Print a pack's manifest and adapter summary (reads JSON and safetensors headers only)."""
+    from lora_merge.pack_info import summarize_pack
+    from lora_merge.skillpack import resolve_pack
+
     s = summarize_pack(resolve_pack(path, adapters_dir))
-    if as_json:
-        click.echo(json.dumps(s.manifest, indent=2, ensure_ascii=True))  # JSON escapes every control character
-        return
+    if json_path is not None:
+        write_json(s.manifest, json_path)
+        if json_path == "-":
+            return
     rows = [
         ("name", s.name), ("path", str(s.path)), ("kind", s.kind), ("base model", s.base_model or "unknown"),
         ("|D| instances", s.instances if s.instances is not None else "unknown (no skill.json)"),

@@ -6,36 +6,33 @@ from pathlib import Path
 
 import click
 
-from lora_merge.combine import RULES
-from lora_merge.commands.options import split_names
+from lora_merge.choices import RULE_NAMES
+from lora_merge.commands.options import shared, split_names
 from lora_merge.commands.pack import pack
-from lora_merge.weights import parse_weights
 
 
 @pack.command("merge")
-@click.argument("adapters")
+@shared("--adapters", required=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder of the merged pack.")
-@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path),
-              help="Where pack names are looked up.")
-@click.option("--weights", default=None,
-              help="ω per pack, e.g. 1,1 (task arithmetic). Default: each pack's share of the data, |Dk|/Σ|D|.")
+@shared("--adapters-dir")
+@shared("--weights", extra="1,1 is task arithmetic. Default: each pack's share of the data, |Dk|/Σ|D|.")
 @click.option("--method", default="linear", show_default=True,
-              type=click.Choice(list(RULES)),
+              type=click.Choice(RULE_NAMES),
               help="Merge rule: linear is exact (factors concatenated, rank Σr); the others go through ΔW and SVD.")
 @click.option("--density", type=float, default=1.0, show_default=True, help="Kept fraction for ties/dare rules.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the dare rules.")
 @click.option("--rank", type=int, default=None, help="SVD rank for non-linear rules (default: Σ of the sources' ranks).")
-@click.option("--base", type=click.Path(path_type=Path), default=None,
-              help="Pretrained base θpre: bind the packs with the fold's name rules (needed for replaced tensors).")
+@shared("--base", extra="Binds the packs with the fold's name rules (needed for replaced tensors).")
 @click.option("--name", default=None, help="Name in the merged pack's skill.json (default: the --out folder's name).")
 @click.option("--description", default=None, help="Description in skill.json.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the source packs (not recommended).")
 def merge_cmd(adapters, out, adapters_dir, weights, method, density, seed, rank, base, name, description, force,
               no_verify) -> None:
-    """Merge packs (ADAPTERS: a,b[,…]) into one skill pack to share or serve; folding it equals folding them."""
+    """Merge packs (--adapters a,b[,…]) into one skill pack to share or serve; folding it equals folding them."""
     from lora_merge.pack_merge import PackMergeRequest, merge_packs
     from lora_merge.plan import load_packs
+    from lora_merge.weights import parse_weights
 
     names = split_names(adapters)
     packs = load_packs(names, adapters_dir, verify=not no_verify)

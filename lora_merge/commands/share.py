@@ -6,20 +6,22 @@ from pathlib import Path
 
 import click
 
-from lora_merge.commands.options import SIZE
+from lora_merge.commands.options import SIZE, shared
 from lora_merge.commands.pack import pack
 from lora_merge.errors import LoraMergeError
-from lora_merge.pack_upgrade import upgrade_pack
 from lora_merge.printable import printable
-from lora_merge.sharing import DEFAULT_MAX_IMPORT, check_pack, export_pack, import_pack
-from lora_merge.skillpack import resolve_pack
+
+DEFAULT_MAX_IMPORT = "20GiB"  # the default of sharing.import_pack (a test checks they agree)
 
 
 @pack.command("verify")
 @click.argument("path")
-@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+@shared("--adapters-dir")
 def verify_cmd(path: str, adapters_dir: Path) -> None:
     """Check a pack's manifest, sha256 hashes, safetensors headers and values; exit 2 if anything fails."""
+    from lora_merge.sharing import check_pack
+    from lora_merge.skillpack import resolve_pack
+
     folder = resolve_pack(path, adapters_dir)
     checks = check_pack(folder)
     for c in checks:
@@ -32,9 +34,12 @@ def verify_cmd(path: str, adapters_dir: Path) -> None:
 
 @pack.command("upgrade")
 @click.argument("path")
-@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+@shared("--adapters-dir")
 def upgrade_cmd(path: str, adapters_dir: Path) -> None:
     """Record the hash of adapter_config.json in an older pack's manifest (only if the pack verifies)."""
+    from lora_merge.pack_upgrade import upgrade_pack
+    from lora_merge.skillpack import resolve_pack
+
     res = upgrade_pack(resolve_pack(path, adapters_dir))
     if res.old_format == res.new_format and res.config is None:
         click.echo(f"{res.path}: already format {res.new_format}; every file is covered, nothing to do")
@@ -49,23 +54,27 @@ def upgrade_cmd(path: str, adapters_dir: Path) -> None:
 @pack.command("export")
 @click.argument("name")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Archive to write, e.g. NAME.tar.gz.")
-@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+@shared("--adapters-dir")
 @click.option("--force", is_flag=True, help="Replace an existing archive.")
 def export_cmd(name: str, out: Path, adapters_dir: Path, force: bool) -> None:
     """Verify a pack and write it as a .tar.gz others can `pack import`."""
+    from lora_merge.sharing import export_pack
+
     res = export_pack(name, out, adapters_dir, force=force)
     click.echo(f"exported {res.name} ({', '.join(res.files)}) → {res.archive} ({res.bytes / 1e6:.2f} MB)")
 
 
 @pack.command("import")
 @click.argument("archive", type=click.Path(path_type=Path))
-@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
+@shared("--adapters-dir")
 @click.option("--name", default=None, help="Folder name under --adapters-dir (default: the archive's).")
 @click.option("--force", is_flag=True, help="Replace an existing pack of that name.")
 @click.option("--max-size", default=DEFAULT_MAX_IMPORT, show_default=True, type=SIZE,
               help="Refuse archives that unpack to more than this (decompression bombs).")
 def import_cmd(archive: Path, adapters_dir: Path, name: str | None, force: bool, max_size: int) -> None:
     """Unpack a shared pack into the adapters folder after verifying every file."""
+    from lora_merge.sharing import import_pack
+
     res = import_pack(archive, adapters_dir, name=name, force=force, max_bytes=max_size)
     for note in res.notes:
         click.secho(f"note: {note}", fg="yellow", err=True)

@@ -7,31 +7,34 @@ from pathlib import Path
 import click
 
 from lora_merge.commands.evaluate import classifier_from, eval_options
-from lora_merge.commands.options import split_names
+from lora_merge.commands.options import renamed, shared, split_names
 from lora_merge.printable import printable
-from lora_merge.weights import PAPER_GRID
+
+PAPER_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)  # weights.PAPER_GRID, the paper's grid (a test checks they agree)
 
 
 @click.command("sweep")
-@click.option("--general", required=True, type=click.Path(path_type=Path), help="General model folder θG.")
-@click.option("--adapters", required=True, help="Skill pack(s), comma separated; several packs share one ω scale.")
-@click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
-@click.option("--weights", default=",".join(f"{w:g}" for w in PAPER_GRID), show_default=True,
-              help="The ω grid; ω = 0 (θG) and |D|/|G| are always added.")
+@shared("--general", required=True)
+@shared("--adapters", required=True, extra="Several packs share one ω scale.")
+@shared("--adapters-dir")
+@click.option("--omegas", default=",".join(f"{w:g}" for w in PAPER_GRID), show_default=True,
+              help="The ω grid, comma separated; ω = 0 (θG) and |D|/|G| are always added.")
+@renamed("--weights", "--omegas", "sweep")
 @click.option("--general-size", type=int, default=None, help="|G| (instances θG was tuned on) for the |D|/|G| point.")
-@click.option("--base", type=click.Path(path_type=Path), default=None, help="Pretrained base θpre (replaced tensors).")
+@shared("--base", extra="Needed for replaced tensors.")
 @eval_options
 @click.option("--general-group", default="general", show_default=True, help="Eval group of general ability.")
 @click.option("--skill-group", default=None, help="Eval group of the skill (default: 'skill' or the only other one).")
 @click.option("--select", "select_rule", default="general-within:1", show_default=True,
               help="Rule: general-within:X | best-skill | best-general | best-mean (scores 0–100).")
 @click.option("--write-recommendation", is_flag=True, help="Store the chosen ω in each pack's skill.json.")
-@click.option("--mode", type=click.Choice(["auto", "memory", "disk"]), default="auto", show_default=True,
+@click.option("--fold-mode", type=click.Choice(["auto", "memory", "disk"]), default="auto", show_default=True,
               help="Fold each ω in memory, or through the streamed fold into a temporary folder.")
+@renamed("--mode", "--fold-mode", "sweep")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for results and tradeoff.png.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
-def sweep_cmd(general, adapters, adapters_dir, weights, general_size, base, evals, batch_size, device, limit,
-              max_new_tokens, refusal_phrases, general_group, skill_group, select_rule, write_recommendation, mode,
+def sweep_cmd(general, adapters, adapters_dir, omegas, general_size, base, evals, batch_size, device, limit,
+              max_new_tokens, refusal_phrases, general_group, skill_group, select_rule, write_recommendation, fold_mode,
               out, force) -> None:
     """Sweep ω for one or several packs: θG, the grid and |D|/|G|, scored, plotted, one ω recommended."""
     from lora_merge.evalsets import parse_eval_option
@@ -39,10 +42,10 @@ def sweep_cmd(general, adapters, adapters_dir, weights, general_size, base, eval
     from lora_merge.weights import parse_grid
 
     req = SweepRequest(
-        general=general, packs=split_names(adapters), evals=parse_eval_option(evals), out=out, weights=parse_grid(weights),
+        general=general, packs=split_names(adapters), evals=parse_eval_option(evals), out=out, weights=parse_grid(omegas),
         adapters_dir=adapters_dir, general_size=general_size, base=base, select=select_rule, general_group=general_group,
         skill_group=skill_group, batch_size=batch_size, device=device, limit=limit, max_new_tokens=max_new_tokens,
-        classifier=classifier_from(refusal_phrases), mode=mode, force=force, write_recommendation=write_recommendation,
+        classifier=classifier_from(refusal_phrases), mode=fold_mode, force=force, write_recommendation=write_recommendation,
     )
     res = run_sweep(req)
     for w in res.warnings:

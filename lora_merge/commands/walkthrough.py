@@ -8,7 +8,8 @@ import click
 
 
 @click.command("walkthrough")
-@click.option("--workdir", default="runs/walkthrough", show_default=True, type=click.Path(path_type=Path))
+@click.option("--workdir", default="runs/walkthrough", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the pico model, packs and folded model.")
 def walkthrough_cmd(workdir: Path) -> None:
     """Build a pico model and two LoRA packs, fold them, and show what changed."""
     from lora_merge.walkthrough import run_walkthrough

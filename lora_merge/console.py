@@ -1,0 +1,58 @@
+"""What the command line prints besides results: progress bars and progress messages.
+
+One switch for the whole process, set by the global ``--no-progress`` / ``--quiet`` options (``lora_merge/cli.py``):
+``--no-progress`` removes every bar (ours, and those of transformers, datasets and huggingface_hub, through their
+environment switches, set before they are imported); ``--quiet`` also drops progress messages, so only results,
+warnings about them and errors remain. Torch-free, so every command can import it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+_STATE = {"progress": True, "quiet": False}
+
+# Environment switches the libraries read when they start: bars and info logs off.
+_NO_BARS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+_QUIET_LOGS = {"TRANSFORMERS_VERBOSITY": "error", "DATASETS_VERBOSITY": "error", "ACCELERATE_LOG_LEVEL": "error"}
+
+
+def configure(progress: bool = True, quiet: bool = False) -> None:
+    """Set the process-wide switch (quiet implies no progress)."""
+    _STATE["quiet"] = quiet
+    _STATE["progress"] = progress and not quiet
+    if not _STATE["progress"]:
+        os.environ.update(_NO_BARS)
+    if quiet:
+        os.environ.update(_QUIET_LOGS)
+
+
+def progress_enabled() -> bool:
+    """Whether progress bars may be drawn."""
+    return _STATE["progress"]
+
+
+def is_quiet() -> bool:
+    """Whether progress messages are dropped."""
+    return _STATE["quiet"]
+
+
+def bar(iterable: Iterable | None = None, *, desc: str, unit: str, progress: bool = True, total: int | None = None,
+        **kw: Any):
+    """A tqdm bar, or a silent one: when progress is off here or globally, or when there is nothing to count
+    (an empty ``score: 0batch`` bar says nothing)."""
+    from tqdm import tqdm
+
+    if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    off = not (progress and progress_enabled()) or total == 0
+    return tqdm(iterable, desc=desc, unit=unit, total=total, disable=off, **kw)
+
+
+def info(message: str) -> None:
+    """A progress message (what runs now), on stderr so results on stdout stay clean; dropped by --quiet."""
+    if not _STATE["quiet"]:
+        print(message, file=sys.stderr, flush=True)
