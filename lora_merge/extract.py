@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from lora_merge import __version__
+from lora_merge import __version__, console
 from lora_merge.device import resolve_device
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
@@ -201,7 +200,7 @@ def _write_dense(req, model, base, names, tmp, dtype, device) -> ExtractResult:
     plan = [PlannedTensor(n, dtype, tuple(model.info(n).shape)) for n in names]
     writer = ShardedWriter(tmp, plan, ONE_FILE, {"lora_merge": __version__, "content": "task_vector"})
     try:
-        for p in tqdm(plan, desc="extract", unit="tensor", disable=not req.progress):
+        for p in console.bar(plan, desc="extract", unit="tensor", progress=req.progress):
             writer.write(p.name, tau(model, base, p.name, device).to(dtype).cpu())
         writer.finish()
     finally:
@@ -237,7 +236,7 @@ def _write_lora(req, model, base, names, tmp, dtype, device) -> ExtractResult:
     writer = ShardedWriter(tmp, plan, ONE_FILE, {"lora_merge": __version__, "content": "svd_lora"})
     errors = []
     try:
-        for n, _module, transposed, r, key_a, key_b in tqdm(modules, desc="svd", unit="weight", disable=not req.progress):
+        for n, _module, transposed, r, key_a, key_b in console.bar(modules, desc="svd", unit="weight", progress=req.progress):
             t = tau(model, base, n, device)
             t = t.T if transposed else t
             b, a = truncated_factors(t, r)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from lora_merge import console
 from lora_merge.errors import LoraMergeError
 from lora_merge.skillpack import SkillPack
 from lora_merge.task_vector import LORA_KEY, PEFT_PREFIX, Delta, LowRankDelta, TargetModel, TaskVector
@@ -151,7 +151,7 @@ def interference(
         if len(shapes) > 1:
             raise LoraMergeError(f"the vectors give {t!r} different shapes {sorted(shapes)}: they are for different models")
     report = InterferenceReport(list(names or [v.name for v in vectors]), GroupStats.empty(k), signs=signs)
-    for t in tqdm(tensors, desc="interference", unit="tensor", disable=not progress):
+    for t in console.bar(tensors, desc="interference", unit="tensor", progress=progress):
         s = tensor_stats(vectors, t, signs, route, device)
         report.overall.add(s)
         report.layers.setdefault(layer_of(t), GroupStats.empty(k)).add(s)

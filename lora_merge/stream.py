@@ -30,8 +30,8 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from tqdm import tqdm
 
+from lora_merge import console
 from lora_merge.combine import Rule, RuleOptions
 from lora_merge.placed import PlacedWriter
 from lora_merge.shards import PlannedTensor
@@ -264,7 +264,7 @@ def stream_fold(
     changed = 0
     # The bar exists before any worker writes: an interrupt (Ctrl-C, SIGTERM) that arrives mid-fold then never
     # lands inside tqdm's constructor, whose half-built object would print a traceback when collected.
-    bar = tqdm(range(len(plan)), desc="fold", unit="tensor", disable=not progress)
+    bar = console.bar(range(len(plan)), desc="fold", unit="tensor", progress=progress)
     try:
         for w in pool:
             w.start()

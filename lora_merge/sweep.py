@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from lora_merge import console
 from lora_merge.errors import LoraMergeError
 from lora_merge.eval_report import EvalReport
 from lora_merge.evalsets import EvalFile, load_groups
@@ -192,10 +193,10 @@ def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
                                   name=point.label)
 
     mode = choose_mode(req.mode, plan.general, plan.target, [t.vector for t in plan.terms], req.device)
-    if mode == "memory":
-        results = _sweep_in_memory(req, plan, points, scorer)
-    else:
-        results = _sweep_on_disk(plan, points, scorer)
+    with console.bar(desc=f"sweep ({mode})", unit="ω", total=len(points), progress=req.progress) as bar:
+        scored = _counted(scorer, bar)
+        results = (_sweep_in_memory(req, plan, points, scored) if mode == "memory"
+                   else _sweep_on_disk(plan, points, scored))
 
     ref = results[0]
     cands = [Candidate(r.point.label, r.point.total, r.score(req.general_group), r.score(skill)) for r in results]
@@ -238,6 +239,18 @@ def _available_bytes(device: str) -> float:
         return float(psutil.virtual_memory().available)
     except ImportError:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _counted(scorer: Scorer, bar) -> Scorer:
+    """The scorer, moving the sweep's bar one ω point on and naming the point just scored."""
+
+    def scored(model, tokenizer, point):
+        bar.set_postfix_str(point.label, refresh=False)
+        result = scorer(model, tokenizer, point)
+        bar.update(1)
+        return result
+
+    return scored
 
 
 def _sweep_in_memory(req: SweepRequest, plan: FoldPlan, points: Sequence[SweepPoint],

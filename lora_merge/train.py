@@ -32,6 +32,7 @@ from lora_merge.output import staged_output
 from lora_merge.processes import Processes
 from lora_merge.recipes import Recipe
 from lora_merge.train_output import RunPlan, TrainResult, write_model_folder, write_pack
+from lora_merge.train_progress import quiet_libraries, quiet_trainer
 
 MODEL_STRATEGIES = ("cft", "rt", "general")
 
@@ -290,7 +291,9 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
     resume_from, resumed_step = checkpoint_to_resume(recipe, plan.run_dir, clear=processes.is_main)
     started = time.perf_counter()
     with _Interrupt() as interrupt:
+        quiet_libraries(qlora=recipe.mode == "qlora")
         trainer = build_trainer(recipe, plan, data, hw, [*callbacks, interrupt.callback()])
+        quiet_trainer(trainer, plan.run_dir, recipe.progress)  # a bar with the loss; raw log dicts to the run folder
         trainer.train(resume_from_checkpoint=resume_from)
     if interrupt.requested:
         step = trainer.state.global_step

@@ -166,6 +166,9 @@ def test_cli_sweep_runs(world):
     # |D|/|G| = 0.25 is a grid value: one row, marked as the heuristic point
     assert [(row["point"], row["heuristic"]) for row in doc["rows"]] == [("θG", False), ("ω=0.25", True), ("ω=1", False)]
     assert "recommended:" in r.output
+    # progress per ω point (θG, 0.25, 1) on stderr, no empty bars; the results stay on stdout
+    assert "sweep (" in r.stderr and "3/3" in r.stderr and "0batch" not in r.stderr
+    assert "sweep (" not in r.stdout
 
 
 def test_several_packs_share_a_scale_and_each_gets_its_own_heuristic_weight(world):
