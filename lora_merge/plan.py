@@ -22,6 +22,7 @@ from lora_merge.combine import VARIANT_METHODS, RuleOptions, get_rule
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model, read_config
 from lora_merge.numerics import guard_pack_reads
+from lora_merge.printable import printable
 from lora_merge.skillpack import DEFAULT_REGISTRY, SkillPack, load_pack, resolve_pack
 from lora_merge.task_vector import TargetModel, TaskVector
 from lora_merge.tensors import WeightSet
@@ -40,6 +41,7 @@ class FoldRequest:
     out: Path
     adapters_dir: Path = DEFAULT_REGISTRY
     weights: Sequence[float] | None = None
+    weight_rule: str = "auto"  # auto: --weights, else a pack's recommended ω, else |D|/|G|; size: never the recommendation
     general_size: int | None = None
     base: Path | None = None
     cft: Path | None = None  # wise_ft: θG continued on D
@@ -159,12 +161,27 @@ def bind_packs(packs: Sequence[SkillPack], target: TargetModel, base: WeightSet 
     return terms
 
 
+WEIGHT_RULES = ("auto", "size")
+
+
 def pack_weights(packs: Sequence[SkillPack], explicit: Sequence[float] | None, general_size: int | None,
-                 rule: str) -> list[Weight]:
-    """ω per pack: the explicit values (exactly one per pack, finite), or the size rule."""
+                 rule: str, choose: str = "auto") -> list[Weight]:
+    """ω per pack, and the rule that chose it: the explicit values (exactly one per pack, finite); else each
+    pack's recommended ω (skill.json, from `sweep --write-recommendation`) unless ``choose`` is ``size``;
+    else the size rule. A sweep's ω is a task-arithmetic ω, so the interpolation rule never takes it."""
+    if choose not in WEIGHT_RULES:
+        raise LoraMergeError(f"--rule {choose!r}: choose auto (a pack's recommended ω, else |D|/|G|) or size")
     if explicit is not None:
         check_weights(explicit, len(packs))
-    return choose_weights([p.name for p in packs], [p.instances for p in packs], explicit, general_size, rule=rule)
+        return choose_weights([p.name for p in packs], [p.instances for p in packs], explicit, general_size, rule=rule)
+    use_rec = choose == "auto" and rule == "size_ratio"
+    recs = [p.manifest.recommended_weight if use_rec and p.manifest else None for p in packs]
+    rest = [p for p, r in zip(packs, recs, strict=True) if r is None]
+    sized = iter(choose_weights([p.name for p in rest], [p.instances for p in rest], None, general_size, rule=rule)
+                 if rest else [])
+    return [next(sized) if r is None else
+            Weight(r.value, "recommended", f"ω = {r.value:g} (recommended by sweep, rule {printable(r.rule)})")
+            for r in recs]
 
 
 def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
@@ -189,7 +206,7 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
     rule = "size_fraction" if req.method == "linear_interp" else "size_ratio"
     chosen = True
     try:
-        weights = pack_weights(packs, req.weights, g_size, rule)
+        weights = pack_weights(packs, req.weights, g_size, rule, req.weight_rule)
     except LoraMergeError:
         if require_weights or req.weights is not None:
             raise

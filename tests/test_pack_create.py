@@ -131,3 +131,27 @@ def test_bad_adapters_refused(adapter, case):
     before = sorted(p.name for p in src.iterdir())
     assert_refused(create(*args), out, *needles)
     assert sorted(p.name for p in src.iterdir()) == before
+
+
+def test_recommended_omega_is_used_and_named_and_rule_size_ignores_it(adapter):
+    tmp, *_r, pre_dir, gen_dir, src = adapter
+    reg = tmp / "adapters"
+    assert create(src, "--name", "tone", "--instances", 300, "--adapters-dir", reg).exit_code == 0
+    from lora_merge.skillpack import RecommendedWeight, write_manifest
+
+    m = load_pack(reg / "tone").manifest
+    write_manifest(reg / "tone", m.model_copy(update={"recommended_weight": RecommendedWeight(
+        value=0.4, rule="max_skill_within_general_drop", evidence="test")}))
+    base = ["fold", "--general", gen_dir, "--adapters-dir", reg, "--adapters", "tone", "--general-size", 1000]
+    res = CliRunner().invoke(main, [*map(str, base), "--out", str(tmp / "rec")])
+    assert res.exit_code == 0, res.output
+    assert "ω = 0.4 (recommended by sweep" in res.output
+    packs = json.loads((tmp / "rec" / "lora_merge.json").read_text())["packs"]
+    assert (packs[0]["weight"], packs[0]["rule"]) == (0.4, "recommended")
+    res = CliRunner().invoke(main, [*map(str, base), "--rule", "size", "--out", str(tmp / "size")])
+    assert res.exit_code == 0, res.output
+    assert "|D|/|G| = 300/1000" in res.output and "recommended by sweep" not in res.output
+    packs = json.loads((tmp / "size" / "lora_merge.json").read_text())["packs"]
+    assert (packs[0]["weight"], packs[0]["rule"]) == (0.3, "size_ratio")
+    res = CliRunner().invoke(main, [*map(str, base), "--weights", "0.7", "--out", str(tmp / "given")])
+    assert "ω = 0.7 (given)" in res.output

@@ -18,6 +18,9 @@ from lora_merge.weights import parse_weights
 @click.option("--adapters", default=None, help="Skill packs, comma separated: names under --adapters-dir or paths.")
 @click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
 @click.option("--weights", default=None, help="ω per pack, e.g. 0.24,0.57. Default: ω = |D|/|G|.")
+@click.option("--rule", "weight_rule", default="auto", show_default=True, type=click.Choice(["auto", "size"]),
+              help="Without --weights: auto takes each pack's recommended ω (sweep --write-recommendation), else "
+                   "|D|/|G|; size always takes ω = |D|/|G|.")
 @click.option("--general-size", type=int, default=None, help="|G|: instances θG was tuned on (for ω = |D|/|G|).")
 @click.option("--base", type=click.Path(path_type=Path), default=None, help="Pretrained base θpre (for replaced tensors).")
 @click.option("--method", default="linear", show_default=True, type=click.Choice(method_names()),
@@ -31,7 +34,7 @@ from lora_merge.weights import parse_weights
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder for the merged model.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of pack weights (not recommended).")
-def fold_cmd(general, adapters, adapters_dir, weights, general_size, base, method, cft, density, seed, dtype, device,
+def fold_cmd(general, adapters, adapters_dir, weights, weight_rule, general_size, base, method, cft, density, seed, dtype, device,
              max_shard_size, out, force, no_verify) -> None:
     """Fold one or several skill packs into a general model."""
     names = [] if adapters is None and method == "wise_ft" else split_names(adapters or "")
@@ -40,7 +43,7 @@ def fold_cmd(general, adapters, adapters_dir, weights, general_size, base, metho
         click.secho("warning: --no-verify: pack weights are NOT checked against their manifest hashes", fg="yellow", err=True)
     req = FoldRequest(
         general=general, packs=names, out=out, adapters_dir=adapters_dir,
-        weights=parse_weights(weights, count) if weights else None, general_size=general_size, base=base, cft=cft,
+        weights=parse_weights(weights, count) if weights else None, weight_rule=weight_rule, general_size=general_size, base=base, cft=cft,
         method=method, density=density, seed=seed, dtype=dtype, device=device, max_shard_size=max_shard_size,
         force=force, verify=not no_verify,
     )
