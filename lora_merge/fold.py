@@ -24,6 +24,7 @@ from lora_merge.combine import RuleOptions, get_rule, streams_as_sum
 from lora_merge.device import resolve_device
 from lora_merge.errors import LoraMergeError
 from lora_merge.leftovers import reports_disk_full
+from lora_merge.merge_recipe import RECIPE_NAME, write_recipe
 from lora_merge.model_record import MODEL_RECORD, DataRecord, FoldedPackRecord, ModelRecord, write_model_record
 from lora_merge.numerics import check_folded
 from lora_merge.output import check_output, staged_output
@@ -35,7 +36,7 @@ from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES
 
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Files of the general model that are not weights but belong with the merged model.
-SKIP_COPY = {INDEX_NAME, "README.md", MODEL_RECORD}
+SKIP_COPY = {INDEX_NAME, "README.md", MODEL_RECORD, RECIPE_NAME}
 
 
 @dataclass
@@ -146,4 +147,5 @@ def write_merge_records(folder: Path, plan: FoldPlan, res: FoldResult) -> None:
         warnings=res.warnings,
     )
     write_model_record(folder, record)
+    write_recipe(folder, plan)
     write_card(folder, record)

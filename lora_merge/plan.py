@@ -23,7 +23,7 @@ from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model, read_config
 from lora_merge.numerics import guard_pack_reads
 from lora_merge.printable import printable
-from lora_merge.skillpack import DEFAULT_REGISTRY, SkillPack, load_pack, resolve_pack
+from lora_merge.skillpack import DEFAULT_REGISTRY, HASHED_FILES, SkillPack, load_pack, resolve_pack, sha256_file
 from lora_merge.task_vector import TargetModel, TaskVector
 from lora_merge.tensors import WeightSet
 from lora_merge.variants import LINEAR_INTERP_FORMULA, WISE_FT_FORMULA, model_difference
@@ -55,6 +55,7 @@ class FoldRequest:
     verify: bool = True
     progress: bool = True
     fsync: bool = True  # shards reach the disk before the folder is renamed into place
+    expected_sha256: Sequence[dict[str, str] | None] | None = None  # per pack, from a recipe: refused if changed
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,26 @@ def load_packs(names: Sequence[str], adapters_dir: Path, verify: bool = True) ->
     return packs
 
 
+def check_recorded_hashes(packs: Sequence[SkillPack], expected: Sequence[dict[str, str] | None],
+                          verified: bool) -> None:
+    """Refuse a pack whose files no longer have the sha256 a recipe recorded (a rerun would not reproduce)."""
+    if len(expected) != len(packs):
+        raise LoraMergeError(f"the recipe records hashes for {len(expected)} packs but {len(packs)} are folded")
+    for p, hashes in zip(packs, expected, strict=True):
+        if not hashes:
+            continue
+        if verified and p.manifest is not None and p.manifest.files == hashes:
+            continue  # load_pack just checked these files against this very manifest
+        for fname, h in hashes.items():
+            f = p.path / fname
+            actual = sha256_file(f, p.path) if fname in HASHED_FILES and f.is_file() else "missing"
+            if actual != h:
+                raise LoraMergeError(
+                    f"pack {printable(p.name)!r}: {fname} is not the file the recipe recorded (sha256 {h[:12]}…, "
+                    f"now {actual[:12]}…); the pack changed since, so the recipe cannot be reproduced. "
+                    "Restore the pack, or remove its sha256 from the recipe to fold it as it is now")
+
+
 def unique_labels(names: Sequence[str]) -> list[str]:
     """Display names: each name as is when it is unique, else numbered by position (skill#1, skill#2)."""
     return [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
@@ -202,6 +223,8 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
     general = WeightSet.open(req.general)
     base = WeightSet.open(req.base) if req.base else None
     packs = load_packs(req.packs, Path(req.adapters_dir), verify=req.verify)
+    if req.expected_sha256 is not None:
+        check_recorded_hashes(packs, req.expected_sha256, req.verify)
     g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
     rule = "size_fraction" if req.method == "linear_interp" else "size_ratio"
     chosen = True
