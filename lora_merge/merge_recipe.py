@@ -141,11 +141,9 @@ def resolved_recipe(plan: FoldPlan) -> dict[str, Any]:
     return recipe
 
 
-def write_recipe(folder: Path, plan: FoldPlan) -> Path:
-    """``lora_merge_recipe.yml`` in ``folder`` (the staged output), its first line the command that reruns it."""
-    out = Path(plan.request.out).absolute()
-    command = rerun_command(out)
-    text = f"# {command}\n" + yaml.safe_dump(resolved_recipe(plan), sort_keys=False, allow_unicode=True)
+def write_recipe(folder: Path, recipe: dict[str, Any], command: str) -> Path:
+    """``lora_merge_recipe.yml`` (:func:`resolved_recipe`) in ``folder``, its first line the command that reruns it."""
+    text = f"# {command}\n" + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
     path = Path(folder) / RECIPE_NAME
     path.write_text(text, encoding="utf-8")
     return path
