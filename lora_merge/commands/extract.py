@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
+from lora_merge.commands.options import MODEL
 from lora_merge.extract import PACK_DTYPES, ExtractRequest, extract_pack
 
 
 @click.command("extract")
-@click.option("--model", required=True, type=click.Path(path_type=Path), help="Finetuned model θD (safetensors).")
-@click.option("--base", required=True, type=click.Path(path_type=Path), help="Pretrained model θpre it started from.")
+@click.option("--model", required=True, type=MODEL, help="Finetuned model θD (safetensors).")
+@click.option("--base", required=True, type=MODEL, help="Pretrained model θpre it started from.")
 @click.option("--name", required=True, help="Skill name (the pack folder under --adapters-dir).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Pack folder (default: adapters/NAME).")
 @click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))

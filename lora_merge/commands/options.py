@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from lora_merge.errors import LoraMergeError
+from lora_merge.hub import resolve_model
 from lora_merge.shards import parse_size
 
 
@@ -30,3 +33,18 @@ class SizeType(click.ParamType):
 
 
 SIZE = SizeType()
+
+
+class ModelType(click.ParamType):
+    """A model folder, or ``org/name`` from the local Hugging Face cache (:func:`lora_merge.hub.resolve_model`;
+    never downloaded). A reference that is not cached stops the command with a LoraMergeError saying how to get it."""
+
+    name = "model"
+
+    def convert(self, value, param, ctx) -> Path:
+        if isinstance(value, Path):
+            return value
+        return resolve_model(value, param.opts[0] if param is not None and param.opts else "model")
+
+
+MODEL = ModelType()

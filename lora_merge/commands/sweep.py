@@ -7,19 +7,19 @@ from pathlib import Path
 import click
 
 from lora_merge.commands.evaluate import classifier_from, eval_options
-from lora_merge.commands.options import split_names
+from lora_merge.commands.options import MODEL, split_names
 from lora_merge.printable import printable
 from lora_merge.weights import PAPER_GRID
 
 
 @click.command("sweep")
-@click.option("--general", required=True, type=click.Path(path_type=Path), help="General model folder θG.")
+@click.option("--general", required=True, type=MODEL, help="General model folder θG.")
 @click.option("--adapters", required=True, help="Skill pack(s), comma separated; several packs share one ω scale.")
 @click.option("--adapters-dir", default="adapters", show_default=True, type=click.Path(path_type=Path))
 @click.option("--weights", default=",".join(f"{w:g}" for w in PAPER_GRID), show_default=True,
               help="The ω grid; ω = 0 (θG) and |D|/|G| are always added.")
 @click.option("--general-size", type=int, default=None, help="|G| (instances θG was tuned on) for the |D|/|G| point.")
-@click.option("--base", type=click.Path(path_type=Path), default=None, help="Pretrained base θpre (replaced tensors).")
+@click.option("--base", type=MODEL, default=None, help="Pretrained base θpre (replaced tensors).")
 @eval_options
 @click.option("--general-group", default="general", show_default=True, help="Eval group of general ability.")
 @click.option("--skill-group", default=None, help="Eval group of the skill (default: 'skill' or the only other one).")
