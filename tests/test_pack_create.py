@@ -91,7 +91,7 @@ def test_dense_tau_file(tmp_path, pico_dirs):
     assert load_pack(tmp_path / "p").kind == "dense"
 
 
-@pytest.mark.parametrize("case", ["pickle", "dora", "nan", "shape", "instances", "overlap", "name", "config"])
+@pytest.mark.parametrize("case", ["pickle", "dora", "nan", "shape", "instances", "overlap", "name", "config", "already"])
 def test_bad_adapters_refused(adapter, case):
     tmp, pre, _gen, pre_dir, _gen_dir, src = adapter
     out = tmp / "p"
@@ -125,6 +125,9 @@ def test_bad_adapters_refused(adapter, case):
     elif case == "name":
         args[2] = "../evil"
         needles = ("--name",)
+    elif case == "already":
+        (src / "skill.json").write_text("{}")
+        needles = ("already a skill pack",)
     else:
         (src / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": "eight"}))
         needles = ("r",)
