@@ -237,6 +237,10 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
         weights = [Weight(0.0, "unknown", "ω unknown: |G| or the pack's |D| is not recorded")] * len(packs)
     target = TargetModel.from_weights(general, read_config(Path(req.general)))
     warnings = compatibility_warnings(packs, Path(req.general), general)  # before binding: the clearer error
+    if rule == "size_fraction" and req.weights is None and req.weight_rule == "auto":
+        warnings += [f"pack {p.name!r} recommends ω = {p.manifest.recommended_weight.value:g} for task arithmetic "
+                     "(a sweep's ω); linear_interp uses ω = |D|/(|D|+|G|) instead (or pass --weights)"
+                     for p in packs if p.manifest and p.manifest.recommended_weight]
     terms = bind_packs(packs, target, base, weights)
     formula = LINEAR_FORMULA if req.method == "linear" else f"θ = θG + {req.method}(ω1·τ1, …, ωk·τk)"
     plan = FoldPlan(req, general, target, terms, g_size, warnings, formula, list(packs), chosen)
