@@ -21,7 +21,7 @@ from lora_merge.errors import LoraMergeError
 from lora_merge.printable import printable
 
 # Modules under lora_merge.commands that add commands to the group (each exposes COMMANDS).
-COMMAND_MODULES = ["fold", "pack", "share", "pack_merge", "walkthrough", "extract", "interference", "evaluate", "sweep", "train", "demo", "study", "data"]
+COMMAND_MODULES = ["fold", "pack", "share", "pack_merge", "pack_create", "walkthrough", "extract", "interference", "evaluate", "sweep", "train", "demo", "study", "data"]
 
 
 class FriendlyGroup(click.Group):

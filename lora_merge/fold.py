@@ -24,6 +24,7 @@ from lora_merge.combine import RuleOptions, get_rule, streams_as_sum
 from lora_merge.device import resolve_device
 from lora_merge.errors import LoraMergeError
 from lora_merge.leftovers import reports_disk_full
+from lora_merge.merge_recipe import RECIPE_NAME, rerun_command, resolved_recipe, write_recipe
 from lora_merge.model_record import MODEL_RECORD, DataRecord, FoldedPackRecord, ModelRecord, write_model_record
 from lora_merge.numerics import check_folded
 from lora_merge.output import check_output, staged_output
@@ -35,7 +36,7 @@ from lora_merge.tensors import INDEX_NAME, PICKLE_SUFFIXES
 
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Files of the general model that are not weights but belong with the merged model.
-SKIP_COPY = {INDEX_NAME, "README.md", MODEL_RECORD}
+SKIP_COPY = {INDEX_NAME, "README.md", MODEL_RECORD, RECIPE_NAME}
 
 
 @dataclass
@@ -136,6 +137,7 @@ def copy_model_files(src: Path, dst: Path) -> None:
 def write_merge_records(folder: Path, plan: FoldPlan, res: FoldResult) -> None:
     """lora_merge.json (the model record) and the README card describing the merge."""
     req = plan.request
+    recipe, command = resolved_recipe(plan), rerun_command(Path(req.out).absolute())
     record = ModelRecord(
         format_version=1, role="merged", tool_version=__version__, general_model=str(req.general),
         base_model=str(req.base) if req.base else None, method=req.method, density=req.density, seed=req.seed,
@@ -143,7 +145,23 @@ def write_merge_records(folder: Path, plan: FoldPlan, res: FoldResult) -> None:
         packs=[FoldedPackRecord(name=p.name, path=p.path, kind=p.kind, weight=p.weight.value, rule=p.weight.rule,
                                 weight_formula=p.weight.formula, instances=p.instances, sha256=p.sha256,
                                 tensors=p.tensors) for p in res.packs],
-        warnings=res.warnings,
+        warnings=res.warnings, license=card_license(Path(req.general)), recipe=recipe,
+        command=command,
     )
     write_model_record(folder, record)
+    write_recipe(folder, recipe, command)
     write_card(folder, record)
+
+
+def card_license(model: Path) -> str | None:
+    """The licence in a model folder's README front matter (a Hub download has one), else None."""
+    card = model / "README.md"
+    if not card.is_file():
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        value = ModelCard.load(card).data.license
+    except Exception:  # a malformed card only means the licence is unknown
+        return None
+    return value if isinstance(value, str) else None

@@ -74,6 +74,9 @@ class ModelRecord(_Strict):
     formula: str | None = None
     packs: list[FoldedPackRecord] | None = None
     warnings: list[str] | None = None
+    license: str | None = None  # the general model's, from its card's front matter
+    recipe: dict[str, Any] | None = None  # the resolved recipe (also lora_merge_recipe.yml)
+    command: str | None = None  # the command that reruns the recipe
     # a trained model
     lineage: Lineage | None = None
     training: dict[str, Any] | None = None

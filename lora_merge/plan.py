@@ -22,7 +22,8 @@ from lora_merge.combine import VARIANT_METHODS, RuleOptions, get_rule
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model, read_config
 from lora_merge.numerics import guard_pack_reads
-from lora_merge.skillpack import DEFAULT_REGISTRY, SkillPack, load_pack, resolve_pack
+from lora_merge.printable import printable
+from lora_merge.skillpack import DEFAULT_REGISTRY, HASHED_FILES, SkillPack, load_pack, resolve_pack, sha256_file
 from lora_merge.task_vector import TargetModel, TaskVector
 from lora_merge.tensors import WeightSet
 from lora_merge.variants import LINEAR_INTERP_FORMULA, WISE_FT_FORMULA, model_difference
@@ -40,6 +41,7 @@ class FoldRequest:
     out: Path
     adapters_dir: Path = DEFAULT_REGISTRY
     weights: Sequence[float] | None = None
+    weight_rule: str = "auto"  # auto: --weights, else a pack's recommended ω, else |D|/|G|; size: never the recommendation
     general_size: int | None = None
     base: Path | None = None
     cft: Path | None = None  # wise_ft: θG continued on D
@@ -53,6 +55,7 @@ class FoldRequest:
     verify: bool = True
     progress: bool = True
     fsync: bool = True  # shards reach the disk before the folder is renamed into place
+    expected_sha256: Sequence[dict[str, str] | None] | None = None  # per pack, from a recipe: refused if changed
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,26 @@ def load_packs(names: Sequence[str], adapters_dir: Path, verify: bool = True) ->
     return packs
 
 
+def check_recorded_hashes(packs: Sequence[SkillPack], expected: Sequence[dict[str, str] | None],
+                          verified: bool) -> None:
+    """Refuse a pack whose files no longer have the sha256 a recipe recorded (a rerun would not reproduce)."""
+    if len(expected) != len(packs):
+        raise LoraMergeError(f"the recipe records hashes for {len(expected)} packs but {len(packs)} are folded")
+    for p, hashes in zip(packs, expected, strict=True):
+        if not hashes:
+            continue
+        if verified and p.manifest is not None and p.manifest.files == hashes:
+            continue  # load_pack just checked these files against this very manifest
+        for fname, h in hashes.items():
+            f = p.path / fname
+            actual = sha256_file(f, p.path) if fname in HASHED_FILES and f.is_file() else "missing"
+            if actual != h:
+                raise LoraMergeError(
+                    f"pack {printable(p.name)!r}: {fname} is not the file the recipe recorded (sha256 {h[:12]}…, "
+                    f"now {actual[:12]}…); the pack changed since, so the recipe cannot be reproduced. "
+                    "Restore the pack, or remove its sha256 from the recipe to fold it as it is now")
+
+
 def unique_labels(names: Sequence[str]) -> list[str]:
     """Display names: each name as is when it is unique, else numbered by position (skill#1, skill#2)."""
     return [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
@@ -159,12 +182,27 @@ def bind_packs(packs: Sequence[SkillPack], target: TargetModel, base: WeightSet 
     return terms
 
 
+WEIGHT_RULES = ("auto", "size")
+
+
 def pack_weights(packs: Sequence[SkillPack], explicit: Sequence[float] | None, general_size: int | None,
-                 rule: str) -> list[Weight]:
-    """ω per pack: the explicit values (exactly one per pack, finite), or the size rule."""
+                 rule: str, choose: str = "auto") -> list[Weight]:
+    """ω per pack, and the rule that chose it: the explicit values (exactly one per pack, finite); else each
+    pack's recommended ω (skill.json, from `sweep --write-recommendation`) unless ``choose`` is ``size``;
+    else the size rule. A sweep's ω is a task-arithmetic ω, so the interpolation rule never takes it."""
+    if choose not in WEIGHT_RULES:
+        raise LoraMergeError(f"--rule {choose!r}: choose auto (a pack's recommended ω, else |D|/|G|) or size")
     if explicit is not None:
         check_weights(explicit, len(packs))
-    return choose_weights([p.name for p in packs], [p.instances for p in packs], explicit, general_size, rule=rule)
+        return choose_weights([p.name for p in packs], [p.instances for p in packs], explicit, general_size, rule=rule)
+    use_rec = choose == "auto" and rule == "size_ratio"
+    recs = [p.manifest.recommended_weight if use_rec and p.manifest else None for p in packs]
+    rest = [p for p, r in zip(packs, recs, strict=True) if r is None]
+    sized = iter(choose_weights([p.name for p in rest], [p.instances for p in rest], None, general_size, rule=rule)
+                 if rest else [])
+    return [next(sized) if r is None else
+            Weight(r.value, "recommended", f"ω = {r.value:g} (recommended by sweep, rule {printable(r.rule)})")
+            for r in recs]
 
 
 def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
@@ -185,11 +223,13 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
     general = WeightSet.open(req.general)
     base = WeightSet.open(req.base) if req.base else None
     packs = load_packs(req.packs, Path(req.adapters_dir), verify=req.verify)
+    if req.expected_sha256 is not None:
+        check_recorded_hashes(packs, req.expected_sha256, req.verify)
     g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
     rule = "size_fraction" if req.method == "linear_interp" else "size_ratio"
     chosen = True
     try:
-        weights = pack_weights(packs, req.weights, g_size, rule)
+        weights = pack_weights(packs, req.weights, g_size, rule, req.weight_rule)
     except LoraMergeError:
         if require_weights or req.weights is not None:
             raise
@@ -197,6 +237,10 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
         weights = [Weight(0.0, "unknown", "ω unknown: |G| or the pack's |D| is not recorded")] * len(packs)
     target = TargetModel.from_weights(general, read_config(Path(req.general)))
     warnings = compatibility_warnings(packs, Path(req.general), general)  # before binding: the clearer error
+    if rule == "size_fraction" and req.weights is None and req.weight_rule == "auto":
+        warnings += [f"pack {p.name!r} recommends ω = {p.manifest.recommended_weight.value:g} for task arithmetic "
+                     "(a sweep's ω); linear_interp uses ω = |D|/(|D|+|G|) instead (or pass --weights)"
+                     for p in packs if p.manifest and p.manifest.recommended_weight]
     terms = bind_packs(packs, target, base, weights)
     formula = LINEAR_FORMULA if req.method == "linear" else f"θ = θG + {req.method}(ω1·τ1, …, ωk·τk)"
     plan = FoldPlan(req, general, target, terms, g_size, warnings, formula, list(packs), chosen)

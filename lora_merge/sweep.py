@@ -171,7 +171,8 @@ def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
     check_device(req.device)
     plan = plan_fold(FoldRequest(general=Path(req.general), packs=req.packs, out=out, adapters_dir=Path(req.adapters_dir),
                                  general_size=req.general_size, base=req.base, device=req.device, force=req.force,
-                                 verify=req.verify, progress=False), require_weights=False)
+                                 verify=req.verify, progress=False, weight_rule="size"),
+                     require_weights=False)  # the sweep's own reference point is |D|/|G|
     packs = plan.packs
     if not (Path(req.general) / "config.json").is_file():
         raise LoraMergeError(f"{req.general}: not a model folder (no config.json)")

@@ -24,7 +24,7 @@ class Weight:
     """An ω with the rule and formula that produced it (recorded on the model card)."""
 
     value: float
-    rule: str  # explicit | size_ratio | size_fraction
+    rule: str  # explicit | size_ratio | size_fraction | recommended (a sweep's ω from skill.json)
     formula: str
 
 

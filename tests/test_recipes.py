@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lora_merge.errors import LoraMergeError
+from lora_merge.merge_recipe import load_merge_recipe
 from lora_merge.recipes import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,21 @@ def test_shipped_recipe_validates_and_gives_its_command(path):
     assert isinstance(recipe, Recipe)
     first = path.read_text().splitlines()[0]
     assert first.startswith(f"# python cli.py train --config configs/{path.parent.name}/{path.name}")
+
+
+MERGE_RECIPES = sorted((ROOT / "configs").glob("merge/*.yml"))
+
+
+def test_a_merge_recipe_is_shipped():
+    assert "merge/example.yml" in {p.relative_to(ROOT / "configs").as_posix() for p in MERGE_RECIPES}
+
+
+@pytest.mark.parametrize("path", MERGE_RECIPES, ids=lambda p: f"merge/{p.name}")
+def test_shipped_merge_recipe_validates_and_gives_its_command(path):
+    recipe = load_merge_recipe(path)
+    assert recipe.adapters and recipe.general
+    first = path.read_text().splitlines()[0]
+    assert first.startswith(f"# lora-merge fold --config configs/merge/{path.name}")
 
 
 def test_qlora_recipe_is_the_24gb_setting():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lora_merge.commands.options import shared, split_names
+from lora_merge.commands.options import MODEL, shared, split_names
 
 EVAL_OPTIONS = [
     click.option("--evals", "evals", multiple=True, required=True,
@@ -33,7 +33,7 @@ def classifier_from(path: Path | None):
 
 
 @click.command("eval")
-@click.option("--model", required=True, type=click.Path(path_type=Path), help="Model folder (safetensors + tokenizer).")
+@click.option("--model", required=True, type=MODEL, help="Model folder (safetensors + tokenizer).")
 @eval_options
 @click.option("--lm-eval-tasks", default=None, help="lm-evaluation-harness tasks, comma separated (needs '.[eval]').")
 @click.option("--lm-eval-include", type=click.Path(path_type=Path), default=None,

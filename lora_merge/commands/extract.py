@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from lora_merge.choices import FLOAT_DTYPE_NAMES
-from lora_merge.commands.options import shared
+from lora_merge.commands.options import MODEL, shared
 
 
 @click.command("extract")
-@click.option("--model", required=True, type=click.Path(path_type=Path), help="Finetuned model θD (safetensors).")
+@click.option("--model", required=True, type=MODEL, help="Finetuned model θD (safetensors): a folder, or org/name from the local Hugging Face cache.")
 @shared("--base", required=True, extra="The model θD was finetuned from.")
 @click.option("--name", required=True, help="Skill name (the pack folder under --adapters-dir).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Pack folder (default: adapters/NAME).")

@@ -18,8 +18,8 @@ SHARED_HELP = {
     "--weights": "ω per pack, comma separated, in --adapters order (e.g. 0.24,0.57).",
     "--json": "Write the numbers as JSON to this file ('-' prints them to stdout instead of the text report).",
     "--device": "cpu or cuda: where the arithmetic runs.",
-    "--base": "Pretrained base model folder θpre.",
-    "--general": "General model folder θG (safetensors).",
+    "--base": "Pretrained base model θpre: a folder, or org/name from the local Hugging Face cache.",
+    "--general": "General model θG (safetensors): a folder, or org/name from the local Hugging Face cache.",
 }
 
 
@@ -31,8 +31,8 @@ def shared(name: str, *decls: str, extra: str = "", **kw):
         "--weights": {"default": None},
         "--json": {"default": None, "metavar": "PATH|-"},
         "--device": {"default": "cpu", "show_default": True},
-        "--base": {"default": None, "type": click.Path(path_type=Path)},
-        "--general": {"type": click.Path(path_type=Path)},
+        "--base": {"default": None, "type": MODEL},
+        "--general": {"type": MODEL},
     }[name]
     help_text = SHARED_HELP[name] + (f" {extra}" if extra else "")
     return click.option(name, *decls, **{**defaults, **kw}, help=help_text)
@@ -91,3 +91,20 @@ class SizeType(click.ParamType):
 
 
 SIZE = SizeType()
+
+
+class ModelType(click.ParamType):
+    """A model folder, or ``org/name`` from the local Hugging Face cache (:func:`lora_merge.hub.resolve_model`;
+    never downloaded). A reference that is not cached stops the command with a LoraMergeError saying how to get it."""
+
+    name = "model"
+
+    def convert(self, value, param, ctx) -> Path:
+        if isinstance(value, Path):
+            return value
+        from lora_merge.hub import resolve_model
+
+        return resolve_model(value, param.opts[0] if param is not None and param.opts else "model")
+
+
+MODEL = ModelType()

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from lora_merge import console
+from lora_merge.commands.options import MODEL
 from lora_merge.errors import LoraMergeError
 
 P = click.Path(path_type=Path)
@@ -35,8 +36,8 @@ def parse_sets(items: tuple[str, ...]) -> dict:
 
 @click.command("train")
 @click.option("--config", "config", type=P, default=None, help="Recipe YAML (configs/skills/…, configs/train/…).")
-@click.option("--base", type=P, help="Pretrained base model folder θpre.")
-@click.option("--general", type=P, help="General model folder θG (start of --strategy cft).")
+@click.option("--base", type=MODEL, help="Pretrained base model folder θpre.")
+@click.option("--general", type=MODEL, help="General model folder θG (start of --strategy cft).")
 @click.option("--data", type=P, help="Skill data D: .jsonl, .json, .parquet or .csv.")
 @click.option("--general-data", type=P, help="General data G (--strategy rt).")
 @click.option("--replay", type=P, help="General data mixed into CFT.")

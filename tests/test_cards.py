@@ -1,0 +1,54 @@
+"""Cards: huggingface_hub front matter (base_model, relation, licence) and tables whose rows keep their columns."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from click.testing import CliRunner
+from huggingface_hub import ModelCard
+
+from lora_merge.card import pack_card
+from lora_merge.cli import main
+from lora_merge.pico import make_lora_pack
+from lora_merge.skillpack import load_pack
+
+
+def table_rows(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("|")]
+
+
+def columns(row: str) -> int:
+    """Cells of a markdown row: | splits a cell unless escaped as \\|."""
+    return len(row.replace("\\|", "").strip("|").split("|"))
+
+
+def test_merged_and_pack_cards_front_matter_and_escaped_tables(tmp_path, pico_dirs):
+    pre, _gen, pre_dir, gen_dir = pico_dirs
+    (gen_dir / "README.md").write_text("---\nlicense: apache-2.0\n---\n# general\n")
+    reg = tmp_path / "adapters"
+    pack = make_lora_pack(pre, pre_dir, reg / "skill", "skill", instances=300)
+    m = json.loads((pack / "skill.json").read_text())
+    m["name"] = "a|b pipe"  # a name from a hand-written manifest, with a pipe in it
+    (pack / "skill.json").write_text(json.dumps(m))
+    out = tmp_path / "merged"
+    res = CliRunner().invoke(main, ["fold", "--general", str(gen_dir), "--adapters", "skill", "--adapters-dir",
+                                    str(reg), "--general-size", "1000", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == str(gen_dir)
+    assert card.data.base_model_relation == "merge"
+    assert card.data.license == "apache-2.0"
+    assert "merge" in card.data.tags
+    text = (out / "README.md").read_text()
+    assert "lora-merge fold --config" in text and "```yaml" in text  # the command and the recipe
+    rows = table_rows(text)
+    assert len({columns(r) for r in rows}) == 1 and columns(rows[0]) == 7, rows
+    assert "a\\|b pipe" in text and "\\|D\\|/\\|G\\| = 300/1000" in text
+
+    manifest = load_pack(pack, verify=False).manifest
+    text = pack_card(manifest)
+    front = yaml.safe_load(text.split("---")[1])
+    assert front["base_model"] == str(pre_dir) and front["base_model_relation"] == "adapter"
+    assert all(columns(r) == 2 for r in table_rows(text) if not r.startswith("| metric")), table_rows(text)
+    assert "# Skill pack: a|b pipe" in text
