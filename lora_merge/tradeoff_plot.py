@@ -19,6 +19,7 @@ class PlotPoint:
     reference: bool = False  # θG
     heuristic: bool = False  # ω = |D|/|G|
     recommended: bool = False
+    other: bool = False  # another method beside the sweep (e.g. CFT): its own marker, off the ω line
 
 
 def tradeoff_png(points: Sequence[PlotPoint], skill_name: str, general_name: str, title: str,
@@ -31,7 +32,7 @@ def tradeoff_png(points: Sequence[PlotPoint], skill_name: str, general_name: str
 
     fig, ax = plt.subplots(figsize=(PLOT_SIZE_PX[0] / _DPI, PLOT_SIZE_PX[1] / _DPI), dpi=_DPI)
     try:
-        line = sorted((p for p in points if not p.heuristic or p.reference), key=lambda p: p.order)
+        line = sorted((p for p in points if (not p.heuristic or p.reference) and not p.other), key=lambda p: p.order)
         ax.plot([p.skill for p in line], [p.general for p in line], "-o", color="#4477aa", zorder=2, label="ω sweep")
         ref = next((p for p in points if p.reference), None)
         if ref is not None:
@@ -44,6 +45,10 @@ def tradeoff_png(points: Sequence[PlotPoint], skill_name: str, general_name: str
         if heur:
             ax.scatter([p.skill for p in heur], [p.general for p in heur], marker="D", s=90, color="#ee6677",
                        zorder=5, label="ω = |D|/|G|")
+        other = [p for p in points if p.other]
+        if other:
+            ax.scatter([p.skill for p in other], [p.general for p in other], marker="s", s=90, color="#ccbb44",
+                       edgecolors="black", zorder=5, label=", ".join(dict.fromkeys(p.label for p in other)))
         rec = [p for p in points if p.recommended]
         if rec:
             ax.scatter([p.skill for p in rec], [p.general for p in rec], s=380, facecolors="none",

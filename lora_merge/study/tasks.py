@@ -31,6 +31,10 @@ class StudyData:
         """The eval sets that measure one skill (safety: refusing unsafe prompts + answering lookalikes)."""
         return [UNSAFE_SET, LOOKALIKE_SET] if skill == "safety" else [skill]
 
+    def group(self, set_name: str) -> str:
+        """The eval group a set's score is filed under ("general", or the skill it measures)."""
+        return "safety" if set_name in (UNSAFE_SET, LOOKALIKE_SET) else set_name
+
 
 def _turns(system: str | None, q: str) -> list[dict]:
     head = [{"role": "system", "content": system}] if system else []
