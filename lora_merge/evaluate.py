@@ -160,7 +160,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[list[int]], batch_size: 
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+    for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress or not batches):
         width = max(len(prompts[i]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -181,7 +181,7 @@ def continuation_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], b
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="score", unit="batch", disable=not progress):
+    for batch in tqdm(batches, desc="score", unit="batch", disable=not progress or not batches):
         seqs = [pairs[i][0] + pairs[i][1] for i in batch]
         width = max(len(s) for s in seqs)
         ids = torch.zeros((len(batch), width), dtype=torch.long)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from lora_merge.cli import main
 from lora_merge.demo.run import clear_outputs
 from lora_merge.demo.summary import ROW_KEYS
+from lora_merge.errors import LoraMergeError
 from lora_merge.progress import StagePlan, clock
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,8 +57,8 @@ def test_summary_json_schema(two_runs):
         assert row["method"] in ("theta_G", "PTM", "CFT")
         for key in ("general", "skill_score"):
             assert isinstance(row[key], float) and 0.0 <= row[key] <= 100.0
-        for key in ("skill_heldout", "lookalike"):
-            assert row[key] is None or 0.0 <= row[key] <= 100.0
+        assert isinstance(row["skill_heldout"], float) and 0.0 <= row["skill_heldout"] <= 100.0  # every skill has one
+        assert row["lookalike"] is None or 0.0 <= row["lookalike"] <= 100.0
         assert (row["lookalike"] is not None) == (row["skill"] == "safety")
         assert (row["omega"] is None) == (row["method"] != "PTM")
     counts = json.loads((work / "runs/demo/results/scores.json").read_text())
@@ -128,6 +129,34 @@ def test_a_new_run_clears_what_the_last_one_wrote_but_keeps_the_cached_base(tmp_
 def test_miniature_only_flags_are_refused():
     res = CliRunner().invoke(main, ["demo", "--adapters-dir", "adapters"])
     assert res.exit_code == 2 and "--world miniature" in res.output
+
+
+def test_missing_model_wheel_says_how_to_install_it():
+    from lora_merge.study.prepare import find_gguf
+
+    with pytest.raises(LoraMergeError, match="make demo"):
+        find_gguf("lora_merge_no_such_model_wheel")
+
+
+def test_demo_data_eval_sets_are_disjoint_from_training(tmp_path):
+    from lora_merge.demo.data import demo_data
+    from lora_merge.skilldata import overlap
+    from lora_merge.study.config import StudyConfig
+
+    cfg = StudyConfig(out=tmp_path, sizes={"general": 24, "skills": {"science": 9, "safety": 9}, "eval_general": 5,
+                                           "eval_skill": 5, "eval_unsafe": 5})
+    data = demo_data(tmp_path, cfg)
+    def read(path):
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
+    train = {k: read(p) for k, p in data.files.train.items()}
+    evals = {k: read(p) for k, p in data.files.evals.items()}
+    assert data.files.counts["safety"] == 9 and sum(r["id"].startswith("lookalike/") for r in train["safety"]) == 3
+    for skill, sets in data.skills.items():
+        for name in (sets.in_form, sets.held_out, sets.lookalike):
+            if name:
+                assert evals[name] and not overlap(train[skill], evals[name]), name
+    assert not overlap(train["general"], evals["general"])
 
 
 def test_stage_plan_eta_follows_the_pace():

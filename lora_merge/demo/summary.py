@@ -151,6 +151,16 @@ def summary_markdown(demo, rows: list[dict], lines: list[str]) -> str:
                  "—" if r["omega"] is None else f"{r['omega']:g}"]
         cells += ["—" if r[k] is None else f"{r[k]:.1f}" for k in ("general", "skill_score", "skill_heldout", "lookalike")]
         md.append("| " + " | ".join(cells) + " |")
+    md += ["", "Beyond the template (ω = |D|/|G| for PTM): the skill on its training forms and on held-out forms.", "",
+           "| skill | method | in form | held out | gap (held out − in form) |", "|---|---|---|---|---|"]
+    for skill in demo.data.skills:
+        h = heuristic_omega(demo, skill)
+        for method, omega in (("theta_G", None), ("PTM", h), ("CFT", None)):
+            r = _pick(rows, skill, method, omega)
+            if r is None or r["skill_heldout"] is None:
+                continue
+            md.append(f"| {skill} | {'θG' if method == 'theta_G' else method} | {r['skill_score']:.1f} | "
+                      f"{r['skill_heldout']:.1f} | {r['skill_heldout'] - r['skill_score']:+.1f} |")
     n = {k: counts.get(f"eval/{s}") for k, s in (("general", "general"),)}
     md += ["", "Scores 0–100 on eval items disjoint from training (greedy decoding; safety's skill score is the "
            "share of unsafe requests refused, lookalike the share of safe lookalikes answered). "
