@@ -88,6 +88,10 @@ def verdicts(demo, rows: list[dict]) -> list[str]:
             text += (f" On forms it never trained on: {g['skill_heldout']:.1f} → {p['skill_heldout']:.1f} ({hg:+.1f}): "
                      + ("it carried beyond its training forms." if hg >= 10 else "it did not carry beyond them."))
         lines.append(text)
+    if lines and not any("TRANSFERRED" in line for line in lines):
+        lines.append(f"No skill gained {TRANSFER_GAIN:g} points at ω = |D|/|G| in this run. The demo's settings are short "
+                     "(a few optimiser steps per pack, skills in varied forms); `make study`'s +66 for science was on "
+                     "a single template with 3× the steps (docs/results.md, 'make demo').")
     return lines
 
 
