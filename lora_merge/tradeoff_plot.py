@@ -30,6 +30,7 @@ class PlotPoint:
     reference: bool = False  # θG
     heuristic: bool = False  # ω = |D|/|G|
     recommended: bool = False
+    other: bool = False  # another method beside the sweep (e.g. CFT): its own marker, off the ω line
 
 
 def axis_limits(values: Sequence[float], min_span: float = MIN_SPAN, lo: float = 0.0,
@@ -69,7 +70,7 @@ def tradeoff_figure(points: Sequence[PlotPoint], skill_name: str, general_name: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(PLOT_SIZE_PX[0] / _DPI, PLOT_SIZE_PX[1] / _DPI), dpi=_DPI)
-    line = sorted((p for p in points if not p.heuristic or p.reference), key=lambda p: p.order)
+    line = sorted((p for p in points if (not p.heuristic or p.reference) and not p.other), key=lambda p: p.order)
     if len(line) > 1:
         ax.plot([p.skill for p in line], [p.general for p in line], "-o", color="#4477aa", zorder=2, label="ω sweep")
     ref = next((p for p in points if p.reference), None)
@@ -81,6 +82,9 @@ def tradeoff_figure(points: Sequence[PlotPoint], skill_name: str, general_name: 
         ax.scatter([ref.skill], [ref.general], marker="*", s=260, color="black", zorder=4, label="θG (ω = 0)")
     for subset, style in (([p for p in points if p.heuristic],
                            {"marker": "D", "s": 90, "color": "#ee6677", "zorder": 5, "label": "ω = |D|/|G|"}),
+                          ([p for p in points if p.other],
+                           {"marker": "s", "s": 90, "color": "#ccbb44", "edgecolors": "black", "zorder": 5,
+                            "label": ", ".join(dict.fromkeys(p.label for p in points if p.other))}),
                           ([p for p in points if p.recommended],
                            {"s": 380, "facecolors": "none", "edgecolors": "#228833", "linewidths": 2.2, "zorder": 6,
                             "label": "recommended"})):

@@ -192,11 +192,18 @@ def build_trainer(r: Recipe, plan: RunPlan, data: TrainingMix, hw: Hardware, cal
     tokenizer = load_tokenizer(r.tokenizer or plan.start, data.format)
     model = load_model(r, plan.start, hw)
     freeze_parameters(model, r.freeze)  # before the trainer builds its optimiser, which skips frozen parameters
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model, args=sft_config(r, plan.run_dir, hw), train_dataset=Dataset.from_list(data.rows),
         processing_class=tokenizer, peft_config=None if r.mode == "full" else lora_config(r),
         callbacks=[*callbacks],
     )
+    if not r.progress:
+        # Without progress bars transformers prints every log dict raw; the losses stay in the trainer's
+        # state (TrainResult.final_loss) and a caller's own callback can show progress instead.
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def freeze_parameters(model, targets: list[str]) -> list[str]:

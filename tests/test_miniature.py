@@ -24,7 +24,7 @@ def quick_run(tmp_path_factory):
     """One quick study in a temporary folder (its own cache, so θpre is built here too)."""
     root = tmp_path_factory.mktemp("demo")
     out, adapters, cache = root / "out", root / "adapters", root / "cache"
-    res = CliRunner().invoke(main, ["demo", "--config", str(CONFIG), "--quick", "--out", str(out), "--adapters-dir",
+    res = CliRunner().invoke(main, ["demo", "--world", "miniature", "--config", str(CONFIG), "--quick", "--out", str(out), "--adapters-dir",
                                     str(adapters), "--cache-dir", str(cache), "--threads", "1"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     return out, adapters, cache, res.output, load_config(CONFIG, quick=True)

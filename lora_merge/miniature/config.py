@@ -47,8 +47,8 @@ class EvalSettings(_Strict):
 
 class DemoConfig(_Strict):
     seed: int = 0
-    out: Path = Path("runs/demo")
-    adapters_dir: Path = Path("adapters")
+    out: Path = Path("runs/miniature")
+    adapters_dir: Path = Path("runs/miniature/adapters")
     cache_dir: Path = Path("runs/cache")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's own choice)")
     world: WorldSizes = WorldSizes()

@@ -3,7 +3,7 @@
 
     python -m lora_merge.miniature.probe --skill safety --variant lora:lr=2e-3,rank=4 --variant full:lr=5e-4
 
-It reuses a finished study's world, θpre and θG (runs/demo by default) and writes packs under
+It reuses a finished study's world, θpre and θG (runs/miniature by default) and writes packs under
 runs/probe/adapters, so it never touches the study's own packs.
 """
 
@@ -53,7 +53,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--study", default="runs/demo", help="a finished study's output folder")
+    ap.add_argument("--study", default="runs/miniature", help="a finished study's output folder")
     ap.add_argument("--skill", default="safety")
     ap.add_argument("--variant", action="append", required=True)
     ap.add_argument("--omega", default="0.2,0.4,1.0")

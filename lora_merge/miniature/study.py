@@ -3,7 +3,7 @@
 Every stage runs on the toolkit's own library: lora_merge.train (train_skill) for every fine-tune,
 lora_merge.sweep (run_sweep) for the ω sweeps, lora_merge.fold for the multi-skill folds and
 lora_merge.evaluate for every score. Skill packs land in ``adapters/`` as real packs, so
-``python cli.py fold --general runs/demo/general --adapters safety,coding --out …`` works afterwards.
+``python cli.py fold --general runs/miniature/general --adapters safety,coding --adapters-dir runs/miniature/adapters --out …`` works afterwards.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lora_merge.study.config import StudyConfig
 from lora_merge.study.scores import EvalSet, ScoreStore, score_model, sweep_scorer
-from lora_merge.study.tasks import LOOKALIKE_SET, UNSAFE_SET, StudyData, write_study_data
+from lora_merge.study.tasks import StudyData, write_study_data
 
 
 @dataclass
@@ -43,6 +43,7 @@ class StudyRun:
     data: StudyData | None = None
     costs: dict[str, dict] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    progress: bool = False  # progress bars (with ETA) for every training run and eval set
 
     def __post_init__(self) -> None:
         self.out = Path(self.cfg.out)
@@ -82,7 +83,10 @@ class StudyRun:
                 self.costs[name] = saved["cost"]
                 self.say(f"{name}: reusing {target} (same settings)")
                 return Trained(target, saved["cost"])
-        res = train_skill(build_recipe(values, f"study recipe {name}"))
+        from lora_merge.progress import train_progress
+
+        res = train_skill(build_recipe(values, f"study recipe {name}"),
+                          callbacks=[train_progress(f"train {name}", self.progress)])
         cost = {"instances": res.instances, "steps": res.steps, "tokens": res.tokens,
                 "seconds": round(res.wall_seconds, 1), "final_loss": res.final_loss}
         stamp_path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,11 +102,8 @@ class StudyRun:
     def eval_sets(self, names: list[str]) -> list[EvalSet]:
         assert self.data is not None
         lengths = self.cfg.evaluation.max_new_tokens
-        out = []
-        for n in names:
-            group = "general" if n == "general" else ("safety" if n in (UNSAFE_SET, LOOKALIKE_SET) else n)
-            out.append(EvalSet(n, group, self.data.evals[n], lengths.get(n, lengths.get("default", 12))))
-        return out
+        return [EvalSet(n, self.data.group(n), self.data.evals[n], lengths.get(n, lengths.get("default", 12)))
+                for n in names]
 
     def all_sets(self) -> list[str]:
         assert self.data is not None
@@ -118,7 +119,8 @@ class StudyRun:
         todo = [s for s in self.eval_sets(sets) if not self.store.has(label, s.name)]
         if todo:
             model, tok = load_model(folder)
-            score_model(model, tok, label, todo, self.store, self.cfg.evaluation.batch_size, self.samples, meta)
+            score_model(model, tok, label, todo, self.store, self.cfg.evaluation.batch_size, self.samples, meta,
+                        self.progress)
             del model
         else:
             self.store.set_meta(label, meta)
@@ -139,7 +141,7 @@ class StudyRun:
                            skill_group="safety" if skill == "safety" else skill,
                            batch_size=self.cfg.evaluation.batch_size, mode="memory", force=True, progress=False)
         res = run_sweep(req, scorer=sweep_scorer(self.store, skill, sets, self.cfg.evaluation.batch_size,
-                                                 self.samples))
+                                                 self.samples, self.progress))
         for r in res.results:
             self.say(f"  {r.report.model}: " + ", ".join(f"{s.file} {s.score:.1f}" for s in r.report.scores))
 

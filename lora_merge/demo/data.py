@@ -1,0 +1,93 @@
+"""The demo's data: one function, so the source of the skills can be swapped in one place.
+
+G (the general mix) and its eval set are the study's (:mod:`lora_merge.study.tasks`). The skills come from the
+skill data layer (:mod:`lora_merge.skilldata`, docs/skills.md): science extracts a field from abstracts in
+several layouts and wordings, with whole layouts and wordings held out; safety refuses Do-Not-Answer prompts and
+is scored on held-back Do-Not-Answer prompts (in form) and on HarmBench behaviours and past-tense requests (held
+out), with the project's lookalikes (safe prompts that look unsafe) answered or refused.
+
+Each skill names its eval sets: ``in_form`` (the forms it trained on), ``held_out`` (forms it never saw) and
+``lookalike`` (safe prompts where answering is right; None for skills without them).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_merge.miniature.build import write_jsonl
+from lora_merge.study.config import StudyConfig
+from lora_merge.study.tasks import StudyData, write_study_data
+
+# Share of safety's |D| training rows that are lookalikes answered helpfully (the rest are refusals), so the
+# pack does not learn "refuse everything". The layer's own mix (all of Do-Not-Answer) has far fewer.
+LOOKALIKE_TRAIN_SHARE = 1 / 3
+
+
+@dataclass(frozen=True)
+class SkillSets:
+    """The eval sets that score one skill."""
+
+    in_form: str
+    held_out: str | None = None
+    lookalike: str | None = None
+
+
+@dataclass(frozen=True)
+class DemoData:
+    files: StudyData  # training and eval files, counts; what lora_merge.study.driver.StudyRun reads
+    skills: dict[str, SkillSets]
+    source: str  # one line: where the rows come from
+    reports: dict[str, dict]  # the skill data layer's report per skill (sources, licences, forms, overlap)
+
+
+def _train_rows(name: str, rows: list[dict], n: int, seed: int) -> list[dict]:
+    """``n`` of the layer's training rows; safety keeps a fixed share of lookalike compliance rows."""
+    if name != "safety":
+        return rows[:n]
+    rng = random.Random(f"demo:{name}:{seed}")
+    look = [r for r in rows if str(r.get("id", "")).startswith("lookalike/")]
+    refuse = [r for r in rows if not str(r.get("id", "")).startswith("lookalike/")]
+    k = min(len(look), round(n * LOOKALIKE_TRAIN_SHARE))
+    picked = rng.sample(look, k) + refuse[: n - k]
+    rng.shuffle(picked)
+    return picked
+
+
+def demo_data(root: Path, cfg: StudyConfig) -> DemoData:
+    """Write the training and eval files of ``cfg`` under ``root`` (same config → identical files)."""
+    from lora_merge.skilldata import HELD_OUT, IN_FORM, LOOKALIKE_HELD_OUT, LOOKALIKE_IN_FORM, build_skill
+
+    s = cfg.sizes
+    general = write_study_data(root, cfg.seed, cfg.general_families, s.general, {}, s.eval_general, 1, 1,
+                               cfg.system_prompt)
+    train, evals, counts = dict(general.train), dict(general.evals), dict(general.counts)
+    skills, skill_sets, groups, reports = {}, {}, {"general": "general"}, {}
+
+    def put(name: str, group: str, rows: list[dict]) -> str:
+        evals[name] = root / "evals" / f"{name}.jsonl"
+        counts[f"eval/{name}"] = write_jsonl(evals[name], rows)
+        groups[name] = group
+        return name
+
+    for name, n in s.skills.items():
+        # Safety asks the layer for n refusal rows and takes its lookalike rows from what comes on top.
+        data = build_skill(name, cfg.seed, n, s.eval_skill, cfg.system_prompt)
+        reports[name] = data.report
+        train[name] = root / "data" / f"{name}.jsonl"
+        counts[name] = write_jsonl(train[name], _train_rows(name, data.train, n, cfg.seed))
+        if name == "safety":
+            sets = SkillSets(put("safety_unsafe", "safety", data.evals[IN_FORM]),
+                             put("safety_heldout", "safety_heldout", data.evals[HELD_OUT]),
+                             put("safety_lookalike", "lookalike",
+                                 data.evals[LOOKALIKE_IN_FORM] + data.evals[LOOKALIKE_HELD_OUT]))
+        else:
+            sets = SkillSets(put(name, name, data.evals[IN_FORM]), put(f"{name}_heldout", f"{name}_heldout",
+                                                                       data.evals[HELD_OUT]))
+        skills[name] = sets
+        skill_sets[name] = [x for x in (sets.in_form, sets.held_out, sets.lookalike) if x]
+    files = StudyData(root, train, evals, counts, skill_sets, groups)
+    source = ("G: the study's general mix (lora_merge/study/tasks.py); skills: the skill data layer "
+              "(lora_merge/skilldata, docs/skills.md)")
+    return DemoData(files, skills, source, reports)

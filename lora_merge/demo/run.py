@@ -1,0 +1,167 @@
+"""The demo's pipeline on a real model: θpre → θG → per skill a PTM pack swept over ω, and CFT on the same data.
+
+Every step is the study's (:class:`lora_merge.study.driver.StudyRun`: training with lora_merge.train, folding
+with lora_merge.fold, the ω sweep with lora_merge.sweep, scoring with lora_merge.evaluate); this module only
+chooses which steps run, in what order, with a stage plan that prints an ETA. Outputs go under ``cfg.out``
+only: packs in ``adapters/``, θG in ``general/``, eval and training files in ``data/`` and ``evals/``, scores
+in ``results/``, and ``summary.json`` / ``summary.md`` / ``tradeoff_<skill>.png``. θpre is cached in ``pre/``
+(kept between runs); everything else a previous run left there is removed first, so every run is fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_merge.demo.data import DemoData, demo_data
+from lora_merge.progress import StagePlan
+from lora_merge.study.config import StudyConfig
+from lora_merge.study.driver import StudyRun, _uptime, prepare_base
+
+# Reference speeds for the ETA (SmolLM2-135M, 2 idle cores, torch's default threads); the plan rescales them
+# by the pace the run actually keeps, so they only set the first estimate.
+TRAIN_TOKENS_PER_S = 110.0  # tokens counted by lora_merge.train (prompt + completion, per epoch)
+SCORE_ITEMS_PER_S = 17.0  # greedy scoring at batch 50 with the demo's short answers
+LOAD_SECONDS = 3.0  # loading or folding one model
+PREPARE_SECONDS = {True: 12.0, False: 35.0}  # θpre cached / converted from the GGUF
+OWNED = ("adapters", "general", "models", "results", "data", "evals", "stamps", "train", "summary.json",
+         "summary.md")
+
+
+@dataclass
+class DemoRun:
+    """What the demo produced: the study run (paths, score store, costs), its data and stage timings."""
+
+    run: StudyRun
+    data: DemoData
+    timings: dict[str, float]
+    summary: dict = field(default_factory=dict)  # rows, verdicts, plots (lora_merge.demo.summary.write_summary)
+
+    @property
+    def out(self) -> Path:
+        return self.run.out
+
+
+def quick_demo_config(cfg: StudyConfig) -> StudyConfig:
+    """The test suite's demo: the study's quick mode (pico Llama, tiny sets) with the demo's ω points, one epoch."""
+    from lora_merge.study.quick import quick_config
+
+    small = quick_config(cfg)
+    one = small.general_training.model_copy(update={"epochs": 1.0})
+    return small.model_copy(update={"grid": cfg.grid, "general_training": one, "skill_training": one})
+
+
+def clear_outputs(out: Path) -> None:
+    """Remove what an earlier demo wrote into ``out`` (θpre's cache in ``pre/`` stays)."""
+    for name in OWNED:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    for p in out.glob("tradeoff_*.png"):
+        p.unlink()
+
+
+def quiet_libraries() -> None:
+    """The stage plan and the training bars are the demo's progress: the libraries' own per-file bars
+    (dataset tokenising, weight loading) and deprecation notices would bury them."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def _row_tokens(path: Path) -> int:
+    """Rough token count of a chat JSONL training file (≈ 3.2 characters a token plus the chat markup)."""
+    total = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        chars = sum(len(t["content"]) for part in ("prompt", "completion") for t in row.get(part, []))
+        total += int(chars / 3.2) + 20
+    return total
+
+
+def _eval_items(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def plan_stages(cfg: StudyConfig, data: DemoData, cached: bool) -> list[tuple[str, float]]:
+    """The stages and their planned seconds, from the data's token counts and the eval sets' sizes."""
+    files = data.files
+
+    def train_s(name: str, epochs: float) -> float:
+        return _row_tokens(files.train[name]) * epochs / TRAIN_TOKENS_PER_S + 2 * LOAD_SECONDS
+
+    def score_s(sets: list[str], models: int = 1) -> float:
+        return models * (sum(_eval_items(files.evals[s]) for s in sets) / SCORE_ITEMS_PER_S + LOAD_SECONDS)
+
+    points = len(cfg.grid) + 1
+    stages = [("θpre: SmolLM2 from its GGUF, checked" if not cfg.quick else "θpre: pico model", PREPARE_SECONDS[cached]),
+              ("θG: general LoRA on G, folded into θpre", train_s("general", cfg.general_training.epochs))]
+    stages += [(f"PTM pack: {k} (LoRA from θpre on D alone)", train_s(k, cfg.skill_training.epochs))
+               for k in cfg.skills()]
+    stages.append(("θG scored on every eval set", score_s(list(files.evals))))
+    stages += [(f"{k}: θG + ω·τ for {points} values of ω, scored", score_s(["general", *files.skill_evals(k)], points))
+               for k in cfg.skills()]
+    stages += [(f"CFT: θG continued on {k}, scored", train_s(k, cfg.skill_training.epochs)
+                + score_s(["general", *files.skill_evals(k)])) for k in cfg.cft_skills()]
+    stages.append(("summary, plots and next commands", 2.0))
+    return stages
+
+
+def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bool = True) -> DemoRun:
+    """Run every stage of the demo into ``cfg.out`` (fresh, but for θpre's cache)."""
+    import torch
+
+    from lora_merge.demo.summary import write_summary
+    from lora_merge.study.prepare import PREPARE_RECORD
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    quiet_libraries()
+    out = Path(cfg.out)
+    clear_outputs(out)
+    run = StudyRun(cfg, echo, progress=progress)
+    data = demo_data(out, cfg)
+    run.data = data.files
+    cached = cfg.quick or (out / "pre" / PREPARE_RECORD).is_file()
+    plan = StagePlan(plan_stages(cfg, data, cached), echo)
+    names = iter(plan.order)
+    echo(f"data: {data.source}; {data.files.counts}")
+
+    with plan.stage(next(names)):
+        run.base = prepare_base(run)
+    with plan.stage(next(names)):
+        run.train("general", "general", data=data.files.train["general"], description="general instruction mix G")
+        run.general = out / "general"
+        run.fold(["general"], run.general, run.base, [1.0])
+    for skill in cfg.skills():
+        with plan.stage(next(names)):
+            run.train(skill, "skill", data=data.files.train[skill], description=f"{skill} skill (demo, PTM)")
+    with plan.stage(next(names)):
+        run.score_folder("θG", run.general, run.all_sets(), {"kind": "θG"})
+    for skill in cfg.skills():
+        with plan.stage(next(names)):
+            run.sweep(skill)
+    for skill in cfg.cft_skills():
+        with plan.stage(next(names)):
+            t = run.train(f"{skill}-cft", "skill", strategy="cft", general=run.general,
+                          data=data.files.train[skill], out=run.models / f"{skill}-cft")
+            run.score_folder(f"CFT {skill}", t.path, run.skill_sets(skill), {"kind": "cft", "skill": skill})
+            run.drop(t.path)
+    demo = DemoRun(run, data, plan.actual)
+    with plan.stage(next(names)):
+        demo.summary = write_summary(demo)
+    demo.timings = {**plan.actual, "total": round(plan.elapsed, 1)}
+    record = {"wall_seconds": demo.timings, "cpu_seconds": {**plan.cpu, "total": round(sum(plan.cpu.values()), 1)},
+              "threads": torch.get_num_threads(), "loadavg": _uptime(), "costs": run.costs}
+    (out / "results" / "timings.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    return demo

@@ -1,0 +1,86 @@
+"""Progress with an ETA for multi-stage runs: a stage plan for the whole run and a bar for each training run.
+
+A :class:`StagePlan` knows every stage's planned cost up front (seconds on the reference machine, estimated
+from token counts); after each finished stage it rescales what is left by how fast the run has actually
+gone so far, so the ETA follows the machine it runs on (a busy shared CPU, or a faster one). Training runs
+show a tqdm bar over optimiser steps (its own ETA) through :class:`TrainProgress`, a trainer callback, in
+place of the trainer's raw log dictionaries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+def clock(seconds: float) -> str:
+    """``m:ss`` (or ``h:mm:ss``) for a duration in seconds."""
+    s = max(0, int(round(seconds)))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class StagePlan:
+    """Named stages with planned costs; each stage prints ``[k/N] name · elapsed · about T left``."""
+
+    def __init__(self, planned: list[tuple[str, float]], echo: Callable[[str], None] = print,
+                 now: Callable[[], float] = time.perf_counter):
+        if not planned:
+            raise ValueError("a stage plan needs at least one stage")
+        self.planned = dict(planned)
+        self.order = [name for name, _ in planned]
+        self.echo, self.now = echo, now
+        self.t0 = now()
+        self.done_planned = 0.0  # planned cost of the stages finished so far
+        self.actual: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # CPU seconds of this process (all threads) per stage
+
+    @property
+    def elapsed(self) -> float:
+        return self.now() - self.t0
+
+    def remaining(self, after: str | None = None) -> float:
+        """Seconds left from the start of the stage after ``after`` (None: from the first), rescaled by the pace."""
+        start = 0 if after is None else self.order.index(after) + 1
+        left = sum(self.planned[n] for n in self.order[start:])
+        pace = self.elapsed / self.done_planned if self.done_planned > 0 else 1.0
+        return left * pace
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Run one stage of the plan; prints its header line with the ETA of the whole run."""
+        k = self.order.index(name)
+        before = self.order[k - 1] if k else None
+        self.echo(f"[{k + 1}/{len(self.order)}] {name}  ·  {clock(self.elapsed)} elapsed  ·  "
+                  f"about {clock(self.remaining(before))} left")
+        t, c = self.now(), time.process_time()
+        try:
+            yield
+        finally:
+            self.actual[name] = round(self.now() - t, 1)
+            self.cpu[name] = round(time.process_time() - c, 1)
+            self.done_planned += self.planned[name]
+
+
+def train_progress(desc: str, enabled: bool = True):
+    """A transformers TrainerCallback showing a tqdm bar (steps, rate, ETA) for one training run."""
+    from tqdm import tqdm
+    from transformers import TrainerCallback
+
+    class TrainProgress(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.bar = tqdm(total=state.max_steps, desc=desc, unit="step", disable=not enabled, leave=False)
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return TrainProgress()

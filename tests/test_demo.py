@@ -1,0 +1,172 @@
+"""`cli.py demo --quick`: the real-model demo's pipeline on a pico Llama (the SmolLM2 wheel is not needed).
+
+Checks what the demo promises a user: summary.json's schema, every output under --out (nothing in the repository's
+adapters/ or anywhere else), the same seed giving the same packs and scores, and next commands that run as printed.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lora_merge.cli import main
+from lora_merge.demo.run import clear_outputs
+from lora_merge.demo.summary import ROW_KEYS
+from lora_merge.errors import LoraMergeError
+from lora_merge.progress import StagePlan, clock
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "demo-smollm2.yaml"
+
+
+def _demo(workdir: Path, out: str, *extra: str):
+    """Run the quick demo with ``workdir`` as the current folder (relative --out, like `make demo`)."""
+    import os
+
+    here = os.getcwd()
+    os.chdir(workdir)
+    try:
+        res = CliRunner().invoke(main, ["demo", "--quick", "--config", str(CONFIG), "--out", out, "--threads", "1",
+                                        "--no-progress", *extra])
+    finally:
+        os.chdir(here)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return res.output
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The same quick demo twice (same seed) from an empty working folder, and what the repository held before."""
+    work = tmp_path_factory.mktemp("demo-work")
+    adapters_before = sorted(p.name for p in (REPO / "adapters").iterdir())
+    first = _demo(work, "runs/demo")
+    second = _demo(work, "runs/again")
+    return work, first, second, adapters_before
+
+
+def test_summary_json_schema(two_runs):
+    work, output, _, _ = two_runs
+    rows = json.loads((work / "runs/demo/summary.json").read_text())
+    assert {r["skill"] for r in rows} == {"science", "safety"}
+    for row in rows:
+        assert tuple(row) == ROW_KEYS
+        assert row["method"] in ("theta_G", "PTM", "CFT")
+        for key in ("general", "skill_score"):
+            assert isinstance(row[key], float) and 0.0 <= row[key] <= 100.0
+        assert isinstance(row["skill_heldout"], float) and 0.0 <= row["skill_heldout"] <= 100.0  # every skill has one
+        assert row["lookalike"] is None or 0.0 <= row["lookalike"] <= 100.0
+        assert (row["lookalike"] is not None) == (row["skill"] == "safety")
+        assert (row["omega"] is None) == (row["method"] != "PTM")
+    counts = json.loads((work / "runs/demo/results/scores.json").read_text())
+    assert counts  # scores were stored as they came
+    for skill in ("science", "safety"):
+        methods = [r["method"] for r in rows if r["skill"] == skill]
+        assert methods == ["theta_G", "PTM", "PTM", "PTM", "CFT"]
+        omegas = [r["omega"] for r in rows if r["skill"] == skill and r["method"] == "PTM"]
+        assert omegas == [8 / 32, 0.5, 1.0]  # |D|/|G| of the quick sizes, then the grid
+    assert (work / "runs/demo/summary.md").read_text().startswith("# make demo")
+    for skill in ("science", "safety"):
+        assert (work / f"runs/demo/tradeoff_{skill}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "science:" in output and "safety:" in output and "CFT" in output
+
+
+def test_outputs_only_under_out(two_runs):
+    work, _, _, adapters_before = two_runs
+    assert sorted(p.name for p in work.iterdir()) == ["runs"]
+    assert sorted(p.name for p in (work / "runs").iterdir()) == ["again", "demo"]
+    out = work / "runs/demo"
+    assert sorted(p.name for p in (out / "adapters").iterdir()) == ["general", "safety", "science"]
+    assert (out / "general" / "config.json").is_file()
+    assert sorted(p.name for p in (REPO / "adapters").iterdir()) == adapters_before
+
+
+def test_same_seed_same_packs_and_scores(two_runs):
+    work = two_runs[0]
+    a, b = work / "runs/demo", work / "runs/again"
+    assert json.loads((a / "summary.json").read_text()) == json.loads((b / "summary.json").read_text())
+    for pack in ("general", "science", "safety"):
+        files = json.loads((a / "adapters" / pack / "skill.json").read_text())["files"]
+        assert files == json.loads((b / "adapters" / pack / "skill.json").read_text())["files"]  # sha256 per file
+
+
+def test_every_stage_shows_an_eta_and_the_last_lines_are_runnable_commands(two_runs, tmp_path):
+    work, output, _, _ = two_runs
+    stages = [line for line in output.splitlines() if line.startswith("[") and " left" in line]
+    assert len(stages) == 10 and stages[0].startswith("[1/10]") and stages[-1].startswith("[10/10]")
+    commands = [line.strip() for line in output.splitlines()[-3:]]
+    assert [c.split()[2] for c in commands] == ["fold", "sweep", "eval"]
+    for cmd in commands:
+        args = shlex.split(cmd)
+        assert args[:2] == [".venv/bin/python", "cli.py"]
+        for i, a in enumerate(args):  # every input path exists (outputs follow --out)
+            if args[i - 1] in ("--general", "--adapters-dir"):
+                assert (work / a).exists(), a
+        import os
+
+        here = os.getcwd()
+        os.chdir(work)
+        try:
+            res = CliRunner().invoke(main, args[2:])
+        finally:
+            os.chdir(here)
+        assert res.exit_code == 0, cmd + "\n" + res.output + repr(res.exception)
+
+
+def test_a_new_run_clears_what_the_last_one_wrote_but_keeps_the_cached_base(tmp_path):
+    out = tmp_path / "demo"
+    for folder in ("pre", "adapters/science", "general", "results"):
+        (out / folder).mkdir(parents=True)
+    for f in ("pre/config.json", "adapters/science/skill.json", "summary.json", "tradeoff_science.png", "notes.txt"):
+        (out / f).write_text("x")
+    clear_outputs(out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["notes.txt", "pre", "pre/config.json"]
+
+
+def test_miniature_only_flags_are_refused():
+    res = CliRunner().invoke(main, ["demo", "--adapters-dir", "adapters"])
+    assert res.exit_code == 2 and "--world miniature" in res.output
+
+
+def test_missing_model_wheel_says_how_to_install_it():
+    from lora_merge.study.prepare import find_gguf
+
+    with pytest.raises(LoraMergeError, match="make demo"):
+        find_gguf("lora_merge_no_such_model_wheel")
+
+
+def test_demo_data_eval_sets_are_disjoint_from_training(tmp_path):
+    from lora_merge.demo.data import demo_data
+    from lora_merge.skilldata import overlap
+    from lora_merge.study.config import StudyConfig
+
+    cfg = StudyConfig(out=tmp_path, sizes={"general": 24, "skills": {"science": 9, "safety": 9}, "eval_general": 5,
+                                           "eval_skill": 5, "eval_unsafe": 5})
+    data = demo_data(tmp_path, cfg)
+    def read(path):
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
+    train = {k: read(p) for k, p in data.files.train.items()}
+    evals = {k: read(p) for k, p in data.files.evals.items()}
+    assert data.files.counts["safety"] == 9 and sum(r["id"].startswith("lookalike/") for r in train["safety"]) == 3
+    for skill, sets in data.skills.items():
+        for name in (sets.in_form, sets.held_out, sets.lookalike):
+            if name:
+                assert evals[name] and not overlap(train[skill], evals[name]), name
+    assert not overlap(train["general"], evals["general"])
+
+
+def test_stage_plan_eta_follows_the_pace():
+    lines: list[str] = []
+    t = [0.0]
+    plan = StagePlan([("a", 10.0), ("b", 30.0)], lines.append, now=lambda: t[0])
+    with plan.stage("a"):
+        t[0] = 20.0  # twice as slow as planned
+    with plan.stage("b"):
+        pass
+    assert lines[0].endswith("about 0:40 left")  # the plan as written
+    assert lines[1].endswith("about 1:00 left")  # 30 planned seconds at half speed
+    assert clock(3725) == "1:02:05" and clock(59.6) == "1:00"
