@@ -19,7 +19,7 @@ from pathlib import Path
 from lora_merge.demo.data import DemoData, demo_data
 from lora_merge.progress import StagePlan
 from lora_merge.study.config import StudyConfig
-from lora_merge.study.driver import StudyRun, _uptime, prepare_base
+from lora_merge.study.driver import StudyRun, load_average, prepare_base
 
 # Reference speeds for the ETA (SmolLM2-135M, 2 idle cores, torch's default threads); the plan rescales them
 # by the pace the run actually keeps, so they only set the first estimate.
@@ -162,6 +162,6 @@ def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bo
         demo.summary = write_summary(demo)
     demo.timings = {**plan.actual, "total": round(plan.elapsed, 1)}
     record = {"wall_seconds": demo.timings, "cpu_seconds": {**plan.cpu, "total": round(sum(plan.cpu.values()), 1)},
-              "threads": torch.get_num_threads(), "loadavg": _uptime(), "costs": run.costs}
+              "threads": torch.get_num_threads(), "loadavg": load_average(), "costs": run.costs}
     (out / "results" / "timings.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return demo

@@ -111,7 +111,7 @@ def next_commands(demo) -> list[str]:
         f"{py} fold --general {q(str(run.general))} --adapters {','.join(skills)} --adapters-dir {q(str(run.adapters))} "
         f"--out {q(str(folded))} --force",
         f"{py} sweep --general {q(str(run.general))} --adapters {first} --adapters-dir {q(str(run.adapters))} "
-        f"--weights 0.25,0.5,0.75,1 {sweep_evals} --skill-group {files.group(files.skill_evals(first)[0])} "
+        f"--omegas 0.25,0.5,0.75,1 {sweep_evals} --skill-group {files.group(files.skill_evals(first)[0])} "
         f"--batch-size {run.cfg.evaluation.batch_size} --max-new-tokens 12 --out {q(str(out / f'sweep-{first}'))} --force",
         f"{py} eval --model {q(str(folded))} {eval_evals} --batch-size {run.cfg.evaluation.batch_size} "
         f"--max-new-tokens 12 --out {q(str(out / 'eval-folded'))} --force",

@@ -202,7 +202,7 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
 
         torch.set_num_threads(cfg.threads)
     run = StudyRun(cfg, echo)
-    run.timings["uptime_start"] = _uptime()
+    run.timings["uptime_start"] = load_average()
     stage = _stage_timer(run)
 
     with stage("prepare θpre"):
@@ -250,7 +250,7 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
         run.score_folder("θpre", run.base, run.all_sets(), {"kind": "θpre"})
     _rt_stages(run, cfg, stage)
     with stage("geometry and tables"):
-        run.timings["uptime_end"] = _uptime()
+        run.timings["uptime_end"] = load_average()
         run.timings["total_seconds"] = round(time.perf_counter() - run.t0, 1)
         artefacts = write_study_report(run)
     return artefacts
@@ -264,7 +264,7 @@ def _older(folder: Path, source: Path) -> bool:
         return True
 
 
-def _uptime() -> str:
+def load_average() -> str:
     try:
         return Path("/proc/loadavg").read_text().strip()
     except OSError:
