@@ -172,3 +172,33 @@ def test_stage_plan_eta_follows_the_pace():
     assert lines[0].endswith("about 0:40 left")  # the plan as written
     assert lines[1].endswith("about 1:00 left")  # 30 planned seconds at half speed
     assert clock(3725) == "1:02:05" and clock(59.6) == "1:00"
+
+
+def readme_commands() -> list[list[str]]:
+    """The README's block after `<!-- readme-commands -->`: each command line, split like a shell would."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- readme-commands -->", 1)[1].split("```", 2)[1]
+    return [shlex.split(line) for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_commands_run_as_typed_on_the_demo_outputs(two_runs):
+    """Every command of the README's "After make demo" block, exactly as written, on the quick demo's runs/demo."""
+    import os
+
+    work = two_runs[0]
+    commands = readme_commands()
+    assert len(commands) >= 15
+    if not (work / "configs").exists():
+        (work / "configs").symlink_to(REPO / "configs")  # the working folder stands for the repository root
+    here = os.getcwd()
+    os.chdir(work)
+    try:
+        for args in commands:
+            assert args[:2] == [".venv/bin/python", "cli.py"], args
+            res = CliRunner().invoke(main, args[2:])
+            assert res.exit_code == 0, shlex.join(args) + "\n" + res.output + repr(res.exception)
+    finally:
+        os.chdir(here)
+    outs = [args[args.index("--out") + 1] for args in commands if "--out" in args]
+    assert len(outs) == len(set(outs))  # distinct outputs: the README runs top to bottom without --force
+    assert all(Path(work, o).exists() for o in outs)
