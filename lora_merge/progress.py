@@ -1,10 +1,9 @@
-"""Progress with an ETA for multi-stage runs: a stage plan for the whole run and a bar for each training run.
+"""Progress with an ETA for multi-stage runs: a stage plan for the whole run.
 
 A :class:`StagePlan` knows every stage's planned cost up front (seconds on the reference machine, estimated
 from token counts); after each finished stage it rescales what is left by how fast the run has actually
-gone so far, so the ETA follows the machine it runs on (a busy shared CPU, or a faster one). Training runs
-show a tqdm bar over optimiser steps (its own ETA) through :class:`TrainProgress`, a trainer callback, in
-place of the trainer's raw log dictionaries.
+gone so far, so the ETA follows the machine it runs on (a busy shared CPU, or a faster one). Each training
+run shows its own bar (steps, loss, ETA: :mod:`lora_merge.train_progress`).
 """
 
 from __future__ import annotations
@@ -61,26 +60,3 @@ class StagePlan:
             self.actual[name] = round(self.now() - t, 1)
             self.cpu[name] = round(time.process_time() - c, 1)
             self.done_planned += self.planned[name]
-
-
-def train_progress(desc: str, enabled: bool = True):
-    """A transformers TrainerCallback showing a tqdm bar (steps, rate, ETA) for one training run."""
-    from tqdm import tqdm
-    from transformers import TrainerCallback
-
-    class TrainProgress(TrainerCallback):
-        bar = None
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.bar = tqdm(total=state.max_steps, desc=desc, unit="step", disable=not enabled, leave=False)
-
-        def on_step_end(self, args, state, control, **kw):
-            if self.bar is not None:
-                self.bar.update(state.global_step - self.bar.n)
-
-        def on_train_end(self, args, state, control, **kw):
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-    return TrainProgress()

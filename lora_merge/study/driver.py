@@ -63,7 +63,7 @@ class StudyRun:
         values = {"name": name, "base": self.base, "adapters_dir": self.adapters, "mode": "lora",
                   "epochs": t.epochs, "lr": t.lr, "rank": t.rank, "alpha": t.alpha, "batch_size": t.batch_size,
                   "max_length": t.max_length, "seed": self.cfg.seed, "logging_steps": 1000,
-                  "save_steps": 10**9, "save_total_limit": None, "progress": False, "force": True,
+                  "save_steps": 10**9, "save_total_limit": None, "progress": self.progress, "force": True,
                   "run_dir": self.out / "train" / name}
         values.update(kw)
         return values
@@ -83,10 +83,7 @@ class StudyRun:
                 self.costs[name] = saved["cost"]
                 self.say(f"{name}: reusing {target} (same settings)")
                 return Trained(target, saved["cost"])
-        from lora_merge.progress import train_progress
-
-        res = train_skill(build_recipe(values, f"study recipe {name}"),
-                          callbacks=[train_progress(f"train {name}", self.progress)])
+        res = train_skill(build_recipe(values, f"study recipe {name}"))  # its own bar: steps, loss, ETA
         cost = {"instances": res.instances, "steps": res.steps, "tokens": res.tokens,
                 "seconds": round(res.wall_seconds, 1), "final_loss": res.final_loss}
         stamp_path.parent.mkdir(parents=True, exist_ok=True)
