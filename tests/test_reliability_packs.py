@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,27 +14,10 @@ from safetensors.torch import load_file, save_file
 from lora_merge.cli import main
 from lora_merge.errors import LoraMergeError
 from lora_merge.fold import FoldRequest, fold
-from lora_merge.pico import make_lora_pack, perturbed, pico_model, save_model, state_of
+from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
 from lora_merge.skillpack import load_manifest, load_pack, write_manifest
 
 KEY = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("packs")
-    pre = pico_model("llama")
-    pre_dir = save_model(pre, root / "pre")
-    gen_dir = save_model(perturbed(pre, seed=1), root / "general")
-    pack = make_lora_pack(pre, pre_dir, root / "src" / "skill", "skill", seed=3)
-    return SimpleNamespace(pre=pre, pre_dir=pre_dir, gen_dir=gen_dir, pack=pack)
-
-
-@pytest.fixture
-def reg(tmp_path, built):
-    """A fresh adapters/ folder holding a copy of the good pack."""
-    shutil.copytree(built.pack, tmp_path / "adapters" / "skill")
-    return tmp_path / "adapters"
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -5,31 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
 
 from lora_merge.cli import main
 from lora_merge.errors import LoraMergeError
-from lora_merge.pico import make_lora_pack, perturbed, pico_model, save_model
 from lora_merge.weights import choose_weights, parse_weights, size_weight
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inputs")
-    pre = pico_model("llama")
-    pre_dir = save_model(pre, root / "pre")
-    gen_dir = save_model(perturbed(pre, seed=1), root / "general")
-    pack = make_lora_pack(pre, pre_dir, root / "src" / "skill", "skill", seed=3, instances=100)
-    return SimpleNamespace(pre=pre, pre_dir=pre_dir, gen_dir=gen_dir, pack=pack)
-
-
-@pytest.fixture
-def reg(tmp_path, built):
-    shutil.copytree(built.pack, tmp_path / "adapters" / "skill")
-    return tmp_path / "adapters"
 
 
 def cli(*args: str):

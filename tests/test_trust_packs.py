@@ -7,10 +7,8 @@ import gzip
 import io
 import json
 import os
-import shutil
 import tarfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -18,27 +16,10 @@ from click.testing import CliRunner
 from lora_merge import adapter_config
 from lora_merge.cli import main
 from lora_merge.errors import LoraMergeError
-from lora_merge.pico import make_lora_pack, perturbed, pico_model, save_model
 from lora_merge.sharing import import_pack
 from lora_merge.skillpack import load_pack
 
 ADAPTER_CFG = "adapter_config.json"
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trust")
-    pre = pico_model("llama")
-    pre_dir = save_model(pre, root / "pre")
-    gen_dir = save_model(perturbed(pre, seed=1), root / "general")
-    pack = make_lora_pack(pre, pre_dir, root / "src" / "skill", "skill", seed=3)
-    return SimpleNamespace(pre=pre, pre_dir=pre_dir, gen_dir=gen_dir, pack=pack)
-
-
-@pytest.fixture
-def reg(tmp_path, built):
-    shutil.copytree(built.pack, tmp_path / "adapters" / "skill")
-    return tmp_path / "adapters"
 
 
 def cli(*args: str):

@@ -12,15 +12,12 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
-import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lora_merge.cli import main
-from lora_merge.pico import make_lora_pack, perturbed, pico_model, save_model
 
 odd_numbers = st.sampled_from([0, -1, 10**400, -(10**30), 1e308, 2**63, 0.0, -0.0, 1e-320])
 odd_strings = st.sampled_from(["", "(.|.|.)*z", "(", "[", "../x", "/dev/zero", "\x1b[2J", "8", "true", "nan", "x" * 300])
@@ -43,16 +40,6 @@ edits = st.lists(
               json_values),
     min_size=1, max_size=4,
 )
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("props")
-    pre = pico_model("llama")
-    pre_dir = save_model(pre, root / "pre")
-    gen_dir = save_model(perturbed(pre, seed=1), root / "general")
-    pack = make_lora_pack(pre, pre_dir, root / "src" / "skill", "skill", seed=3)
-    return SimpleNamespace(gen_dir=gen_dir, pack=pack)
 
 
 def apply(pack: Path, fname: str, field: str, remove: bool, value: object) -> None:
