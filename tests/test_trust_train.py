@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from click.testing import CliRunner
+from test_train import recipe as _train_recipe
+from test_train import world  # noqa: F401 (a fixture: θpre with a character tokenizer and a skill file)
 
 from lora_merge.cli import main
 from lora_merge.errors import LoraMergeError
 from lora_merge.names import check_name
-from lora_merge.recipes import load_recipe
-
-PROMPTS = [(f"add {i} and {i + 3}: ", f"{2 * i + 3}!") for i in range(8)]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from lora_merge.pico import pico_char_tokenizer, pico_model, save_model
-
-    root = tmp_path_factory.mktemp("train_trust")
-    pre = save_model(pico_model("llama", hidden=32), root / "pre")
-    pico_char_tokenizer(pre)
-    data = root / "skill.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in PROMPTS))
-    return root, pre, data
+def recipe(world, tmp_path, **kw):  # noqa: F811
+    return _train_recipe(world, tmp_path, **{"max_steps": 1, **kw})
 
 
-def recipe(world, tmp_path, **kw):
-    _, pre, data = world
-    values = dict(base=pre, data=data, name="adder", adapters_dir=tmp_path / "adapters", run_dir=tmp_path / "run",
-                  max_steps=1, batch_size=8, lr=2e-2, rank=4, alpha=8, dropout=0.0, progress=False)
-    values.update(kw)
-    return load_recipe(None, values)
-
-
-def test_weight_decay_nan_in_a_recipe_is_refused_naming_the_key(world, tmp_path):
+def test_weight_decay_nan_in_a_recipe_is_refused_naming_the_key(world, tmp_path):  # noqa: F811
     cfg = tmp_path / "r.yaml"
     cfg.write_text("weight_decay: .nan\n")
     _, pre, data = world
@@ -46,7 +27,7 @@ def test_weight_decay_nan_in_a_recipe_is_refused_naming_the_key(world, tmp_path)
     assert not (tmp_path / "adapters").exists()
 
 
-def test_weights_that_went_non_finite_are_never_published(world, tmp_path):
+def test_weights_that_went_non_finite_are_never_published(world, tmp_path):  # noqa: F811
     """Whatever makes training diverge (here a callback poisons one weight), the pack is refused before publishing."""
     from transformers import TrainerCallback
 
@@ -65,7 +46,7 @@ def test_weights_that_went_non_finite_are_never_published(world, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../x", "/tmp/abs", "a/b", ".hidden", "", "x" * 101, "tab\there"])
-def test_train_name_outside_the_adapters_folder_is_refused_before_training(world, tmp_path, name):
+def test_train_name_outside_the_adapters_folder_is_refused_before_training(world, tmp_path, name):  # noqa: F811
     from lora_merge.train import plan_run
 
     with pytest.raises(LoraMergeError, match="not a plain name"):
@@ -73,7 +54,7 @@ def test_train_name_outside_the_adapters_folder_is_refused_before_training(world
     assert not (tmp_path / "adapters").exists() and not (tmp_path.parent / "x").exists()
 
 
-def test_train_extract_and_import_share_the_name_rule(world, tmp_path):
+def test_train_extract_and_import_share_the_name_rule(world, tmp_path):  # noqa: F811
     _, pre, _ = world
     for args in (["train", "--base", str(pre), "--data", str(world[2]), "--name", "../x"],
                  ["extract", "--model", str(pre), "--base", str(pre), "--name", "../x"],
