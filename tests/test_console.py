@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from test_train import world  # noqa: F401 (a fixture: θpre with a character tokenizer and a skill file)
 
 from lora_merge import console
 
@@ -32,26 +32,14 @@ def test_no_empty_bars():
     assert console.bar([1], desc="score", unit="batch", progress=False).disable
 
 
-@pytest.fixture(scope="module")
-def trainable(tmp_path_factory):
-    from lora_merge.pico import pico_char_tokenizer, pico_model, save_model
-
-    root = tmp_path_factory.mktemp("console")
-    pre = save_model(pico_model("llama", hidden=32), root / "pre")
-    pico_char_tokenizer(pre)
-    data = root / "skill.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"add {i}: ", "completion": f"{i}!"}) + "\n" for i in range(16)))
-    return root, pre, data
-
-
 def train_args(root: Path, pre: Path, data: Path, name: str) -> list[str]:
     return ["train", "--base", str(pre), "--data", str(data), "--name", name, "--adapters-dir", str(root / "ad"),
             "--run-dir", str(root / f"run-{name}"), "--max-steps", "2", "--batch-size", "8", "--rank", "2",
             "--set", "logging_steps=1"]
 
 
-def test_train_shows_one_bar_and_keeps_trainer_logs_in_the_run_folder(trainable):
-    root, pre, data = trainable
+def test_train_shows_one_bar_and_keeps_trainer_logs_in_the_run_folder(world):  # noqa: F811
+    root, pre, data = world
     r = cli(*train_args(root, pre, data, "loud"))
     assert r.returncode == 0, r.stderr
     assert "{'loss'" not in r.stdout + r.stderr and "'train_runtime'" not in r.stdout + r.stderr  # no raw dicts
@@ -62,8 +50,8 @@ def test_train_shows_one_bar_and_keeps_trainer_logs_in_the_run_folder(trainable)
     assert [log["step"] for log in logs if "loss" in log] == [1, 2]
 
 
-def test_quiet_leaves_only_results(trainable):
-    root, pre, data = trainable
+def test_quiet_leaves_only_results(world):  # noqa: F811
+    root, pre, data = world
     r = cli("--quiet", *train_args(root, pre, data, "quiet"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("trained skill pack")
