@@ -95,6 +95,7 @@ def machine() -> dict[str, str]:
     mem = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
     cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
                 if x.startswith("model name")), platform.processor())
+    _models.CACHE.mkdir(parents=True, exist_ok=True)  # a fresh clone has no model cache yet
     du = shutil.disk_usage(_models.CACHE)
     dev = subprocess.run(["df", "--output=source,fstype", str(_models.CACHE)], capture_output=True, text=True).stdout
     return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": f"{os.cpu_count()} cores, {cpu}",
