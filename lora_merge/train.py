@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lora_merge.completion_logits import completion_positions_only
 from lora_merge.data import TrainingMix, count_tokens, load_data, mix, replay_sample
 from lora_merge.errors import LoraMergeError
 from lora_merge.names import check_name
@@ -297,7 +298,7 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
     # process has cleared a stale one yet; only the main process clears it.
     resume_from, resumed_step = checkpoint_to_resume(recipe, plan.run_dir, clear=processes.is_main)
     started = time.perf_counter()
-    with _Interrupt() as interrupt:
+    with _Interrupt() as interrupt, completion_positions_only(hw.cuda):
         quiet_libraries(qlora=recipe.mode == "qlora")
         trainer = build_trainer(recipe, plan, data, hw, [*callbacks, interrupt.callback()])
         quiet_trainer(trainer, plan.run_dir, recipe.progress)  # a bar with the loss; raw log dicts to the run folder

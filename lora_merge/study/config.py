@@ -49,6 +49,7 @@ class Training(BaseModel):
     alpha: float = Field(default=32.0, gt=0)
     batch_size: int = Field(default=8, ge=1)
     max_length: int = Field(default=96, ge=8)
+    dropout: float = Field(default=0.05, ge=0, lt=1)  # LoRA dropout (the recipes' default)
 
 
 class Evaluation(BaseModel):

@@ -62,7 +62,7 @@ class StudyRun:
         t = self.cfg.general_training if kind == "general" else self.cfg.skill_training
         values = {"name": name, "base": self.base, "adapters_dir": self.adapters, "mode": "lora",
                   "epochs": t.epochs, "lr": t.lr, "rank": t.rank, "alpha": t.alpha, "batch_size": t.batch_size,
-                  "max_length": t.max_length, "seed": self.cfg.seed, "logging_steps": 1000,
+                  "max_length": t.max_length, "dropout": t.dropout, "seed": self.cfg.seed, "logging_steps": 1000,
                   "save_steps": 10**9, "save_total_limit": None, "progress": self.progress, "force": True,
                   "run_dir": self.out / "train" / name}
         values.update(kw)
