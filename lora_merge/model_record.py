@@ -34,6 +34,8 @@ class FoldedPackRecord(_Strict):
     instances: int | None = None
     sha256: dict[str, str] = {}
     tensors: int
+    base_check: str | None = None  # provenance (lora_merge/provenance.py): descends | foreign-allowed | no-sketch
+    base_distance: float | None = None  # ‖θG − θpre‖/‖θpre‖ at the pack's sketched positions
 
 
 class DataRecord(_Strict):
