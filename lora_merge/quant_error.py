@@ -171,7 +171,7 @@ def fold_warnings(pack: SkillPack, vector: TaskVector) -> list[str]:
     big = sorted((r for r in ratios if not r.ratio <= RATIO_WARN), key=lambda r: -r.ratio)
     if not big:
         return []
-    named = ", ".join(f"{printable(r.name)} {r.ratio:.0f}×" for r in big[:3])
+    named = ", ".join(f"{printable(r.name)} {r.ratio:.3g}×" for r in big[:3])
     return [f"pack {printable(pack.name)!r} was trained on a 4-bit base ({q.quant_type}, block {q.block_size}): in "
             f"{len(big)}/{len(ratios)} layers ‖θpre − dequant(Q4(θpre))‖ is over {RATIO_WARN:g}× the update ‖ΔW‖ "
             f"({named}); the adapter learned against the 4-bit weights, so check the folded model "
