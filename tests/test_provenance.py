@@ -57,7 +57,7 @@ def foreign(built, tmp_path_factory):
 def test_the_sketch_samples_the_base_where_the_pack_touches_it(built):
     sketch = SafetensorsFile(built.pack / BASE_SKETCH)
     pre = state_of(built.pre_dir)
-    adapted = sorted(k for k in pre if k.endswith(("_proj.weight")))  # the pack adapts all-linear
+    adapted = sorted(k for k in pre if k.endswith("_proj.weight"))  # the pack adapts all-linear
     assert sorted(sketch.keys()) == adapted
     for n in adapted:
         assert torch.equal(sketch.get(n), pre[n].reshape(-1)[torch.tensor(positions(n, pre[n].numel()))])
