@@ -95,6 +95,7 @@ def test_allow_foreign_base_folds_records_the_distance_and_the_recipe_reruns(bui
     assert pack["base_check"] == "foreign-allowed" and pack["base_distance"] == pytest.approx(expected, rel=1e-5)
     assert any("--allow-foreign-base" in w for w in record["warnings"])
     assert "allow_foreign_base: true" in (tmp_path / "out" / "lora_merge_recipe.yml").read_text()
+    assert f"does NOT descend (allowed), distance {expected:.3g}" in (tmp_path / "out" / "README.md").read_text()
     rerun = cli("fold", "--config", tmp_path / "out" / "lora_merge_recipe.yml", "--out", tmp_path / "again")
     assert rerun.exit_code == 0, rerun.output
 
