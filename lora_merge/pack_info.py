@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,10 @@ def sketched_weights(pack: SkillPack) -> int | None:
     if not os.path.lexists(path):
         return None
     check_pack_file(path, pack.path)  # a regular file inside the pack (never a fifo, a device or a link out)
-    return len(read_header(path)[0])
+    try:
+        return len(json.loads(read_header(path)[1]["weights"]))
+    except (KeyError, ValueError, TypeError):
+        return 0  # unreadable: the fold says why (provenance.read_sketch)
 
 
 def summarize_pack(path: str | Path, verify: bool = False) -> PackSummary:

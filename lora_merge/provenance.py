@@ -11,7 +11,7 @@ gather from the memory map: the pages holding those elements, never a whole tens
 
     d = ‖θG[S] − θpre[S]‖ / ‖θpre[S]‖   over every sampled element S.
 
-A model tuned from θpre is a few percent away; an unrelated model of the same shapes is about 1 or more
+A model tuned from θpre is well under a percent away; an unrelated model of the same shapes about 1
 (measured on SmolLM2-135M, docs/results.md "Provenance"). Above :data:`FOREIGN_DISTANCE` the fold is
 refused unless the user allows it.
 """
@@ -38,13 +38,14 @@ from lora_merge.skillpack import BASE_SKETCH, SkillPack, load_pack
 from lora_merge.task_vector import TargetModel, TaskVector
 from lora_merge.tensors import SINGLE_NAME, SafetensorsFile, WeightSet
 
-SAMPLES = 16  # per touched tensor: SmolLM2's 210 adapted weights make a 13 kB sketch (plus its header)
+SAMPLES = 16  # per touched tensor: SmolLM2's 210 adapted weights make a 13 kB matrix (25 kB with the names)
 SEED = 0
 SKETCH_FORMAT = "1"
 MAX_SAMPLES = 4096  # a sketch that asks for more per tensor is not one of ours: refused, not read
 # Relative distance above which θG is taken not to descend from the pack's base. Measured on SmolLM2-135M
-# (docs/results.md, "Provenance"): models tuned from θpre lie at 0.002–0.03, a fresh initialisation of the
-# same config at 1.0–1.2; 0.3 leaves an order of magnitude on either side.
+# (docs/results.md, "Provenance"): θG and θCFT, tuned from θpre, lie at 0.0022 and 0.0024 (no weight above
+# 0.014); two fresh initialisations of θpre's config at 1.005 and 1.007 (no weight below 0.84). 0.3 is 3× under
+# the unrelated models and 100× over the descendants, room for fine-tunes that move far more than the demo's.
 FOREIGN_DISTANCE = 0.3
 
 
@@ -56,16 +57,16 @@ def sample_positions(name: str, numel: int, count: int = SAMPLES, seed: int = SE
 
 @dataclass
 class Sketch:
-    """θpre sampled: per stored weight name, its shape and the values at :func:`sample_positions`."""
+    """θpre sampled: per stored weight name, its size and its :data:`SAMPLES` values at :func:`sample_positions`."""
 
     values: dict[str, torch.Tensor]
-    shapes: dict[str, tuple[int, ...]]
+    numels: dict[str, int]
     seed: int = SEED
     samples: int = SAMPLES
     base: str | None = None
 
     def positions(self, name: str) -> list[int]:
-        return sample_positions(name, math.prod(self.shapes[name]), self.samples, self.seed)
+        return sample_positions(name, self.numels[name], self.samples, self.seed)
 
 
 def touched_base_weights(pack: SkillPack, base: WeightSet, base_dir: Path) -> list[str]:
@@ -76,30 +77,31 @@ def touched_base_weights(pack: SkillPack, base: WeightSet, base_dir: Path) -> li
 
 
 def sketch_of(base: WeightSet, names: Sequence[str], label: str | None = None) -> Sketch:
-    """The sketch of ``base`` at ``names`` (floating-point weights only: an integer buffer is not a weight)."""
-    values, shapes = {}, {}
+    """The sketch of ``base`` at ``names``: floating-point weights of at least SAMPLES elements (an integer
+    buffer is not a weight; a tensor smaller than a sample says nothing a distance could use)."""
+    values, numels = {}, {}
     for n in names:
         info = base.info(n)
-        if not info.dtype.startswith(("F", "BF")) or info.numel == 0:
-            continue
-        shapes[n] = tuple(info.shape)
-        values[n] = base.elements(n, sample_positions(n, info.numel))
-    return Sketch(values, shapes, base=label)
+        if info.dtype.startswith(("F", "BF")) and info.numel >= SAMPLES:
+            numels[n] = info.numel
+            values[n] = base.elements(n, sample_positions(n, info.numel))
+    return Sketch(values, numels, base=label)
 
 
 def write_sketch(folder: Path, sketch: Sketch) -> Path:
-    """``base_sketch.safetensors`` in ``folder`` (a staged pack folder): the values, the shapes and how the
-    positions are drawn in the metadata."""
+    """``base_sketch.safetensors`` in ``folder`` (a staged pack folder): one float32 matrix, a row of samples
+    per weight, the weights' names and sizes and how positions are drawn in the metadata (a few kB)."""
     names = sorted(sketch.values)
-    plan = [PlannedTensor(n, torch.float32, tuple(sketch.values[n].shape)) for n in names]
+    matrix = torch.stack([sketch.values[n].to(torch.float32) for n in names]) if names else \
+        torch.zeros(0, sketch.samples)
     meta = {"lora_merge": __version__, "content": "base_sketch", "sketch_format": SKETCH_FORMAT,
             "seed": str(sketch.seed), "samples": str(sketch.samples),
-            "positions": "sha256(f'{seed}/{name}/{i}')[:8] little-endian mod numel, i < min(samples, numel)",
-            "shapes": json.dumps({n: list(sketch.shapes[n]) for n in names}), "base": sketch.base or ""}
-    writer = ShardedWriter(Path(folder), plan, 1 << 62, meta)
+            "positions": "row i of values: weights[i] at sha256(f'{seed}/{name}/{j}')[:8] little-endian mod numel",
+            "weights": json.dumps([[n, sketch.numels[n]] for n in names], separators=(",", ":")),
+            "base": sketch.base or ""}
+    writer = ShardedWriter(Path(folder), [PlannedTensor("values", torch.float32, tuple(matrix.shape))], 1 << 62, meta)
     try:
-        for n in names:
-            writer.write(n, sketch.values[n].to(torch.float32).contiguous())
+        writer.write("values", matrix.contiguous())
         writer.finish()
     finally:
         writer.abort()
@@ -108,7 +110,7 @@ def write_sketch(folder: Path, sketch: Sketch) -> Path:
 
 
 def sketch_pack(folder: Path, base_dir: Path) -> int:
-    """Sketch θpre (``base_dir``) where the pack in ``folder`` touches it; returns the number of tensors."""
+    """Sketch θpre (``base_dir``) where the pack in ``folder`` touches it; returns the number of weights."""
     base = WeightSet.open(base_dir)
     pack = load_pack(folder, verify=False)
     sketch = sketch_of(base, touched_base_weights(pack, base, Path(base_dir)), str(base_dir))
@@ -117,33 +119,32 @@ def sketch_pack(folder: Path, base_dir: Path) -> int:
 
 
 def read_sketch(path: Path, pack_dir: Path | None = None) -> Sketch:
-    """Read and check a sketch file (inside ``pack_dir`` when given): every value float32, finite, as many as
-    the metadata's positions say."""
+    """Read and check a sketch file (inside ``pack_dir`` when given): a finite float32 matrix with a row of
+    ``samples`` values per weight its metadata names."""
     bad = f"{path}: not a valid base sketch"
     if pack_dir is not None:
         check_pack_file(path, pack_dir)
     src = SafetensorsFile(path)
     meta = src.metadata
     try:
-        shapes = {k: tuple(int(s) for s in v) for k, v in json.loads(meta["shapes"]).items()}
+        weights = [(str(n), int(k)) for n, k in json.loads(meta["weights"])]
         seed, samples = int(meta["seed"]), int(meta["samples"])
     except (KeyError, ValueError, TypeError, AttributeError):
-        raise LoraMergeError(f"{bad} (its metadata lacks the shapes, seed or sample count)") from None
+        raise LoraMergeError(f"{bad} (its metadata lacks the weights, seed or sample count)") from None
     if meta.get("sketch_format") != SKETCH_FORMAT or not 0 < samples <= MAX_SAMPLES:
         raise LoraMergeError(f"{bad} (format {meta.get('sketch_format')!r}, {samples} samples; this lora_merge reads "
                              f"format {SKETCH_FORMAT} with at most {MAX_SAMPLES})")
-    if set(shapes) != set(src.keys()):
-        raise LoraMergeError(f"{bad} (its metadata and its tensors name different weights)")
-    values = {}
-    for n in src.keys():
-        info = src.tensors[n]
-        want = min(samples, math.prod(shapes[n]))
-        if info.dtype != "F32" or info.shape != (want,):
-            raise LoraMergeError(f"{bad} ({n}: {info.dtype} {list(info.shape)}, expected F32 [{want}])")
-        values[n] = src.get(n).clone()
-        if not torch.isfinite(values[n]).all():
-            raise LoraMergeError(f"{bad} ({n} holds NaN or Inf)")
-    return Sketch(values, shapes, seed, samples, meta.get("base") or None)
+    info = src.tensors.get("values")
+    if info is None or info.dtype != "F32" or info.shape != (len(weights), samples) or len(src.tensors) != 1:
+        shape = f"{info.dtype} {list(info.shape)}" if info else "no 'values' tensor"
+        raise LoraMergeError(f"{bad} ({shape}; expected F32 [{len(weights)}, {samples}])")
+    if any(k < samples for _, k in weights) or len({n for n, _ in weights}) != len(weights):
+        raise LoraMergeError(f"{bad} (a weight named twice, or smaller than a sample)")
+    matrix = src.get("values").clone()
+    if not torch.isfinite(matrix).all():
+        raise LoraMergeError(f"{bad} (it holds NaN or Inf)")
+    return Sketch({n: matrix[i] for i, (n, _) in enumerate(weights)}, dict(weights), seed, samples,
+                  meta.get("base") or None)
 
 
 def pack_sketch(pack: SkillPack) -> Sketch | None:
@@ -157,13 +158,13 @@ def union(sketches: Sequence[Sketch]) -> Sketch | None:
     if not sketches or len({(s.seed, s.samples) for s in sketches}) > 1:
         return None
     values: dict[str, torch.Tensor] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
+    numels: dict[str, int] = {}
     for s in sketches:
         for n, v in s.values.items():
-            if n in values and (shapes[n] != s.shapes[n] or not torch.equal(values[n], v)):
+            if n in values and (numels[n] != s.numels[n] or not torch.equal(values[n], v)):
                 return None  # two bases: the merged pack has no single θpre to sketch
-            values[n], shapes[n] = v, s.shapes[n]
-    return Sketch(values, shapes, sketches[0].seed, sketches[0].samples, sketches[0].base)
+            values[n], numels[n] = v, s.numels[n]
+    return Sketch(values, numels, sketches[0].seed, sketches[0].samples, sketches[0].base)
 
 
 @dataclass
@@ -193,7 +194,7 @@ def base_distance(sketch: Sketch, general: WeightSet, target: TargetModel) -> Ba
         except LoraMergeError:
             hits = []
         stored = target.virtual.get(hits[0], hits[0]) if len(hits) == 1 else None
-        if stored is None or stored not in general or math.prod(general.info(stored).shape) != math.prod(sketch.shapes[name]):
+        if stored is None or stored not in general or general.info(stored).numel != sketch.numels[name]:
             missing.append(name)
             continue
         got = general.elements(stored, sketch.positions(name))
