@@ -9,7 +9,8 @@ It adds, in the same run folder and with the demo's own settings (lora_merge.stu
 
 - θCFT (θG continued on science) and two fresh initialisations of θpre's config (seeds 1, 2);
 - the science skill trained again as QLoRA on the 4-bit θpre (same recipe, ``mode: qlora``);
-- the provenance distance of each model from each pack's θpre sketch, with the whole-tensor distance beside it;
+- the provenance distance of each model from each pack's θpre sketch (the LoRA packs, and a dense pack of
+  θCFT − θpre that sketches every weight), with the whole-weight distance beside it;
 - ‖θpre − dequant(Q4(θpre))‖ / ‖ΔW‖ per layer for both packs;
 - both packs folded into θG at ω = |D|/|G| and 1, and the QLoRA pack with the residual correction
   (θG + ω·τ + dequant(Q4(θpre)) − θpre on the adapted layers), each scored on general and science.
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from lora_merge.demo.data import demo_data
+from lora_merge.extract import ExtractRequest, extract_pack
 from lora_merge.fingerprint import read_config
 from lora_merge.interference import terms_inner
 from lora_merge.provenance import base_distance, pack_sketch
@@ -52,14 +54,16 @@ def fresh_init(pre: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def whole_distance(model: WeightSet, pre: WeightSet, names: list[str]) -> float:
-    """‖θ − θpre‖ / ‖θpre‖ over the whole of ``names`` (what the sketch estimates)."""
-    diff = ref = 0.0
+def whole_distance(model: WeightSet, pre: WeightSet, names: list[str]) -> tuple[float, float]:
+    """(median over ``names`` of ‖θ − θpre‖ / ‖θpre‖, the same ratio pooled), over whole weights: what the
+    sketch estimates."""
+    per, diff, ref = [], 0.0, 0.0
     for n in names:
         p = pre.get(n).double()
-        diff += float((model.get(n).double() - p).square().sum())
-        ref += float(p.square().sum())
-    return math.sqrt(diff / ref)
+        d2, r2 = float((model.get(n).double() - p).square().sum()), float(p.square().sum())
+        per.append(math.sqrt(d2 / r2))
+        diff, ref = diff + d2, ref + r2
+    return statistics.median(per), math.sqrt(diff / ref)
 
 
 def distances(packs: dict[str, Path], models: dict[str, Path]) -> dict:
@@ -74,11 +78,16 @@ def distances(packs: dict[str, Path], models: dict[str, Path]) -> dict:
             started = time.perf_counter()
             d = base_distance(sketch, ws, TargetModel.from_weights(ws, read_config(folder)))
             took = time.perf_counter() - started
-            rows[name] = {"sketch": d.distance, "whole": whole_distance(ws, pre, list(sketch.values)),
-                          "max_tensor": max(d.per_tensor.values()), "min_tensor": min(d.per_tensor.values()),
-                          "tensors": d.compared, "seconds": round(took, 3)}
-            print(f"{label:>14} vs {name:<10} sketch {d.distance:.4g}  whole {rows[name]['whole']:.4g}  "
-                  f"per tensor {rows[name]['min_tensor']:.3g}–{rows[name]['max_tensor']:.3g}  ({took:.2f} s)")
+            whole_median, whole_pooled = whole_distance(ws, pre, list(sketch.values))
+            rows[name] = {"sketch": d.distance, "cosine": d.cosine, "cosine_range": [min(d.cosines.values()),
+                                                                                      max(d.cosines.values())],
+                          "sketch_pooled": d.pooled, "whole": whole_median,
+                          "whole_pooled": whole_pooled, "max_tensor": max(d.per_tensor.values()),
+                          "min_tensor": min(d.per_tensor.values()), "tensors": d.compared, "seconds": round(took, 3)}
+            print(f"{label:>16} vs {name:<8} cosine {d.cosine:.5f} ({min(d.cosines.values()):.3f}–"
+                  f"{max(d.cosines.values()):.3f})  sketch {d.distance:.4g} (pooled {d.pooled:.4g})  whole "
+                  f"{whole_median:.4g} (pooled {whole_pooled:.4g})  per weight {rows[name]['min_tensor']:.3g}–"
+                  f"{rows[name]['max_tensor']:.3g}  ({took:.2f} s)")
         out[label] = {"sketched_tensors": len(sketch.values),
                       "sketch_bytes": (pack_dir / "base_sketch.safetensors").stat().st_size, "models": rows}
     return out
@@ -158,8 +167,12 @@ def main() -> None:
     models = {"θpre": run.base, "θG": run.general, "θCFT": cft}
     for seed in (1, 2):
         models[f"fresh-{seed}"] = fresh_init(run.base, out / "models" / f"fresh-{seed}", seed)
+    dense = out / "adapters" / "cft-dense"
+    if not (dense / "skill.json").is_file():  # every weight sketched, norms and embeddings included
+        extract_pack(ExtractRequest(model=cft, base=run.base, name="cft-dense", out=dense, instances=40,
+                                    progress=False))
     record = {"distances": distances({"science (LoRA)": run.adapters / skill, "science (QLoRA)": qlora.path,
-                                      "general (LoRA)": run.adapters / "general"}, models)}
+                                      "θCFT − θpre (dense)": dense}, models)}
     record["ratios"] = {"lora": ratios(run.adapters / skill, run.base), "qlora": ratios(qlora.path, run.base)}
     record["cosine_lora_qlora"] = cosine(run.adapters / skill, qlora.path, run.base)
     print(f"cos(τ LoRA, τ QLoRA) = {record['cosine_lora_qlora']:.3f}")

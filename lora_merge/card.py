@@ -95,6 +95,7 @@ def pack_card(m: Any) -> str:
 def base_check_text(p) -> str:
     """The provenance verdict of a folded pack for the card (lora_merge/provenance.py)."""
     distance = f", distance {p.base_distance:.3g}" if p.base_distance is not None else ""
+    distance += f", cosine {p.base_cosine:.3f}" if p.base_cosine is not None else ""
     return {"descends": f"descends{distance}", "foreign-allowed": f"does NOT descend (allowed){distance}",
             "no-sketch": "not checked: no sketch"}.get(p.base_check or "", "—")
 

@@ -160,9 +160,11 @@ def provenance_fields(term: PlanTerm) -> dict:
     """A pack's provenance verdict for its lora_merge.json entry (model differences have none)."""
     if term.base_check is None:
         return {}
-    distance = term.base_distance
-    return {"base_check": term.base_check,
-            "base_distance": round(distance, 6) if distance is not None and math.isfinite(distance) else None}
+    def rounded(x: float | None) -> float | None:
+        return round(x, 6) if x is not None and math.isfinite(x) else None
+
+    return {"base_check": term.base_check, "base_distance": rounded(term.base_distance),
+            "base_cosine": rounded(term.base_cosine)}
 
 
 def card_license(model: Path) -> str | None:

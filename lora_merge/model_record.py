@@ -35,7 +35,8 @@ class FoldedPackRecord(_Strict):
     sha256: dict[str, str] = {}
     tensors: int
     base_check: str | None = None  # provenance (lora_merge/provenance.py): descends | foreign-allowed | no-sketch
-    base_distance: float | None = None  # ‖θG − θpre‖/‖θpre‖ at the pack's sketched positions
+    base_distance: float | None = None  # ‖θG − θpre‖/‖θpre‖ at the pack's sketched positions (median over weights)
+    base_cosine: float | None = None  # cos(θG, θpre) there (median over weights): ≥ 0.5 descends
 
 
 class DataRecord(_Strict):

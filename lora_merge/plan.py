@@ -75,7 +75,8 @@ class PlanTerm:
     instances: int | None = None
     sha256: dict[str, str] = field(default_factory=dict)
     base_check: str | None = None  # provenance: descends | foreign-allowed | no-sketch (packs only)
-    base_distance: float | None = None  # ‖θG − θpre‖/‖θpre‖ at the pack's sketched positions
+    base_distance: float | None = None  # ‖θG − θpre‖/‖θpre‖ at the pack's sketched positions (median over weights)
+    base_cosine: float | None = None  # cos(θG, θpre) there (median over weights): the verdict's measure
 
     @property
     def tensors(self) -> int:
@@ -265,7 +266,7 @@ def checked_bases(packs: Sequence[SkillPack], terms: list[PlanTerm], general: We
     checked, warnings, notices = [], [], []
     for p, t in zip(packs, terms, strict=True):
         check = check_base(p, general, target, Path(req.general), req.allow_foreign_base)
-        checked.append(replace(t, base_check=check.status, base_distance=check.distance))
+        checked.append(replace(t, base_check=check.status, base_distance=check.distance, base_cosine=check.cosine))
         warnings += check.warnings
         notices += check.notices
     return checked, warnings, notices
