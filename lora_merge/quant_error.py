@@ -93,9 +93,12 @@ def residual_norm(weight: torch.Tensor, q: QuantizationInfo) -> float:
         import bitsandbytes.functional as bnbf
     except ImportError:
         raise LoraMergeError("--quantization-error needs bitsandbytes: pip install 'lora_merge[qlora]'") from None
-    w = weight.to(getattr(torch, q.quant_dtype))
-    packed, state = bnbf.quantize_4bit(w, blocksize=q.block_size, compress_statistics=q.double_quant,
-                                       quant_type=q.quant_type)
+    w = weight.to(getattr(torch, q.quant_dtype))  # one of three float dtypes (the manifest's schema)
+    try:
+        packed, state = bnbf.quantize_4bit(w, blocksize=q.block_size, compress_statistics=q.double_quant,
+                                           quant_type=q.quant_type)
+    except (ValueError, RuntimeError, AssertionError) as e:  # a block size bitsandbytes does not support
+        raise LoraMergeError(f"bitsandbytes cannot quantise with block size {q.block_size} ({e})") from None
     return _norm(weight.float() - bnbf.dequantize_4bit(packed, state).float())
 
 

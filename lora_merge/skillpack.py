@@ -21,7 +21,7 @@ import datetime as _dt
 import hashlib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
@@ -65,14 +65,14 @@ class QuantizationInfo(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
-    method: str = "bitsandbytes"
-    bits: int = 4
-    quant_type: str  # nf4 | fp4
-    block_size: int
-    compute_dtype: str  # the dtype of the 4-bit layers' matmuls
-    quant_dtype: str  # the dtype the weights were quantised from (and dequantise to)
+    method: Literal["bitsandbytes"] = "bitsandbytes"
+    bits: Literal[4] = 4
+    quant_type: Literal["nf4", "fp4"]
+    block_size: StrictInt = Field(gt=0, le=1 << 20)
+    compute_dtype: Literal["float32", "bfloat16", "float16"]  # the dtype of the 4-bit layers' matmuls
+    quant_dtype: Literal["float32", "bfloat16", "float16"]  # quantised from (and dequantised to) this dtype
     double_quant: bool  # the block absmax values quantised again (bnb "nested" state)
-    residual_norms: dict[str, float] | None = None
+    residual_norms: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = None
 
 
 class TrainingInfo(BaseModel):

@@ -114,3 +114,17 @@ def test_fold_warns_naming_the_layers_where_the_residual_dwarfs_the_update(world
     warnings = json.loads((tmp_path / "b" / "lora_merge.json").read_text())["warnings"]
     assert any("trained on a 4-bit base (nf4, block 64)" in w for w in warnings)
     assert math.isfinite(threshold)
+
+
+@pytest.mark.parametrize("field, value", [("quant_dtype", "__class__"), ("quant_type", "int8"), ("block_size", -64),
+                                          ("residual_norms", {"model.layers.0.mlp.up_proj.weight": -1.0})])
+def test_a_bad_quantization_record_is_an_invalid_manifest(qlora_pack, tmp_path, field, value):
+    import shutil
+
+    pack = tmp_path / "p"
+    shutil.copytree(qlora_pack, pack)
+    manifest = json.loads((pack / "skill.json").read_text())
+    manifest["training"]["quantization_config"][field] = value
+    (pack / "skill.json").write_text(json.dumps(manifest))
+    res = CliRunner().invoke(main, ["pack", "inspect", str(pack), "--quantization-error", str(pack)])
+    assert res.exit_code == 2 and f"training.quantization_config.{field}" in res.output, res.output
