@@ -92,6 +92,14 @@ def pack_card(m: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def base_check_text(p) -> str:
+    """The provenance verdict of a folded pack for the card (lora_merge/provenance.py)."""
+    distance = f", distance {p.base_distance:.3g}" if p.base_distance is not None else ""
+    distance += f", cosine {p.base_cosine:.3f}" if p.base_cosine is not None else ""
+    return {"descends": f"descends{distance}", "foreign-allowed": f"does NOT descend (allowed){distance}",
+            "no-sketch": "not checked: no sketch"}.get(p.base_check or "", "—")
+
+
 def merged_card(record: ModelRecord) -> str:
     """The card of a merged model: formula, each folded pack with its ω and rule, the recipe and its command."""
     lines = [
@@ -104,13 +112,13 @@ def merged_card(record: ModelRecord) -> str:
         "",
         f"Formula: `{record.formula}`",
         "",
-        "| pack | kind | ω | rule | \\|D\\| | tensors | sha256 |",
-        "|---|---|---|---|---|---|---|",
+        "| pack | kind | ω | rule | \\|D\\| | tensors | θG from the pack's base | sha256 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in record.packs or []:
         hashes = ", ".join(f"{f}: {h[:16]}…" for f, h in sorted(p.sha256.items())) or "not recorded"
         lines.append(f"| {_cell(p.name)} | {_cell(p.kind)} | {p.weight:.4g} | {_cell(p.weight_formula)} "
-                     f"| {_cell(p.instances)} | {p.tensors} | {_cell(hashes)} |")
+                     f"| {_cell(p.instances)} | {p.tensors} | {_cell(base_check_text(p))} | {_cell(hashes)} |")
     if record.base_model:
         lines += ["", f"Base model (θpre) used for replaced tensors: `{_fmt(record.base_model)}`"]
     if record.warnings:

@@ -29,6 +29,7 @@ from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
 from lora_merge.names import check_name
 from lora_merge.output import check_output, staged_output
+from lora_merge.provenance import sketch_pack
 from lora_merge.shards import PlannedTensor, ShardedWriter
 from lora_merge.skillpack import (
     ADAPTER_WEIGHTS,
@@ -184,6 +185,7 @@ def extract_pack(req: ExtractRequest) -> ExtractResult:
             result = _write_dense(req, model, base, names, tmp, dtype, device)
         else:
             result = _write_lora(req, model, base, names, tmp, dtype, device)
+        sketch_pack(tmp, Path(req.base))  # θpre sampled where the pack touches it (provenance.py)
         training = TrainingInfo(method="full", rank=req.rank, alpha=float(req.rank) if req.rank else None,
                                 extracted_from=str(req.model), svd_relative_error=result.overall_error)
         write_manifest(tmp, Manifest(

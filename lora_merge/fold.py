@@ -11,6 +11,7 @@ failed or interrupted fold leaves no output behind.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class FoldResult:
     seconds: float
     shards: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # printed, not recorded (the provenance check of each pack)
 
 
 def output_dtype(requested: str, stored: torch.dtype) -> torch.dtype:
@@ -103,7 +105,8 @@ def fold_plan(plan: FoldPlan) -> FoldResult:
             warnings.append("a pack changes one side of the tied input/output embeddings: the output unties them "
                             "(tie_word_embeddings = false), as the adapted model computed")
         result_info = FoldResult(out=out, packs=list(plan.terms), tensors_total=len(layout), tensors_changed=changed,
-                                 bytes_written=writer.bytes_written, seconds=0.0, shards=shards, warnings=warnings)
+                                 bytes_written=writer.bytes_written, seconds=0.0, shards=shards, warnings=warnings,
+                                 notices=list(plan.notices))
         write_merge_records(tmp, plan, result_info)
     result_info.seconds = time.perf_counter() - started
     return result_info
@@ -144,13 +147,24 @@ def write_merge_records(folder: Path, plan: FoldPlan, res: FoldResult) -> None:
         formula=plan.formula, data=DataRecord(instances=plan.general_size),
         packs=[FoldedPackRecord(name=p.name, path=p.path, kind=p.kind, weight=p.weight.value, rule=p.weight.rule,
                                 weight_formula=p.weight.formula, instances=p.instances, sha256=p.sha256,
-                                tensors=p.tensors) for p in res.packs],
+                                tensors=p.tensors, **provenance_fields(p)) for p in res.packs],
         warnings=res.warnings, license=card_license(Path(req.general)), recipe=recipe,
         command=command,
     )
     write_model_record(folder, record)
     write_recipe(folder, recipe, command)
     write_card(folder, record)
+
+
+def provenance_fields(term: PlanTerm) -> dict:
+    """A pack's provenance verdict for its lora_merge.json entry (model differences have none)."""
+    if term.base_check is None:
+        return {}
+    def rounded(x: float | None) -> float | None:
+        return round(x, 6) if x is not None and math.isfinite(x) else None
+
+    return {"base_check": term.base_check, "base_distance": rounded(term.base_distance),
+            "base_cosine": rounded(term.base_cosine)}
 
 
 def card_license(model: Path) -> str | None:

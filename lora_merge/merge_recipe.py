@@ -54,6 +54,7 @@ class MergeRecipe(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_shard_size: str | int = "5GB"
     out: str | None = None
+    allow_foreign_base: bool = False  # fold packs whose base θG does not descend from (recorded when a fold did)
     tool_version: str | None = None  # recorded: the lora_merge that wrote the recipe
 
 
@@ -97,6 +98,7 @@ def recipe_request(recipe: MergeRecipe, **given: Any) -> FoldRequest:
         "adapters_dir": recipe.adapters_dir, "base": recipe.base, "cft": recipe.cft, "method": recipe.method,
         "density": recipe.density, "seed": recipe.seed, "general_size": recipe.general_size,
         "weight_rule": recipe.rule, "dtype": recipe.dtype, "max_shard_size": recipe.max_shard_size,
+        "allow_foreign_base": recipe.allow_foreign_base,
         "weights": [recipe.cft_weight] if recipe.cft_weight is not None else
         (weights if weights and weights[0] is not None else None),
         "expected_sha256": [a.sha256 for a in recipe.adapters] if any(a.sha256 for a in recipe.adapters) else None,
@@ -137,6 +139,8 @@ def resolved_recipe(plan: FoldPlan) -> dict[str, Any]:
                   max_shard_size=req.max_shard_size)
     if plan.general_size is not None:
         recipe["general_size"] = plan.general_size
+    if req.allow_foreign_base:  # the rerun must be allowed what this fold was
+        recipe["allow_foreign_base"] = True
     recipe["tool_version"] = __version__
     return recipe
 

@@ -34,6 +34,9 @@ class FoldedPackRecord(_Strict):
     instances: int | None = None
     sha256: dict[str, str] = {}
     tensors: int
+    base_check: str | None = None  # provenance (lora_merge/provenance.py): descends | foreign-allowed | no-sketch
+    base_distance: float | None = None  # ‖θG − θpre‖/‖θpre‖ at the pack's sketched positions (median over weights)
+    base_cosine: float | None = None  # cos(θG, θpre) there (median over weights): ≥ 0.5 descends
 
 
 class DataRecord(_Strict):

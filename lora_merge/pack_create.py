@@ -4,7 +4,9 @@ The adapter's files are copied into a staged pack folder (:mod:`lora_merge.outpu
 modified, an output overlapping it is refused), and the copies — what will be published — are checked as
 a fold checks a pack: adapter_config.json validated, safetensors only (a pickle is refused), DoRA refused,
 every adapter key bound (to ``--base`` when given, so a shape or key mismatch shows now), every value
-finite. Then the manifest (format 2: hashes, |D|, the base's fingerprint) and the card are written.
+finite. With ``--base`` the pack gets a sketch of it (:mod:`lora_merge.provenance`); without, the fold cannot
+check that its general model descends from the base, and says so. Then the manifest (format 2: hashes, |D|,
+the base's fingerprint) and the card are written.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from lora_merge.names import check_name
 from lora_merge.numerics import scan_file
 from lora_merge.output import check_output, staged_output
 from lora_merge.packfiles import check_pack_file
+from lora_merge.provenance import sketch_pack
 from lora_merge.skillpack import (
     ADAPTER_WEIGHTS,
+    BASE_SKETCH,
     DENSE_WEIGHTS,
     HASHED_FILES,
     MANIFEST_NAME,
@@ -67,7 +71,7 @@ def create_pack(req: CreateRequest) -> tuple[Path, Manifest]:
     load_pack(source, verify=False)  # refused here (pickle, no weights, bad config) before anything is created
     with staged_output(out, force=req.force, inputs=inputs) as tmp:
         for fname in HASHED_FILES:
-            if os.path.lexists(source / fname):
+            if fname != BASE_SKETCH and os.path.lexists(source / fname):  # a sketch is made here from --base only
                 check_pack_file(source / fname, source)  # a regular file inside the adapter folder
                 shutil.copyfile(source / fname, tmp / fname)
         pack = load_pack(tmp, verify=False)  # the copies are what is checked and published
@@ -78,6 +82,8 @@ def create_pack(req: CreateRequest) -> tuple[Path, Manifest]:
                 if bad:
                     listed = "; ".join(f"{k}: {d}" for k, d in bad[:3])
                     raise LoraMergeError(f"{source / fname} holds non-finite values ({listed}); it cannot be folded")
+        if req.base is not None:
+            sketch_pack(tmp, Path(req.base))  # θpre sampled where the pack touches it (provenance.py)
         manifest = write_manifest(tmp, Manifest(
             name=req.name, kind=pack.kind, description=req.description,
             base_model=base_fingerprint(req.base, pack), data=DataInfo(instances=req.instances),

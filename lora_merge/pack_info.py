@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_merge.skillpack import SkillPack, load_pack
-from lora_merge.tensors import SafetensorsFile
+from lora_merge.packfiles import check_pack_file
+from lora_merge.skillpack import BASE_SKETCH, SkillPack, load_pack
+from lora_merge.tensors import SafetensorsFile, read_header
 
 
 @dataclass
@@ -26,6 +29,19 @@ class PackSummary:
     bytes_on_disk: int
     hashes: list[tuple[str, bool, str]] = field(default_factory=list)
     manifest: dict | None = None
+    sketched: int | None = None  # weights of the base sampled in base_sketch.safetensors; None: no sketch
+
+
+def sketched_weights(pack: SkillPack) -> int | None:
+    """How many base weights the pack's sketch samples (its header only), or None without a sketch."""
+    path = pack.path / BASE_SKETCH
+    if not os.path.lexists(path):
+        return None
+    check_pack_file(path, pack.path)  # a regular file inside the pack (never a fifo, a device or a link out)
+    try:
+        return len(json.loads(read_header(path)[1]["weights"]))
+    except (KeyError, ValueError, TypeError):
+        return 0  # unreadable: the fold says why (provenance.read_sketch)
 
 
 def summarize_pack(path: str | Path, verify: bool = False) -> PackSummary:
@@ -50,4 +66,5 @@ def summarize_pack(path: str | Path, verify: bool = False) -> PackSummary:
         bytes_on_disk=sum(f.stat().st_size for f in pack.path.rglob("*") if f.is_file()),
         hashes=pack.verify(),
         manifest=m.model_dump(mode="json") if m else None,
+        sketched=sketched_weights(pack),
     )

@@ -32,6 +32,7 @@ from lora_merge.errors import LoraMergeError
 from lora_merge.extract import ONE_FILE, WeightError, truncated_factors
 from lora_merge.fingerprint import read_config
 from lora_merge.output import check_output, staged_output
+from lora_merge.provenance import pack_sketch, sketch_pack, union, write_sketch
 from lora_merge.shards import PlannedTensor, ShardedWriter
 from lora_merge.skillpack import (
     ADAPTER_WEIGHTS,
@@ -119,9 +120,22 @@ def merge_packs(req: PackMergeRequest) -> PackMergeResult:
         instances = (sum(p.instances for p in req.packs)
                      if all(p.instances is not None for p in req.packs) else None)
         result = PackMergeResult(out, "lora" if lowrank else "dense", weights, instances, len(names), errors)
+        merged_sketch(req, tmp)
         write_manifest(tmp, _manifest(req, result))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def merged_sketch(req: PackMergeRequest, tmp: Path) -> None:
+    """The merged pack's sketch of θpre: from --base when given, else the sources' sketches joined when every
+    source has one and they agree (otherwise none: the fold then says it cannot check the base)."""
+    if req.base is not None:
+        sketch_pack(tmp, Path(req.base))
+        return
+    sketches = [pack_sketch(p) for p in req.packs]
+    joined = union([s for s in sketches if s is not None]) if all(s is not None for s in sketches) else None
+    if joined is not None:
+        write_sketch(tmp, joined)
 
 
 def _check_request(req: PackMergeRequest) -> None:

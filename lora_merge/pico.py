@@ -39,8 +39,12 @@ def pico_model(arch: str = "llama", seed: int = 0, **kw):
     return model.eval()
 
 
-def perturbed(model, seed: int, scale: float = 0.02):
-    """A copy of ``model`` with every parameter nudged: a stand-in for θG tuned from θpre."""
+def perturbed(model, seed: int, scale: float = 0.002):
+    """A copy of ``model`` with every parameter nudged: a stand-in for θG tuned from θpre.
+
+    The default nudge is a tenth of the pico weights' spread (initializer_range 0.02): θG stays as close to θpre
+    as a tuned model does (relative distance ≈ 0.1, cosine ≈ 0.99; see lora_merge/provenance.py). A scale of
+    0.02 moves θG by its own size, as far as an unrelated model (still a descendant by its cosine, ≈ 0.7)."""
     import copy
 
     g = torch.Generator().manual_seed(seed)
@@ -88,6 +92,14 @@ def make_lora_pack(
     peft_model = get_peft_model(copy.deepcopy(base_model), LoraConfig(**lora_kwargs))
     randomize_lora(peft_model, seed)
     peft_model.save_pretrained(out)
+    if manifest and base_dir:
+        from lora_merge.errors import LoraMergeError
+        from lora_merge.provenance import sketch_pack
+
+        try:
+            sketch_pack(out, base_dir)  # as training does: θpre sampled where the pack touches it
+        except LoraMergeError:
+            pass  # a pack the fold refuses (DoRA) stays unsketched, so a test sees the fold's own refusal
     if manifest:
         write_manifest(out, Manifest(
             name=name, kind="lora", description=f"pico test skill {name}",

@@ -23,6 +23,8 @@ from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model, read_config
 from lora_merge.numerics import guard_pack_reads
 from lora_merge.printable import printable
+from lora_merge.provenance import check_base
+from lora_merge.quant_error import fold_warnings as quant_fold_warnings
 from lora_merge.skillpack import DEFAULT_REGISTRY, HASHED_FILES, SkillPack, load_pack, resolve_pack, sha256_file
 from lora_merge.task_vector import TargetModel, TaskVector
 from lora_merge.tensors import WeightSet
@@ -56,6 +58,7 @@ class FoldRequest:
     progress: bool = True
     fsync: bool = True  # shards reach the disk before the folder is renamed into place
     expected_sha256: Sequence[dict[str, str] | None] | None = None  # per pack, from a recipe: refused if changed
+    allow_foreign_base: bool = False  # fold packs whose base θG does not descend from (provenance.py)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class PlanTerm:
     vector: TaskVector  # τ, not yet scaled by ω
     instances: int | None = None
     sha256: dict[str, str] = field(default_factory=dict)
+    base_check: str | None = None  # provenance: descends | foreign-allowed | no-sketch (packs only)
+    base_distance: float | None = None  # ‖θG − θpre‖/‖θpre‖ at the pack's sketched positions (median over weights)
+    base_cosine: float | None = None  # cos(θG, θpre) there (median over weights): the verdict's measure
 
     @property
     def tensors(self) -> int:
@@ -94,6 +100,7 @@ class FoldPlan:
     formula: str
     packs: list[SkillPack] = field(default_factory=list)  # the loaded packs, in the order of their terms
     weights_chosen: bool = True  # False when the caller allowed ω to stay unknown (a sweep without |G|)
+    notices: list[str] = field(default_factory=list)  # printed, not recorded as warnings (e.g. each provenance check)
 
     def inputs(self) -> list[Path]:
         """Every folder this plan reads: an output may not be, contain or lie inside any of them."""
@@ -242,12 +249,27 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
                      "(a sweep's ω); linear_interp uses ω = |D|/(|D|+|G|) instead (or pass --weights)"
                      for p in packs if p.manifest and p.manifest.recommended_weight]
     terms = bind_packs(packs, target, base, weights)
+    terms, base_warnings, notices = checked_bases(packs, terms, general, target, req)
+    warnings += base_warnings + [w for p, t in zip(packs, terms, strict=True) for w in quant_fold_warnings(p, t.vector)]
     formula = LINEAR_FORMULA if req.method == "linear" else f"θ = θG + {req.method}(ω1·τ1, …, ωk·τk)"
-    plan = FoldPlan(req, general, target, terms, g_size, warnings, formula, list(packs), chosen)
+    plan = FoldPlan(req, general, target, terms, g_size, warnings, formula, list(packs), chosen, notices)
     if req.method == "linear_interp":
         plan.terms.append(_general_difference_term(plan, base))
         plan.formula = LINEAR_INTERP_FORMULA
     return plan
+
+
+def checked_bases(packs: Sequence[SkillPack], terms: list[PlanTerm], general: WeightSet, target: TargetModel,
+                  req: FoldRequest) -> tuple[list[PlanTerm], list[str], list[str]]:
+    """Each term with its provenance verdict (θG against the pack's sketch of θpre), and the checks' warnings
+    and notices; a θG that does not descend from a pack's base is refused unless ``req.allow_foreign_base``."""
+    checked, warnings, notices = [], [], []
+    for p, t in zip(packs, terms, strict=True):
+        check = check_base(p, general, target, Path(req.general), req.allow_foreign_base)
+        checked.append(replace(t, base_check=check.status, base_distance=check.distance, base_cosine=check.cosine))
+        warnings += check.warnings
+        notices += check.notices
+    return checked, warnings, notices
 
 
 def _general_difference_term(plan: FoldPlan, base: WeightSet) -> PlanTerm:

@@ -31,6 +31,7 @@ from lora_merge.shards import parse_size
 from lora_merge.skillpack import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    BASE_SKETCH,
     DENSE_WEIGHTS,
     MANIFEST_NAME,
     load_manifest,
@@ -40,7 +41,7 @@ from lora_merge.skillpack import (
 from lora_merge.tensors import PICKLE_SUFFIXES, read_header
 
 # The only files a shared pack holds.
-PACK_FILES = (MANIFEST_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DENSE_WEIGHTS, "README.md")
+PACK_FILES = (MANIFEST_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DENSE_WEIGHTS, BASE_SKETCH, "README.md")
 DEFAULT_MAX_IMPORT = "20GiB"
 MAX_MEMBERS = 16  # the pack files, their folder and a little slack
 MAX_METADATA_RECORD = 64 * 1024  # pax / GNU long-name records are read into memory: keep them small
@@ -81,7 +82,7 @@ def check_pack(path: str | os.PathLike) -> list[PackCheck]:
             checks.append(PackCheck("file README.md", False, str(e)))
     for fname, ok, detail in pack.verify():
         checks.append(PackCheck(f"sha256 {fname}", ok, detail))
-    for fname in (ADAPTER_WEIGHTS, DENSE_WEIGHTS):
+    for fname in (ADAPTER_WEIGHTS, DENSE_WEIGHTS, BASE_SKETCH):
         if not (path / fname).is_file():
             continue
         try:

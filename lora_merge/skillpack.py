@@ -21,7 +21,7 @@ import datetime as _dt
 import hashlib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
@@ -37,10 +37,12 @@ MANIFEST_NAME = "skill.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DENSE_WEIGHTS = "task_vector.safetensors"
+BASE_SKETCH = "base_sketch.safetensors"  # θpre sampled where the pack touches it (lora_merge/provenance.py)
 FORMAT_VERSION = 2  # 2: files covers adapter_config.json as well as the weights
 KNOWN_FORMATS = (1, 2)
-# Every pack file that changes what a fold computes (skill.json itself is validated, README.md is generated).
-HASHED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DENSE_WEIGHTS)
+# Every pack file that changes what a fold computes or decides (skill.json itself is validated, README.md is
+# generated). The sketch is optional: packs written before it existed verify and fold without one.
+HASHED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DENSE_WEIGHTS, BASE_SKETCH)
 DEFAULT_REGISTRY = Path("adapters")
 
 
@@ -55,6 +57,24 @@ class DataInfo(BaseModel):
     path: str | None = None
 
 
+class QuantizationInfo(BaseModel):
+    """The 4-bit base a QLoRA pack was trained against, as the loaded model used it (bitsandbytes quant state).
+
+    ``residual_norms`` holds, per θpre weight the pack touches, ‖θpre − dequant(Q4(θpre))‖_F: the fold
+    divides it by ‖ΔW‖ to warn where the quantisation error dwarfs the update (lora_merge/quant_error.py).
+    """
+
+    model_config = ConfigDict(extra="allow")
+    method: Literal["bitsandbytes"] = "bitsandbytes"
+    bits: Literal[4] = 4
+    quant_type: Literal["nf4", "fp4"]
+    block_size: StrictInt = Field(gt=0, le=1 << 20)
+    compute_dtype: Literal["float32", "bfloat16", "float16"]  # the dtype of the 4-bit layers' matmuls
+    quant_dtype: Literal["float32", "bfloat16", "float16"]  # quantised from (and dequantised to) this dtype
+    double_quant: bool  # the block absmax values quantised again (bnb "nested" state)
+    residual_norms: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = None
+
+
 class TrainingInfo(BaseModel):
     """How the skill was trained (all optional: imported adapters may not know)."""
 
@@ -62,6 +82,7 @@ class TrainingInfo(BaseModel):
     method: str | None = None  # lora | qlora | full
     strategy: str | None = None  # ptm | cft | rt
     quantization: str | None = None
+    quantization_config: QuantizationInfo | None = None  # qlora: the 4-bit base, measured from the loaded model
     rank: int | None = None
     alpha: float | None = None
     lr: float | None = None

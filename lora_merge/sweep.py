@@ -66,6 +66,7 @@ class SweepRequest:
     write_recommendation: bool = False
     verify: bool = True
     progress: bool = True
+    allow_foreign_base: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
     check_device(req.device)
     plan = plan_fold(FoldRequest(general=Path(req.general), packs=req.packs, out=out, adapters_dir=Path(req.adapters_dir),
                                  general_size=req.general_size, base=req.base, device=req.device, force=req.force,
-                                 verify=req.verify, progress=False, weight_rule="size"),
+                                 verify=req.verify, progress=False, weight_rule="size",
+                                 allow_foreign_base=req.allow_foreign_base),
                      require_weights=False)  # the sweep's own reference point is |D|/|G|
     packs = plan.packs
     if not (Path(req.general) / "config.json").is_file():

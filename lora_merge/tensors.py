@@ -275,5 +275,13 @@ class WeightSet:
         except KeyError:
             raise LoraMergeError(f"{self.root}: has no tensor {name!r}") from None
 
+    def elements(self, name: str, positions: list[int]) -> torch.Tensor:
+        """The elements at flat ``positions`` of tensor ``name``, as float32: a gather from the memory map, so
+        only the pages holding them are read (the provenance check samples a 7B model this way)."""
+        import torch
+
+        flat = self.get(name).reshape(-1)
+        return flat[torch.tensor(positions, dtype=torch.long)].to(torch.float32)
+
     def total_bytes(self) -> int:
         return sum(f.path.stat().st_size for f in self.files.values())

@@ -20,9 +20,11 @@ from lora_merge.data import TrainingMix
 from lora_merge.errors import LoraMergeError
 from lora_merge.fingerprint import fingerprint_model
 from lora_merge.model_record import MODEL_RECORD, Cost, DataRecord, Lineage, ModelRecord, write_model_record
+from lora_merge.provenance import sketch_of, touched_base_weights, write_sketch
+from lora_merge.quant_error import quantization_of_model, recorded_residuals
 from lora_merge.recipes import Recipe
 from lora_merge.shards import PlannedTensor, ShardedWriter
-from lora_merge.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, write_manifest
+from lora_merge.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, load_pack, write_manifest
 from lora_merge.tensors import SINGLE_NAME, WeightSet
 
 
@@ -131,14 +133,23 @@ def start_role(folder: Path) -> str | None:
 
 def write_pack(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer,
                state: dict | None = None) -> dict:
-    """PTM: a LoRA pack (the PEFT adapter as saved by PEFT) or a dense pack (θD − θpre)."""
+    """PTM: a LoRA pack (the PEFT adapter as saved by PEFT) or a dense pack (θD − θpre), with the sketch of θpre
+    where the pack touches it and, for QLoRA, the 4-bit settings and residuals the adapter was trained against."""
     if r.mode == "full":
         write_dense_delta(tmp, trainer.model, plan.start, state)
         kind = "dense"
     else:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         kind = "lora"
-    return write_manifest(tmp, pack_manifest(r, plan, data, res, kind)).model_dump(mode="json")
+    manifest = pack_manifest(r, plan, data, res, kind)
+    base = WeightSet.open(plan.start)
+    touched = touched_base_weights(load_pack(tmp, verify=False), base, plan.start)
+    write_sketch(tmp, sketch_of(base, touched, str(plan.start)))
+    quant = quantization_of_model(trainer.model) if r.mode == "qlora" else None
+    if quant is not None:
+        quant.residual_norms = recorded_residuals(trainer.model, base, touched)
+        manifest.training.quantization_config = quant
+    return write_manifest(tmp, manifest).model_dump(mode="json")
 
 
 def write_model_folder(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer,

@@ -43,7 +43,7 @@ def test_merged_and_pack_cards_front_matter_and_escaped_tables(tmp_path, pico_di
     text = (out / "README.md").read_text()
     assert "lora-merge fold --config" in text and "```yaml" in text  # the command and the recipe
     rows = table_rows(text)
-    assert len({columns(r) for r in rows}) == 1 and columns(rows[0]) == 7, rows
+    assert len({columns(r) for r in rows}) == 1 and columns(rows[0]) == 8, rows
     assert "a\\|b pipe" in text and "\\|D\\|/\\|G\\| = 300/1000" in text
 
     manifest = load_pack(pack, verify=False).manifest

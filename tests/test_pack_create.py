@@ -51,7 +51,7 @@ def test_pack_create_then_fold_equals_scaled_peft_merge(adapter):
     pack = load_pack(reg / "tone")  # verifies the hashes
     m = pack.manifest
     assert (m.format_version, m.data.instances, m.license, m.kind) == (2, 300, "mit", "lora")
-    assert set(m.files) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert set(m.files) == {"adapter_config.json", "adapter_model.safetensors", "base_sketch.safetensors"}  # --base: sketched
     assert m.base_model.shapes_sha256 and m.base_model.name_or_path == str(pre_dir)
 
     out = tmp / "merged"

@@ -23,7 +23,7 @@ from lora_merge.leftovers import mark, temp_path
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
 from lora_merge.sharing import export_pack, import_pack
 
-FILES = ["skill.json", "adapter_config.json", "adapter_model.safetensors", "README.md"]
+FILES = ["skill.json", "adapter_config.json", "adapter_model.safetensors", "base_sketch.safetensors", "README.md"]
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ def make_v1(pack: Path) -> None:
 
 def test_new_packs_hash_their_config(reg):
     m = json.loads((reg / "skill" / "skill.json").read_text())
-    assert m["format_version"] == 2 and set(m["files"]) == {ADAPTER_CFG, "adapter_model.safetensors"}
+    assert m["format_version"] == 2 and set(m["files"]) == {ADAPTER_CFG, "adapter_model.safetensors", "base_sketch.safetensors"}
 
 
 def test_changed_lora_alpha_is_refused_by_verify_fold_export_and_import(built, reg, tmp_path):

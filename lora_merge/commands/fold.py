@@ -43,9 +43,10 @@ if TYPE_CHECKING:
               help="Output folder for the merged model (required unless --config gives it).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of pack weights (not recommended).")
+@shared("--allow-foreign-base")
 @click.pass_context
 def fold_cmd(ctx, config, general, adapters, adapters_dir, weights, weight_rule, general_size, base, method, cft,
-             density, seed, dtype, device, max_shard_size, out, force, no_verify) -> None:
+             density, seed, dtype, device, max_shard_size, out, force, no_verify, allow_foreign_base) -> None:
     """Fold one or several skill packs into a general model (every output holds lora_merge_recipe.yml to rerun it)."""
     from lora_merge.fold import fold
     from lora_merge.merge_recipe import load_merge_recipe
@@ -55,6 +56,8 @@ def fold_cmd(ctx, config, general, adapters, adapters_dir, weights, weight_rule,
     given = {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     req = build_request(load_merge_recipe(config) if config else None, given)
     res = fold(req)
+    for note in res.notices:
+        click.echo(f"note: {printable(note)}", err=True)
     for w in res.warnings:
         click.secho(f"warning: {printable(w)}", fg="yellow", err=True)
     click.echo(f"folded {len(res.packs)} pack(s) into {req.general} → {res.out}")

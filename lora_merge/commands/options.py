@@ -20,6 +20,8 @@ SHARED_HELP = {
     "--device": "cpu or cuda: where the arithmetic runs.",
     "--base": "Pretrained base model θpre: a folder, or org/name from the local Hugging Face cache.",
     "--general": "General model θG (safetensors): a folder, or org/name from the local Hugging Face cache.",
+    "--allow-foreign-base": "Fold packs even into a θG that does not descend from their base (the distance to each "
+                            "pack's sketch of its base is still printed and recorded in lora_merge.json).",
 }
 
 
@@ -33,6 +35,7 @@ def shared(name: str, *decls: str, extra: str = "", **kw):
         "--device": {"default": "cpu", "show_default": True},
         "--base": {"default": None, "type": MODEL},
         "--general": {"type": MODEL},
+        "--allow-foreign-base": {"is_flag": True},
     }[name]
     help_text = SHARED_HELP[name] + (f" {extra}" if extra else "")
     return click.option(name, *decls, **{**defaults, **kw}, help=help_text)

@@ -33,9 +33,10 @@ PAPER_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)  # weights.PAPER_GRID, the paper's grid (
 @renamed("--mode", "--fold-mode", "sweep")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for results and tradeoff.png.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
+@shared("--allow-foreign-base")
 def sweep_cmd(general, adapters, adapters_dir, omegas, general_size, base, evals, batch_size, device, limit,
               max_new_tokens, refusal_phrases, general_group, skill_group, select_rule, write_recommendation, fold_mode,
-              out, force) -> None:
+              out, force, allow_foreign_base) -> None:
     """Sweep ω for one or several packs: θG, the grid and |D|/|G|, scored, plotted, one ω recommended."""
     from lora_merge.evalsets import parse_eval_option
     from lora_merge.sweep import SweepRequest, run_sweep
@@ -46,6 +47,7 @@ def sweep_cmd(general, adapters, adapters_dir, omegas, general_size, base, evals
         adapters_dir=adapters_dir, general_size=general_size, base=base, select=select_rule, general_group=general_group,
         skill_group=skill_group, batch_size=batch_size, device=device, limit=limit, max_new_tokens=max_new_tokens,
         classifier=classifier_from(refusal_phrases), mode=fold_mode, force=force, write_recommendation=write_recommendation,
+        allow_foreign_base=allow_foreign_base,
     )
     res = run_sweep(req)
     for w in res.warnings:
