@@ -181,8 +181,9 @@ def prepare_base(run: StudyRun) -> Path:
     from lora_merge.study.prepare import prepare_model
 
     prep = prepare_model(run.out / "pre", cfg.model.gguf_package, cfg.model.gguf_file, cfg.model.logits_atol)
-    run.say(f"θpre: {prep.folder} ({'cached' if prep.cached else 'converted from GGUF'}); max |logit difference| "
-            f"against the GGUF-loaded model {prep.max_logit_diff:.2e} (limit {cfg.model.logits_atol:g})")
+    how = "cached, unchanged since its check" if prep.cached else "converted from GGUF"
+    run.say(f"θpre: {prep.folder} ({how}); max |logit difference| against the GGUF-loaded model "
+            f"{prep.max_logit_diff:.2e} (limit {cfg.model.logits_atol:g})")
     return prep.folder
 
 

