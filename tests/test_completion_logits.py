@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import torch
-from test_train import PROMPTS, recipe
-from test_train import world  # noqa: F401 (a fixture: θpre with a character tokenizer and a skill file)
+from test_train import (
+    PROMPTS,
+    recipe,
+    world,  # noqa: F401 (a fixture: θpre with a character tokenizer and a skill file)
+)
 
 from lora_merge.completion_logits import completion_positions_only
 

@@ -23,17 +23,19 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo-smollm2.yaml"
 
 
-def _demo(workdir: Path, out: str, *extra: str):
+def _demo(workdir: Path, out: str, *extra: str, quiet: bool = False):
     """Run the quick demo with ``workdir`` as the current folder (relative --out, like `make demo`)."""
     import os
 
-    here = os.getcwd()
+    here, env = os.getcwd(), dict(os.environ)
     os.chdir(workdir)
     try:
-        res = CliRunner().invoke(main, ["demo", "--quick", "--config", str(CONFIG), "--out", out, "--threads", "1",
+        res = CliRunner().invoke(main, [*(["--quiet"] if quiet else []), "demo", "--quick", "--config", str(CONFIG), "--out", out, "--threads", "1",
                                         "--no-progress", *extra])
     finally:
         os.chdir(here)
+        os.environ.clear()
+        os.environ.update(env)  # --quiet sets the libraries' switches for the whole process
     assert res.exit_code == 0, res.output + repr(res.exception)
     return res.output
 
@@ -44,7 +46,7 @@ def two_runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("demo-work")
     adapters_before = sorted(p.name for p in (REPO / "adapters").iterdir())
     first = _demo(work, "runs/demo")
-    second = _demo(work, "runs/again")
+    second = _demo(work, "runs/again", quiet=True)
     return work, first, second, adapters_before
 
 
@@ -72,6 +74,13 @@ def test_summary_json_schema(two_runs):
     for skill in ("science", "safety"):
         assert (work / f"runs/demo/tradeoff_{skill}.png").read_bytes()[:4] == b"\x89PNG"
     assert "science:" in output and "safety:" in output and "CFT" in output
+
+
+def test_quiet_drops_the_stage_lines_and_keeps_the_summary(two_runs):
+    _, first, quiet, _ = two_runs
+    assert "[1/" in first and "elapsed" in first
+    assert "[1/" not in quiet and "elapsed" not in quiet and "θG" not in quiet.split("| skill |")[0]
+    assert "| skill |" in quiet and "next: fold" in quiet  # the summary table and the next commands are results
 
 
 def test_outputs_only_under_out(two_runs):

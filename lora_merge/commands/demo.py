@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from lora_merge import console
 from lora_merge.errors import LoraMergeError
 
 CONFIGS = {"smollm2": Path("configs/demo-smollm2.yaml"), "miniature": Path("configs/demo.yaml")}
@@ -53,7 +54,7 @@ def demo_cmd(world: str, config_path: Path | None, quick: bool, out, adapters_di
     if cfg.quick:
         cfg = quick_demo_config(cfg)
     started = time.perf_counter()
-    demo = run_demo(cfg, echo=click.echo, progress=not no_progress)
+    demo = run_demo(cfg, echo=console.info, progress=not no_progress)  # stage lines: progress, off with --quiet
     _closing_screen(demo, time.perf_counter() - started)
 
 
@@ -79,7 +80,7 @@ def _miniature(config_path: Path | None, quick: bool, out, adapters_dir, cache_d
     overrides = {"out": out, "adapters_dir": adapters_dir, "cache_dir": cache_dir, "seed": seed, "threads": threads}
     cfg = load_config(config_path, quick, {k: v for k, v in overrides.items() if v is not None})
     started = time.perf_counter()
-    res = run_study(cfg, echo=click.echo)
+    res = run_study(cfg, echo=console.info)
     click.echo("")
     click.echo(Path(res.artefacts["tables"]).read_text())
     click.echo(f"done in {time.perf_counter() - started:.0f} s")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from lora_merge import console
+
 
 @click.command("study")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
@@ -28,7 +30,7 @@ def study(config_path: Path, out: Path | None, quick: bool, threads: int | None,
     cfg = load_study_config(config_path, {"out": str(out) if out else None, "quick": quick or None,
                                           "threads": threads, "seed": seed, "cft_replay": cft_replay,
                                           "rt_per_skill": rt_per_skill})
-    artefacts = run_study(cfg, echo=lambda line: click.echo(line, err=False))
+    artefacts = run_study(cfg, echo=console.info)  # stage lines: progress, off with --quiet
     for name, path in artefacts.items():
         click.echo(f"{name}: {path}")
 
