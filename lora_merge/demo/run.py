@@ -23,10 +23,10 @@ from lora_merge.study.driver import StudyRun, load_average, prepare_base
 
 # Reference speeds for the ETA (SmolLM2-135M, 2 idle cores, torch's default threads); the plan rescales them
 # by the pace the run actually keeps, so they only set the first estimate.
-TRAIN_TOKENS_PER_S = 110.0  # tokens counted by lora_merge.train (prompt + completion, per epoch)
+TRAIN_TOKENS_PER_S = 180.0  # tokens counted by lora_merge.train (prompt + completion, per epoch)
 SCORE_ITEMS_PER_S = 17.0  # greedy scoring at batch 50 with the demo's short answers
 LOAD_SECONDS = 3.0  # loading or folding one model
-PREPARE_SECONDS = {True: 12.0, False: 35.0}  # θpre cached / converted from the GGUF
+PREPARE_SECONDS = {True: 2.0, False: 35.0}  # θpre cached (hashes checked) / converted from the GGUF
 OWNED = ("adapters", "general", "models", "results", "data", "evals", "stamps", "train", "summary.json",
          "summary.md")
 
