@@ -1,0 +1,238 @@
+"""TIES, DARE and magnitude pruning by row tiles: the fold's CPU path for the pruning rules.
+
+:mod:`lora_merge.combine` states each rule on whole deltas, and tests/test_combine.py holds it to PEFT's
+merge_utils. This module computes the same values one row tile at a time from each pack's
+:class:`~lora_merge.task_vector.DeltaRows`, so no pack's delta is ever held whole and every step runs on
+cache-sized blocks:
+
+- **Trimming** (ties, magnitude_prune) needs each pack's k-th largest |δ| over the whole tensor: a radix
+  select over two passes (:func:`top_magnitudes`), a histogram of the top 16 bits of every |δ|, then the
+  entries of the one bucket that holds the k-th.
+- **DARE masks** are the very draws :func:`lora_merge.combine.drop_and_rescale` makes: one generator per
+  tensor seeded by ``tensor_seed``, pack after pack, row-major. ``random_(0, 2**24)`` gives the 24 bits that
+  torch.bernoulli compares with p, so an entry is kept when its bits are below ⌈p·2²⁴⌉. All but the last
+  pack's masks are drawn first and kept as bytes; the last pack's are drawn tile by tile in the final pass.
+- **The final pass** recomputes each pack's rows, trims or masks them, sums them or elects signs the TIES
+  way, and adds θ, with the same operations in the same order as combine's rules, so the float32 result is
+  theirs (up to the sign of a zero).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from lora_merge.combine import RuleOptions, kth_smallest, tensor_seed
+from lora_merge.task_vector import DeltaRows
+
+TILED_RULES = frozenset({"ties", "dare_ties", "dare_linear", "magnitude_prune"})
+ELECTING = frozenset({"ties", "dare_ties"})  # the others sum the pruned deltas
+TRIMMING = frozenset({"ties", "magnitude_prune"})
+
+BUCKETS = 1 << 15  # top 16 bits of a non-negative float32: its exponent and 7 mantissa bits
+DRAW_CHUNK = 1 << 18  # DARE draws per call when masks are drawn ahead
+SIGN_BIT = -(1 << 31)  # 0x80000000 as an int32
+
+
+class Scratch:
+    """Flat buffers one worker reuses across tensors (grown when a tensor needs more)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        buf = self.buffers.get(key)
+        if buf is None or buf.dtype != dtype or buf.numel() < numel:
+            buf = self.buffers[key] = torch.empty(numel, dtype=dtype)
+        return buf[:numel]
+
+
+def tiles_for(method: str) -> bool:
+    """Whether ``--method`` has a tiled path here (on the CPU, for 2-D tensors)."""
+    return method in TILED_RULES
+
+
+def pruned_tiles(theta: torch.Tensor, sources: Sequence[DeltaRows], method: str, opts: RuleOptions, name: str,
+                 tiles: Sequence[tuple[int, int]], out: torch.Tensor, scratch: Scratch
+                 ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (first row, rows of cast(θ.float() + rule(deltas))) for each row tile of the 2-D ``theta``.
+
+    ``sources`` give each pack's delta (in pack order), ``tiles`` the row ranges (multiples of 64 rows, so a
+    LoRA product's rows are those of the whole). ``out`` is a 1-D buffer of the output dtype as large as the
+    largest tile, reused by every tile (each yielded view is valid until the next).
+    """
+    rows, cols = theta.shape
+    trim = method in TRIMMING
+    lambdas = trim_lambdas(sources, (rows, cols), opts.density, tiles, scratch) if trim else None
+    draws = DareDraws(sources, rows * cols, opts, name, scratch) if not trim else None
+    for r0, r1 in tiles:
+        n = (r1 - r0) * cols
+        stacked = scratch.get("deltas", len(sources) * n).view(len(sources), r1 - r0, cols)
+        deltas = [src.rows(r0, r1, out=stacked[k]) for k, src in enumerate(sources)]
+        for k, d in enumerate(deltas):
+            if lambdas is not None:
+                if lambdas[k] is not None:
+                    torch.hardshrink(d, lambdas[k], out=d)
+            else:
+                assert draws is not None
+                draws.apply(k, r0 * cols, d)
+        merged = elect(deltas, scratch, n) if method in ELECTING else add_up(stacked, scratch, n)
+        acc = scratch.get("acc", n).view(r1 - r0, cols)
+        acc.copy_(theta[r0:r1])
+        acc.add_(merged)
+        dst = out[:n].view(r1 - r0, cols)
+        dst.copy_(acc)
+        yield r0, dst
+
+
+def add_up(stacked: torch.Tensor, scratch: Scratch, n: int) -> torch.Tensor:
+    """Σ over the packs' tiles, as combine.linear sums (torch.stack(…).sum(0): from 5 packs on, torch sums in
+    a cascade whose rounding differs from adding one by one, so the same call is made on the tile)."""
+    if len(stacked) == 1:
+        return stacked[0]
+    return torch.sum(stacked, 0, out=scratch.get("sum", n).view(stacked.shape[1:]))
+
+
+def elect(deltas: list[torch.Tensor], scratch: Scratch, n: int) -> torch.Tensor:
+    """TIES' election and disjoint mean (combine.elect_and_average) on one tile; overwrites ``deltas``.
+
+    With s the sign of the mass Σδ (+ for a mass of +0), an entry agrees when s·δ > 0, so the mean of the agreeing
+    entries is s·Σ relu(s·δ) / #(s·δ > 0): the same sums in the same order, without a boolean tensor (torch's
+    float ops run 4–7× faster here than its comparisons into bool).
+    """
+    shape = deltas[0].shape
+    mass = scratch.get("mass", n).view(shape)
+    torch.add(deltas[0], deltas[1], out=mass) if len(deltas) > 1 else mass.copy_(deltas[0])
+    for d in deltas[2:]:
+        mass.add_(d)
+    sign = mass.view(torch.int32).bitwise_and_(SIGN_BIT)  # only the sign bit of the mass is kept
+    count = scratch.get("count", n).view(shape)
+    one = scratch.get("one", n).view(shape)
+    for k, d in enumerate(deltas):
+        d.view(torch.int32).bitwise_xor_(sign)  # s·δ, exactly
+        d.clamp_(min=0)  # relu: the agreeing entries' |δ|
+        if k == 0:
+            torch.sign(d, out=count)
+        else:
+            torch.sign(d, out=one)
+            count.add_(one)
+            deltas[0].add_(d)
+    total = deltas[0]
+    total.div_(count.clamp_(min=1))
+    total.view(torch.int32).bitwise_xor_(sign)  # back to the elected sign
+    return total
+
+
+class DareDraws:
+    """One tensor's DARE masks, drawn in the order combine.drop_and_rescale draws them."""
+
+    def __init__(self, sources: Sequence[DeltaRows], numel: int, opts: RuleOptions, name: str, scratch: Scratch):
+        self.density, self.scratch = opts.density, scratch
+        self.active = opts.density < 1.0  # density 1 draws nothing (combine returns the deltas as they are)
+        self.last = len(sources) - 1
+        self.bound = math.ceil(float(np.float32(opts.density)) * (1 << 24))  # bits < bound ⇔ u < p (float32 p)
+        if not self.active:
+            return
+        self.gen = torch.Generator().manual_seed(tensor_seed(opts.seed, name))
+        # packs before the last: every mask now, as bytes (-1 keep, 0 drop), in stream order
+        self.ahead = scratch.get("masks", self.last * numel, torch.int8).view(self.last, numel) if self.last else None
+        for k in range(self.last):
+            for i in range(0, numel, DRAW_CHUNK):
+                j = min(numel, i + DRAW_CHUNK)
+                self._draw(self.ahead[k, i:j])
+
+    def _draw(self, dst: torch.Tensor) -> None:
+        bits = self.scratch.get("bits", dst.numel(), torch.int32).random_(0, 1 << 24, generator=self.gen)
+        keep = dst.numpy().view(np.bool_)
+        np.less(bits.numpy(), self.bound, out=keep)  # numpy: bool results here cost a sixth of torch's
+        np.negative(dst.numpy(), out=dst.numpy())  # 1 → -1: all bits set, a mask for bitwise_and
+
+    def apply(self, k: int, start: int, d: torch.Tensor) -> None:
+        """Mask and rescale pack k's rows that begin at flat index ``start`` (the last pack's are drawn now)."""
+        if not self.active:
+            return
+        n = d.numel()
+        if k == self.last:
+            mask = self.scratch.get("tile_mask", n, torch.int8)
+            self._draw(mask)
+        else:
+            assert self.ahead is not None
+            mask = self.ahead[k, start:start + n]
+        flat = d.view(-1).view(torch.int32)
+        torch.bitwise_and(flat, mask, out=flat)  # δ where kept, +0 where dropped
+        d.div_(self.density)
+
+
+def trim_lambdas(sources: Sequence[DeltaRows], shape: tuple[int, int], density: float,
+                 tiles: Sequence[tuple[int, int]], scratch: Scratch) -> list[float | None]:
+    """Per pack, the hardshrink λ that keeps exactly the entries combine.keep_top_magnitude keeps (None: all)."""
+    if density >= 1.0:
+        return [None] * len(sources)
+    n = shape[0] * shape[1]
+    k = int(density * n)
+    if k == 0:
+        return [math.inf] * len(sources)  # keep none
+    found = top_magnitudes(sources, shape, k, tiles, scratch)
+    return [float(np.nextafter(np.float32(t), np.float32(-np.inf))) for t in found]  # |δ| > λ ⇔ |δ| ≥ t
+
+
+def top_magnitudes(sources: Sequence[DeltaRows], shape: tuple[int, int], k: int,
+                   tiles: Sequence[tuple[int, int]], scratch: Scratch) -> list[float]:
+    """Each source's k-th largest |δ|, exactly: a radix select over two passes of the tiles.
+
+    Non-negative floats order like their bit patterns, so the first pass counts every |δ| by its top 16 bits
+    (exponent and 7 mantissa bits), which finds the bucket that holds the k-th and how many lie above it; the
+    second gathers that bucket's entries (a few per thousand) and the k-th is selected among them.
+    """
+    if len(tiles) == 1:  # the whole delta is one tile
+        return [_kth_largest(src.rows(0, shape[0]), k) for src in sources]
+    cols = shape[1]
+    counts = [torch.zeros(BUCKETS, dtype=torch.int64) for _ in sources]
+    for r0, r1 in tiles:
+        m = (r1 - r0) * cols
+        keys = scratch.get("keys", m, torch.int32)
+        for i, src in enumerate(sources):
+            d = src.rows(r0, r1, out=scratch.get("deltas", m).view(r1 - r0, cols)).view(-1)
+            torch.bitwise_right_shift(torch.abs(d, out=d).view(torch.int32), 16, out=keys)
+            counts[i] += torch.bincount(keys, minlength=BUCKETS)
+    buckets = [_bucket(c.numpy(), k) for c in counts]  # (bucket, entries above it)
+    found: list[list[np.ndarray]] = [[] for _ in sources]
+    for r0, r1 in tiles:
+        m = (r1 - r0) * cols
+        flags = scratch.get("flags", 2 * m, torch.bool).numpy()
+        inside, below = flags[:m], flags[m:]
+        for i, src in enumerate(sources):
+            lo, hi = _bucket_range(buckets[i][0])
+            a = src.rows(r0, r1, out=scratch.get("deltas", m).view(r1 - r0, cols)).numpy().reshape(-1)
+            np.abs(a, out=a)
+            np.greater_equal(a, lo, out=inside)
+            np.less(a, hi, out=below)
+            np.logical_and(inside, below, out=inside)
+            found[i].append(a[inside])  # numpy: a sparse boolean gather costs a tenth of torch's here
+    result = []
+    for (_, above), parts in zip(buckets, found, strict=True):
+        values = np.concatenate(parts)
+        i = len(values) - (k - above)  # the (k − above)-th largest of the bucket, as an ascending index
+        result.append(float(np.partition(values, i)[i]))
+    return result
+
+
+def _bucket(counts: np.ndarray, k: int) -> tuple[int, int]:
+    """The top-16-bit bucket of the k-th largest value, and how many values lie in higher buckets."""
+    at_or_above = np.cumsum(counts[::-1])[::-1]  # values in bucket b or higher
+    b = int(np.flatnonzero(at_or_above >= k)[-1])
+    return b, int(at_or_above[b + 1]) if b + 1 < len(counts) else 0
+
+
+def _bucket_range(b: int) -> tuple[float, float]:
+    """The float values [lo, hi) whose top 16 bits are b."""
+    edges = np.array([b << 16, (b + 1) << 16], dtype=np.int64).astype(np.uint32).view(np.float32)
+    return float(edges[0]), float(edges[1])
+
+
+def _kth_largest(delta: torch.Tensor, k: int) -> float:
+    magnitude = delta.abs().reshape(-1)
+    return float(kth_smallest(magnitude, magnitude.numel() - k + 1))
