@@ -95,51 +95,6 @@ class ReplacementDelta(Delta):
         return saved - self.base.get(self.base_key).to(device=device, dtype=torch.float32)
 
 
-class DeltaRows:
-    """One weight's delta Σ coef·Δ, as :meth:`TaskVector.delta` computes it, a block of rows at a time.
-
-    LoRA factors are read once; each call multiplies only the rows it is asked for, so a pass over a
-    tensor never holds its whole delta. A LoRA term's rows are bit for bit those of the whole product
-    when blocks are multiples of 64 rows (MKL picks its kernel by shape; see stream.tile_rows). Stored
-    and replaced tensors are sliced from the memory map, elementwise as exact as the whole.
-    """
-
-    def __init__(self, terms: list[tuple[float, Delta]], device: str | torch.device = "cpu"):
-        self.parts: list[tuple[float, Delta, torch.Tensor | None, torch.Tensor | None]] = []
-        for coef, d in terms:
-            b, a = d.factors(device) if isinstance(d, LowRankDelta) else (None, None)
-            self.parts.append((coef, d, b, a))
-        self.device = device
-        self.shape = tuple(terms[0][1].shape)
-
-    def rows(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows ``start:stop`` of the float32 delta, written into ``out`` (that many rows) when given."""
-        result: torch.Tensor | None = None
-        for coef, d, b, a in self.parts:
-            dst = out if result is None else None
-            if b is not None and a is not None:
-                t = torch.mm(a[:, start:stop].T, b.T) if d.transpose else torch.mm(b[start:stop], a, out=dst)
-            else:
-                t = self._stored(d, slice(start, stop))
-            if dst is not None and t is not dst:
-                dst.copy_(t)
-                t = dst
-            if coef != 1.0:
-                t.mul_(coef)
-            result = t if result is None else result.add_(t)
-        assert result is not None
-        return result
-
-    def _stored(self, d: Delta, sel) -> torch.Tensor:
-        if isinstance(d, StoredDelta):  # copied: the rows are a view of the read-only map, and are scaled in place
-            t = d.source.get(d.key)[sel].to(device=self.device, dtype=torch.float32, copy=True)
-            return t.mul_(d.scale) if d.scale != 1.0 else t
-        if isinstance(d, ReplacementDelta):
-            saved = d.source.get(d.key)[sel].to(device=self.device, dtype=torch.float32)
-            return saved - d.base.get(d.base_key)[sel].to(device=self.device, dtype=torch.float32)
-        return d.materialize(self.device)[sel]
-
-
 @dataclass
 class TaskVector:
     """τ as a lazy sum of scaled deltas per weight name of the target model."""
@@ -188,10 +143,6 @@ class TaskVector:
             out = t if out is None else out.add_(t)
         assert out is not None
         return out
-
-    def delta_rows(self, name: str, device: str | torch.device = "cpu") -> "DeltaRows":
-        """The same delta as :meth:`delta`, computed a block of rows at a time (see :class:`DeltaRows`)."""
-        return DeltaRows(self.terms[name], device)
 
     # --- construction --------------------------------------------------
     @classmethod

@@ -5,9 +5,8 @@ merge_utils. This module computes the same values one row tile at a time from ea
 :class:`~lora_merge.task_vector.DeltaRows`, so no pack's delta is ever held whole and every step runs on
 cache-sized blocks:
 
-- **Trimming** (ties, magnitude_prune) needs each pack's k-th largest |δ| over the whole tensor: a radix
-  select over two passes (:func:`top_magnitudes`), a histogram of the top 16 bits of every |δ|, then the
-  entries of the one bucket that holds the k-th.
+- **Trimming** (ties, magnitude_prune) needs each pack's k-th largest |δ| over the whole tensor, which
+  :mod:`lora_merge.magnitude_select` finds exactly in about a pass and a quarter.
 - **DARE masks** are the very draws :func:`lora_merge.combine.drop_and_rescale` makes: one generator per
   tensor seeded by ``tensor_seed``, pack after pack, row-major. ``random_(0, 2**24)`` gives the 24 bits that
   torch.bernoulli compares with p, so an entry is kept when its bits are below ⌈p·2²⁴⌉. All but the last
@@ -25,29 +24,16 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from lora_merge.combine import RuleOptions, kth_smallest, tensor_seed
-from lora_merge.task_vector import DeltaRows
+from lora_merge.combine import RuleOptions, tensor_seed
+from lora_merge.delta_rows import DeltaRows
+from lora_merge.magnitude_select import Scratch, top_magnitudes
 
 TILED_RULES = frozenset({"ties", "dare_ties", "dare_linear", "magnitude_prune"})
 ELECTING = frozenset({"ties", "dare_ties"})  # the others sum the pruned deltas
 TRIMMING = frozenset({"ties", "magnitude_prune"})
 
-BUCKETS = 1 << 15  # top 16 bits of a non-negative float32: its exponent and 7 mantissa bits
 DRAW_CHUNK = 1 << 18  # DARE draws per call when masks are drawn ahead
 SIGN_BIT = -(1 << 31)  # 0x80000000 as an int32
-
-
-class Scratch:
-    """Flat buffers one worker reuses across tensors (grown when a tensor needs more)."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
-
-    def get(self, key: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        buf = self.buffers.get(key)
-        if buf is None or buf.dtype != dtype or buf.numel() < numel:
-            buf = self.buffers[key] = torch.empty(numel, dtype=dtype)
-        return buf[:numel]
 
 
 def tiles_for(method: str) -> bool:
@@ -80,11 +66,8 @@ def pruned_tiles(theta: torch.Tensor, sources: Sequence[DeltaRows], method: str,
                 assert draws is not None
                 draws.apply(k, r0 * cols, d)
         merged = elect(deltas, scratch, n) if method in ELECTING else add_up(stacked, scratch, n)
-        acc = scratch.get("acc", n).view(r1 - r0, cols)
-        acc.copy_(theta[r0:r1])
-        acc.add_(merged)
         dst = out[:n].view(r1 - r0, cols)
-        dst.copy_(acc)
+        dst.copy_(merged.add_(theta[r0:r1]))  # θ in float32 + the merge, rounded once into the output dtype
         yield r0, dst
 
 
@@ -137,7 +120,7 @@ class DareDraws:
         if not self.active:
             return
         self.gen = torch.Generator().manual_seed(tensor_seed(opts.seed, name))
-        # packs before the last: every mask now, as bytes (-1 keep, 0 drop), in stream order
+        # packs before the last: every mask now, as bytes (1 keep, 0 drop), in stream order
         self.ahead = scratch.get("masks", self.last * numel, torch.int8).view(self.last, numel) if self.last else None
         for k in range(self.last):
             for i in range(0, numel, DRAW_CHUNK):
@@ -146,9 +129,7 @@ class DareDraws:
 
     def _draw(self, dst: torch.Tensor) -> None:
         bits = self.scratch.get("bits", dst.numel(), torch.int32).random_(0, 1 << 24, generator=self.gen)
-        keep = dst.numpy().view(np.bool_)
-        np.less(bits.numpy(), self.bound, out=keep)  # numpy: bool results here cost a sixth of torch's
-        np.negative(dst.numpy(), out=dst.numpy())  # 1 → -1: all bits set, a mask for bitwise_and
+        np.less(bits.numpy(), self.bound, out=dst.numpy().view(np.bool_))  # numpy: a sixth of torch's time here
 
     def apply(self, k: int, start: int, d: torch.Tensor) -> None:
         """Mask and rescale pack k's rows that begin at flat index ``start`` (the last pack's are drawn now)."""
@@ -161,8 +142,8 @@ class DareDraws:
         else:
             assert self.ahead is not None
             mask = self.ahead[k, start:start + n]
-        flat = d.view(-1).view(torch.int32)
-        torch.bitwise_and(flat, mask, out=flat)  # δ where kept, +0 where dropped
+        flat = d.view(-1)
+        torch.mul(flat, mask, out=flat)  # δ·1 or δ·0, as combine multiplies by its float mask
         d.div_(self.density)
 
 
@@ -177,62 +158,3 @@ def trim_lambdas(sources: Sequence[DeltaRows], shape: tuple[int, int], density: 
         return [math.inf] * len(sources)  # keep none
     found = top_magnitudes(sources, shape, k, tiles, scratch)
     return [float(np.nextafter(np.float32(t), np.float32(-np.inf))) for t in found]  # |δ| > λ ⇔ |δ| ≥ t
-
-
-def top_magnitudes(sources: Sequence[DeltaRows], shape: tuple[int, int], k: int,
-                   tiles: Sequence[tuple[int, int]], scratch: Scratch) -> list[float]:
-    """Each source's k-th largest |δ|, exactly: a radix select over two passes of the tiles.
-
-    Non-negative floats order like their bit patterns, so the first pass counts every |δ| by its top 16 bits
-    (exponent and 7 mantissa bits), which finds the bucket that holds the k-th and how many lie above it; the
-    second gathers that bucket's entries (a few per thousand) and the k-th is selected among them.
-    """
-    if len(tiles) == 1:  # the whole delta is one tile
-        return [_kth_largest(src.rows(0, shape[0]), k) for src in sources]
-    cols = shape[1]
-    counts = [torch.zeros(BUCKETS, dtype=torch.int64) for _ in sources]
-    for r0, r1 in tiles:
-        m = (r1 - r0) * cols
-        keys = scratch.get("keys", m, torch.int32)
-        for i, src in enumerate(sources):
-            d = src.rows(r0, r1, out=scratch.get("deltas", m).view(r1 - r0, cols)).view(-1)
-            torch.bitwise_right_shift(torch.abs(d, out=d).view(torch.int32), 16, out=keys)
-            counts[i] += torch.bincount(keys, minlength=BUCKETS)
-    buckets = [_bucket(c.numpy(), k) for c in counts]  # (bucket, entries above it)
-    found: list[list[np.ndarray]] = [[] for _ in sources]
-    for r0, r1 in tiles:
-        m = (r1 - r0) * cols
-        flags = scratch.get("flags", 2 * m, torch.bool).numpy()
-        inside, below = flags[:m], flags[m:]
-        for i, src in enumerate(sources):
-            lo, hi = _bucket_range(buckets[i][0])
-            a = src.rows(r0, r1, out=scratch.get("deltas", m).view(r1 - r0, cols)).numpy().reshape(-1)
-            np.abs(a, out=a)
-            np.greater_equal(a, lo, out=inside)
-            np.less(a, hi, out=below)
-            np.logical_and(inside, below, out=inside)
-            found[i].append(a[inside])  # numpy: a sparse boolean gather costs a tenth of torch's here
-    result = []
-    for (_, above), parts in zip(buckets, found, strict=True):
-        values = np.concatenate(parts)
-        i = len(values) - (k - above)  # the (k − above)-th largest of the bucket, as an ascending index
-        result.append(float(np.partition(values, i)[i]))
-    return result
-
-
-def _bucket(counts: np.ndarray, k: int) -> tuple[int, int]:
-    """The top-16-bit bucket of the k-th largest value, and how many values lie in higher buckets."""
-    at_or_above = np.cumsum(counts[::-1])[::-1]  # values in bucket b or higher
-    b = int(np.flatnonzero(at_or_above >= k)[-1])
-    return b, int(at_or_above[b + 1]) if b + 1 < len(counts) else 0
-
-
-def _bucket_range(b: int) -> tuple[float, float]:
-    """The float values [lo, hi) whose top 16 bits are b."""
-    edges = np.array([b << 16, (b + 1) << 16], dtype=np.int64).astype(np.uint32).view(np.float32)
-    return float(edges[0]), float(edges[1])
-
-
-def _kth_largest(delta: torch.Tensor, k: int) -> float:
-    magnitude = delta.abs().reshape(-1)
-    return float(kth_smallest(magnitude, magnitude.numel() - k + 1))

@@ -11,12 +11,14 @@ import torch
 from peft.utils import merge_utils
 from safetensors.torch import save_file
 
+import lora_merge.magnitude_select as select
 import lora_merge.stream as stream_module
 import lora_merge.tiled_rules as tiled
 from lora_merge.combine import RuleOptions, tensor_seed
+from lora_merge.delta_rows import DeltaRows
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
-from lora_merge.task_vector import DeltaRows, LowRankDelta, StoredDelta
+from lora_merge.task_vector import LowRankDelta, StoredDelta
 from lora_merge.tensors import SafetensorsFile
 
 NAME = "model.layers.3.mlp.up_proj.weight"
@@ -95,8 +97,24 @@ def test_radix_select_equals_kthvalue_with_ties_zeros_and_extremes(tmp_path):
     src = dense_source(tmp_path, values)
     n, magnitudes = values.numel(), values.abs().view(-1)
     for k in sorted({1, 2, 3, 4, 100, 1600, 2400, n - 700, n - 699, n // 2, n - 1, n}):
-        found = tiled.top_magnitudes([src], values.shape, k, ragged_tiles(96, 8), tiled.Scratch())
+        found = select.top_magnitudes([src], values.shape, k, ragged_tiles(96, 8), select.Scratch())
         assert found == [torch.kthvalue(magnitudes, n - k + 1).values.item()], k
+
+
+def test_a_misleading_sample_still_gives_the_exact_threshold(tmp_path, monkeypatch):
+    """Every 4th row (the bracket's sample) ten times larger, and no margin: the bracket misses, the exact
+    counting pass takes over, and the threshold is still torch.kthvalue's."""
+    values = torch.randn(128, 64, generator=torch.Generator().manual_seed(5))
+    values[::4] *= 10
+    src = dense_source(tmp_path, values)
+    monkeypatch.setattr(select, "MARGIN_SIGMAS", 0.0)
+    exact, real_exact = [], select.exact_brackets
+    monkeypatch.setattr(select, "exact_brackets", lambda *a: exact.append(1) or real_exact(*a))
+    n, magnitudes = values.numel(), values.abs().view(-1)
+    for k in (n // 10, n // 2, n - 5):
+        found = select.top_magnitudes([src], values.shape, k, ragged_tiles(128, 16), select.Scratch())
+        assert found == [torch.kthvalue(magnitudes, n - k + 1).values.item()], k
+    assert exact, "the sample never misled: the test does not reach the exact pass"
 
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties", "magnitude_prune"])
