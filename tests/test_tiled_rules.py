@@ -71,6 +71,19 @@ def test_tiled_rules_equal_peft(tmp_path, monkeypatch, method, k, density):
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+@pytest.mark.parametrize("chunk", [999, 1 << 18])
+def test_dare_masks_follow_the_stream_across_odd_sizes(tmp_path, monkeypatch, method, chunk):
+    """Draws are taken two at a time: odd tensor sizes, odd chunks and odd tiles must still give bernoulli's masks."""
+    monkeypatch.setattr(tiled, "DRAW_CHUNK", chunk)
+    shape = (149, 73)  # an odd number of entries per pack
+    terms, deltas = lora_sources(tmp_path, 3, shape, seed=4)
+    theta = torch.zeros(shape)
+    ours = run_tiled(theta, terms, method, RuleOptions(density=0.3, seed=2), ragged_tiles(shape[0], 7))
+    torch.manual_seed(tensor_seed(2, NAME))
+    torch.testing.assert_close(ours, PEFT_RULES[method](deltas, torch.ones(3), 0.3), atol=1e-6, rtol=0)
+
+
 def test_every_entry_is_trimmed_when_density_keeps_none(tmp_path):
     terms, _ = lora_sources(tmp_path, 2, (64, 40))
     theta = torch.randn(64, 40)
