@@ -8,40 +8,40 @@ from lora_merge.task_vector import Delta, LowRankDelta, ReplacementDelta, Stored
 
 
 class DeltaRows:
-    """One weight's delta Σ coef·Δ, as :meth:`TaskVector.delta` computes it, a block of rows at a time.
+    """One weight's delta ``factor · Σ coef·Δ`` from one pack, a block of rows at a time.
 
-    LoRA factors are read once; each call multiplies only the rows it is asked for, so a pass over a
-    tensor never holds its whole delta. A LoRA term's rows are bit for bit those of the whole product
-    when blocks are multiples of 64 rows (MKL picks its kernel by shape; see stream.tile_rows). Stored
-    and replaced tensors are sliced from the memory map, elementwise as exact as the whole.
+    LoRA factors are read once; each call multiplies only the rows it is asked for, so a pass over a tensor
+    never holds its whole delta. A pack whose delta is one LoRA term gets ``factor · coef`` folded into B, as
+    the linear kernel folds ω (stream.merge_terms), so a row block is one matmul and nothing more; the result
+    differs from :meth:`TaskVector.delta` (which multiplies after the product) by float rounding only. Other
+    terms are computed as TaskVector.delta computes them, then multiplied by ``factor``. A LoRA term's rows are
+    bit for bit those of the whole product when blocks are multiples of 64 rows (MKL picks its kernel by
+    shape; see stream.tile_rows); stored and replaced tensors are sliced from the memory map.
     """
 
-    def __init__(self, terms: list[tuple[float, Delta]], device: str | torch.device = "cpu"):
+    def __init__(self, terms: list[tuple[float, Delta]], device: str | torch.device = "cpu", factor: float = 1.0):
         self.parts: list[tuple[float, Delta, torch.Tensor | None, torch.Tensor | None]] = []
+        folded = len(terms) == 1 and isinstance(terms[0][1], LowRankDelta)
         for coef, d in terms:
             b, a = d.factors(device) if isinstance(d, LowRankDelta) else (None, None)
+            if folded and b is not None:
+                b, coef = b * (coef * factor), 1.0
             self.parts.append((coef, d, b, a))
+        self.factor = 1.0 if folded else factor
         self.device = device
         self.shape = tuple(terms[0][1].shape)
-        # one term: its coefficient, which rows(unscaled=True) leaves out (a sum of terms has none to leave out)
-        self.coef = terms[0][0] if len(terms) == 1 else 1.0
 
-    def rows(self, start: int, stop: int, out: torch.Tensor | None = None, unscaled: bool = False) -> torch.Tensor:
-        """Rows ``start:stop`` of the float32 delta, written into ``out`` (that many rows) when given.
+    def rows(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` of the float32 delta, written into ``out`` (that many rows) when given."""
+        return self._select(slice(start, stop), out)
 
-        ``unscaled``: divided by :attr:`coef`, i.e. without the one multiplication by it (the delta's rows are
-        then exactly ``fl(coef · rows)``, which orders magnitudes the same way).
-        """
-        return self._select(slice(start, stop), out, unscaled)
-
-    def rows_at(self, index: torch.Tensor, unscaled: bool = False) -> torch.Tensor:
+    def rows_at(self, index: torch.Tensor) -> torch.Tensor:
         """The rows at ``index`` (a 1-D integer tensor), as :meth:`rows` computes them."""
-        return self._select(index, None, unscaled)
+        return self._select(index, None)
 
-    def _select(self, sel, out: torch.Tensor | None, unscaled: bool) -> torch.Tensor:
+    def _select(self, sel, out: torch.Tensor | None) -> torch.Tensor:
         result: torch.Tensor | None = None
         for coef, d, b, a in self.parts:
-            coef = 1.0 if unscaled and len(self.parts) == 1 else coef
             dst = out if result is None else None
             if b is not None and a is not None:
                 t = torch.mm(a[:, sel].T, b.T) if d.transpose else torch.mm(b[sel], a, out=dst)
@@ -54,7 +54,7 @@ class DeltaRows:
                 t.mul_(coef)
             result = t if result is None else result.add_(t)
         assert result is not None
-        return result
+        return result.mul_(self.factor) if self.factor != 1.0 else result
 
     def _stored(self, d: Delta, sel) -> torch.Tensor:
         if isinstance(d, StoredDelta):  # copied: the rows are a view of the read-only map, and are scaled in place

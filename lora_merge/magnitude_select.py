@@ -30,7 +30,7 @@ BUCKETS = 1 << 15  # top 16 bits of a non-negative float32
 SAMPLE_STRIDE = 4  # the bracket's sample: every 4th row …
 GROUPS = 16  # … in this many groups of neighbouring rows, whose spread gives the sample's error
 MARGIN_SIGMAS = 4.5  # a miss costs one more pass; a wider bracket costs every pass more gathering
-Bracket = tuple[float, float]  # [lo, hi) of |δ|, in the units of DeltaRows.rows(unscaled=True)
+Bracket = tuple[float, float]  # [lo, hi) of |δ|
 
 
 class Scratch:
@@ -51,7 +51,6 @@ def top_magnitudes(sources: Sequence[DeltaRows], shape: tuple[int, int], k: int,
     """Each source's k-th largest |δ| (1 ≤ k ≤ rows·cols), exactly, over the row ``tiles``."""
     if len(tiles) == 1:  # the whole delta is one tile
         return [_kth_largest(src.rows(0, shape[0]), k) for src in sources]
-    # the passes read rows without the pack's ω (a multiplication less) and the k-th is scaled at the end
     found = select_in_brackets(sources, [sampled_bracket(s, shape, k, scratch) for s in sources], k, tiles, scratch)
     missed = [i for i, f in enumerate(found) if f is None]
     if missed:  # the sample misled: bracket those exactly, then the selection cannot miss
@@ -59,7 +58,7 @@ def top_magnitudes(sources: Sequence[DeltaRows], shape: tuple[int, int], k: int,
         for i, f in zip(missed, select_in_brackets(again, exact_brackets(again, k, tiles, scratch), k, tiles,
                                                    scratch), strict=True):
             found[i] = f
-    return [_scaled(f, src.coef) for f, src in zip(found, sources, strict=True)]  # type: ignore[arg-type]
+    return found  # type: ignore[return-value]
 
 
 def select_in_brackets(sources: Sequence[DeltaRows], brackets: Sequence[Bracket], k: int,
@@ -74,7 +73,7 @@ def select_in_brackets(sources: Sequence[DeltaRows], brackets: Sequence[Bracket]
         high, low = flags[:m], flags[m:]
         for i, src in enumerate(sources):
             lo, hi = brackets[i]
-            a = src.rows(r0, r1, out=scratch.get("select", m).view(r1 - r0, cols), unscaled=True).numpy().reshape(-1)
+            a = src.rows(r0, r1, out=scratch.get("select", m).view(r1 - r0, cols)).numpy().reshape(-1)
             np.abs(a, out=a)
             np.greater_equal(a, hi, out=high)
             above[i] += int(np.count_nonzero(high))
@@ -107,7 +106,7 @@ def sampled_bracket(src: DeltaRows, shape: tuple[int, int], k: int, scratch: Scr
     """[lo, hi) that very likely holds the k-th largest |δ|, from every SAMPLE_STRIDE-th row."""
     rows = torch.arange(0, shape[0], SAMPLE_STRIDE)
     groups = [g for g in torch.tensor_split(rows, min(GROUPS, len(rows))) if len(g)]
-    counts = np.stack([_bucket_counts(src.rows_at(g, unscaled=True), scratch) for g in groups])
+    counts = np.stack([_bucket_counts(src.rows_at(g), scratch) for g in groups])
     sizes = counts.sum(1)
     fraction = k / (shape[0] * shape[1])  # of the entries, at or above the k-th largest
     total = np.cumsum(counts.sum(0)[::-1])[::-1]  # entries in bucket b or higher
@@ -129,7 +128,7 @@ def exact_brackets(sources: Sequence[DeltaRows], k: int, tiles: Sequence[tuple[i
     counts = [np.zeros(BUCKETS, dtype=np.int64) for _ in sources]
     for r0, r1 in tiles:
         for i, src in enumerate(sources):
-            rows = src.rows(r0, r1, out=scratch.get("select", (r1 - r0) * cols).view(r1 - r0, cols), unscaled=True)
+            rows = src.rows(r0, r1, out=scratch.get("select", (r1 - r0) * cols).view(r1 - r0, cols))
             counts[i] += _bucket_counts(rows, scratch)
     return [_edges(_bucket_of(np.cumsum(c[::-1])[::-1], k)) for c in counts]
 
@@ -152,11 +151,6 @@ def _edges(b: int) -> Bracket:
     """The float values [lo, hi) whose top 16 bits are b (the top finite bucket ends at +inf)."""
     edges = np.array([b << 16, (b + 1) << 16], dtype=np.int64).astype(np.uint32).view(np.float32)
     return float(edges[0]), float(edges[1])
-
-
-def _scaled(magnitude: float, coef: float) -> float:
-    """fl32(|coef|·m): the k-th largest |fl32(coef·x)| is this of the k-th largest |x| (rounding is monotone)."""
-    return float(np.float32(magnitude) * np.abs(np.float32(coef)))
 
 
 def _kth_largest(delta: torch.Tensor, k: int) -> float:

@@ -38,7 +38,6 @@ import torch
 
 from lora_merge import console, tiled_rules
 from lora_merge.combine import Rule, RuleOptions, streams_as_sum
-from lora_merge.delta_rows import DeltaRows
 from lora_merge.placed import PlacedWriter
 from lora_merge.shards import PlannedTensor
 from lora_merge.task_vector import LowRankDelta, TaskVector
@@ -203,8 +202,8 @@ class _Worker(threading.Thread):
         tile = self._buffer("tile", need * p.dtype.itemsize)[: need * p.dtype.itemsize].view(p.dtype)
         row_bytes = p.shape[1] * p.dtype.itemsize
         if touched and not job.linear:
-            sources = [DeltaRows(v.terms[p.name], job.device) for v in job.vectors if p.name in v]
-            tiles = tiled_rules.pruned_tiles(theta, sources, job.method, job.opts, p.name, tile_rows(*p.shape), tile,
+            terms = [v.terms[p.name] for v in job.vectors if p.name in v]
+            tiles = tiled_rules.pruned_tiles(theta, terms, job.method, job.opts, p.name, tile_rows(*p.shape), tile,
                                              self.rule_scratch)
         else:
             terms = merge_terms(job.vectors, p.name, job.device) if touched else []

@@ -1,19 +1,21 @@
 """TIES, DARE and magnitude pruning by row tiles: the fold's CPU path for the pruning rules.
 
 :mod:`lora_merge.combine` states each rule on whole deltas, and tests/test_combine.py holds it to PEFT's
-merge_utils. This module computes the same values one row tile at a time from each pack's
-:class:`~lora_merge.task_vector.DeltaRows`, so no pack's delta is ever held whole and every step runs on
-cache-sized blocks:
+merge_utils. This module applies the same arithmetic one row tile at a time to each pack's
+:class:`~lora_merge.delta_rows.DeltaRows`, so no pack's delta is ever held whole and every step runs on
+cache-sized blocks (tests/test_tiled_rules.py holds it to PEFT's merge_utils too):
 
+- **The deltas** are ω·Δ with ω folded into B as the linear kernel folds it, and for DARE 1/density as well,
+  so each pack's tile is one matmul: equal to TaskVector.delta's, and to what PEFT multiplies, up to float
+  rounding.
 - **Trimming** (ties, magnitude_prune) needs each pack's k-th largest |δ| over the whole tensor, which
   :mod:`lora_merge.magnitude_select` finds exactly in about a pass and a quarter.
 - **DARE masks** are the very draws :func:`lora_merge.combine.drop_and_rescale` makes: one generator per
-  tensor seeded by ``tensor_seed``, pack after pack, row-major. ``random_(0, 2**24)`` gives the 24 bits that
-  torch.bernoulli compares with p, so an entry is kept when its bits are below ⌈p·2²⁴⌉. All but the last
-  pack's masks are drawn first and kept as bytes; the last pack's are drawn tile by tile in the final pass.
+  tensor seeded by ``tensor_seed``, pack after pack, row-major, each draw's low 24 bits compared with
+  ⌈p·2²⁴⌉ as torch.bernoulli compares them with p. All but the last pack's masks are drawn first and kept as
+  bytes; the last pack's are drawn tile by tile in the final pass.
 - **The final pass** recomputes each pack's rows, trims or masks them, sums them or elects signs the TIES
-  way, and adds θ, with the same operations in the same order as combine's rules, so the float32 result is
-  theirs (up to the sign of a zero).
+  way, and adds θ, with combine's operations in combine's order.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from lora_merge.combine import RuleOptions, tensor_seed
 from lora_merge.delta_rows import DeltaRows
 from lora_merge.magnitude_select import Scratch, top_magnitudes
+from lora_merge.task_vector import Delta
 
 TILED_RULES = frozenset({"ties", "dare_ties", "dare_linear", "magnitude_prune"})
 ELECTING = frozenset({"ties", "dare_ties"})  # the others sum the pruned deltas
@@ -41,17 +44,20 @@ def tiles_for(method: str) -> bool:
     return method in TILED_RULES
 
 
-def pruned_tiles(theta: torch.Tensor, sources: Sequence[DeltaRows], method: str, opts: RuleOptions, name: str,
-                 tiles: Sequence[tuple[int, int]], out: torch.Tensor, scratch: Scratch
+def pruned_tiles(theta: torch.Tensor, terms: Sequence[list[tuple[float, Delta]]], method: str, opts: RuleOptions,
+                 name: str, tiles: Sequence[tuple[int, int]], out: torch.Tensor, scratch: Scratch
                  ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (first row, rows of cast(θ.float() + rule(deltas))) for each row tile of the 2-D ``theta``.
 
-    ``sources`` give each pack's delta (in pack order), ``tiles`` the row ranges (multiples of 64 rows, so a
-    LoRA product's rows are those of the whole). ``out`` is a 1-D buffer of the output dtype as large as the
-    largest tile, reused by every tile (each yielded view is valid until the next).
+    ``terms`` are each pack's (ω, Δ) terms for this weight (TaskVector.terms[name]), in pack order; ``tiles``
+    the row ranges (multiples of 64 rows, so a LoRA product's rows are those of the whole). ``out`` is a 1-D
+    buffer of the output dtype as large as the largest tile, reused by every tile (each yielded view is valid
+    until the next).
     """
     rows, cols = theta.shape
     trim = method in TRIMMING
+    rescale = 1.0 if trim or opts.density >= 1.0 else 1.0 / opts.density  # DARE's 1/p, folded into the deltas
+    sources = [DeltaRows(t, "cpu", rescale) for t in terms]
     lambdas = trim_lambdas(sources, (rows, cols), opts.density, tiles, scratch) if trim else None
     draws = DareDraws(sources, rows * cols, opts, name, scratch) if not trim else None
     for r0, r1 in tiles:
@@ -113,7 +119,7 @@ class DareDraws:
     """One tensor's DARE masks, drawn in the order combine.drop_and_rescale draws them."""
 
     def __init__(self, sources: Sequence[DeltaRows], numel: int, opts: RuleOptions, name: str, scratch: Scratch):
-        self.density, self.scratch = opts.density, scratch
+        self.scratch = scratch
         self.active = opts.density < 1.0  # density 1 draws nothing (combine returns the deltas as they are)
         self.last = len(sources) - 1
         self.bound = math.ceil(float(np.float32(opts.density)) * (1 << 24))  # bits < bound ⇔ u < p (float32 p)
@@ -154,7 +160,7 @@ class DareDraws:
             self.carry = bool(second[-1])
 
     def apply(self, k: int, start: int, d: torch.Tensor) -> None:
-        """Mask and rescale pack k's rows that begin at flat index ``start`` (the last pack's are drawn now)."""
+        """Mask pack k's rows (already ×1/p) that begin at flat index ``start`` (the last pack's are drawn now)."""
         if not self.active:
             return
         n = d.numel()
@@ -165,8 +171,7 @@ class DareDraws:
             assert self.ahead is not None
             mask = self.ahead[k, start:start + n]
         flat = d.view(-1)
-        torch.mul(flat, mask, out=flat)  # δ·1 or δ·0, as combine multiplies by its float mask
-        d.div_(self.density)
+        torch.mul(flat, mask, out=flat)  # δ/p · 1 or · 0, as combine multiplies by its float mask
 
 
 def trim_lambdas(sources: Sequence[DeltaRows], shape: tuple[int, int], density: float,
