@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from lora_merge.combine import RuleOptions, tensor_seed
+from lora_merge.combine import KeepDraws, RuleOptions, tensor_seed
 from lora_merge.delta_rows import DeltaRows
 from lora_merge.magnitude_select import Scratch, top_magnitudes
 from lora_merge.task_vector import Delta
@@ -122,42 +122,14 @@ class DareDraws:
         self.scratch = scratch
         self.active = opts.density < 1.0  # density 1 draws nothing (combine returns the deltas as they are)
         self.last = len(sources) - 1
-        self.bound = math.ceil(float(np.float32(opts.density)) * (1 << 24))  # bits < bound ⇔ u < p (float32 p)
         if not self.active:
             return
-        self.gen = torch.Generator().manual_seed(tensor_seed(opts.seed, name))
-        self.carry: bool | None = None  # a draw taken (as half of a pair) but not used yet
+        self.draws = KeepDraws(tensor_seed(opts.seed, name), opts.density)
         # packs before the last: every mask now, as bytes (1 keep, 0 drop), in stream order
         self.ahead = scratch.get("masks", self.last * numel, torch.int8).view(self.last, numel) if self.last else None
         for k in range(self.last):
             for i in range(0, numel, DRAW_CHUNK):
-                j = min(numel, i + DRAW_CHUNK)
-                self._draw(self.ahead[k, i:j])
-
-    def _draw(self, dst: torch.Tensor) -> None:
-        """dst (int8) ← 1 where the stream's next dst.numel() draws keep their entry, else 0.
-
-        The generator's 32-bit draws are taken two at a time, as the high and low half of a full-range int64
-        (one engine call after the other: 1.6 ns a draw here against 2.6 one at a time), and the one left over
-        from an odd count is kept for the next call, so the draws land exactly where bernoulli's would.
-        """
-        keep = dst.numpy().view(np.bool_)
-        start = 0
-        if self.carry is not None and len(keep):
-            keep[0], start, self.carry = self.carry, 1, None
-        pairs = (len(keep) - start + 1) // 2
-        if pairs == 0:
-            return
-        words = self.scratch.get("words", pairs, torch.int64).random_(-(1 << 63), None, generator=self.gen)
-        low = self.scratch.get("low24", 2 * pairs, torch.int32).numpy().view(np.uint32)
-        np.bitwise_and(words.numpy().view(np.uint32), 0xFFFFFF, out=low)
-        kept = self.scratch.get("kept", 2 * pairs, torch.bool).numpy()
-        np.less(low, self.bound, out=kept)  # numpy: a sixth of torch's time for a bool result
-        first, second = kept[1::2], kept[0::2]  # little-endian: an int64's high half, the earlier draw, comes second
-        keep[start::2] = first[: len(keep[start::2])]
-        keep[start + 1::2] = second[: len(keep[start + 1::2])]
-        if (len(keep) - start) % 2:
-            self.carry = bool(second[-1])
+                self.draws.draw(self.ahead[k, i:min(numel, i + DRAW_CHUNK)].numpy().view(np.bool_))
 
     def apply(self, k: int, start: int, d: torch.Tensor) -> None:
         """Mask pack k's rows (already ×1/p) that begin at flat index ``start`` (the last pack's are drawn now)."""
@@ -166,7 +138,7 @@ class DareDraws:
         n = d.numel()
         if k == self.last:
             mask = self.scratch.get("tile_mask", n, torch.int8)
-            self._draw(mask)
+            self.draws.draw(mask.numpy().view(np.bool_))
         else:
             assert self.ahead is not None
             mask = self.ahead[k, start:start + n]
