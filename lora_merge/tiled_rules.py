@@ -92,9 +92,11 @@ def elect(deltas: list[torch.Tensor], scratch: Scratch, n: int) -> torch.Tensor:
     entries is s·Σ relu(s·δ) / #(s·δ > 0): the same sums in the same order, without a boolean tensor (torch's
     float ops run 4–7× faster here than its comparisons into bool).
     """
+    if len(deltas) == 1:  # one pack: every non-zero entry agrees with itself, and the mean of one is itself
+        return deltas[0]
     shape = deltas[0].shape
     mass = scratch.get("mass", n).view(shape)
-    torch.add(deltas[0], deltas[1], out=mass) if len(deltas) > 1 else mass.copy_(deltas[0])
+    torch.add(deltas[0], deltas[1], out=mass)
     for d in deltas[2:]:
         mass.add_(d)
     sign = mass.view(torch.int32).bitwise_and_(SIGN_BIT)  # only the sign bit of the mass is kept
