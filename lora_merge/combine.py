@@ -136,11 +136,12 @@ class KeepDraws:
         np.bitwise_and(words.numpy().view(np.uint32), 0xFFFFFF, out=low)
         kept = self._buffer("kept", 2 * pairs, np.bool_)
         np.less(low, self.bound, out=kept)  # numpy: a sixth of torch's time for a bool result
-        first, second = kept[1::2], kept[0::2]  # little-endian: an int64's high half, the earlier draw, comes second
-        keep[start::2] = first[: len(keep[start::2])]
-        keep[start + 1::2] = second[: len(keep[start + 1::2])]
-        if (len(keep) - start) % 2:
-            self.carry = bool(second[-1])
+        # little-endian, an int64's high half (the earlier draw) comes second: swap the bytes of each pair
+        kept.view(np.uint16).byteswap(inplace=True)
+        n = len(keep) - start
+        keep[start:] = kept[:n]
+        if n % 2:
+            self.carry = bool(kept[n])
 
     def _buffer(self, key: str, n: int, dtype) -> np.ndarray:
         buf = self.buffers.get(key)
