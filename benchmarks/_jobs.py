@@ -12,6 +12,7 @@ interpreter and its imports started (the harness also records the process's wall
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ def job_fold(args: list[str]) -> None:
     fold(FoldRequest(general=Path(general), packs=packs, out=Path(out), weights=[float(w)] * len(packs),
                      progress=False, fsync="--no-fsync" not in flags, device=device, method=method,
                      density=0.5 if method != "linear" else 1.0, seed=0))
-    print(json.dumps({"work_s": time.perf_counter() - t}))
+    print(json.dumps({"work_s": time.perf_counter() - t}), flush=True)
+    os._exit(0)  # as `python cli.py fold` leaves (lora_merge.cli.run), so the wall column is the command's
 
 
 def job_interference(args: list[str]) -> None:
