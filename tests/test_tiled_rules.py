@@ -90,6 +90,35 @@ def test_dare_masks_follow_the_stream_across_odd_sizes(tmp_path, monkeypatch, me
     assert_close_in_ulps(ours, PEFT_RULES[method](deltas, torch.ones(3), 0.3), deltas, 0.3)
 
 
+@pytest.mark.parametrize("kind", ["dense", "transposed", "two terms"])
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_packs_that_are_not_one_lora_product(tmp_path, kind, method):
+    """Dense τ (extracted packs), transposed LoRA (embeddings, Conv1D) and a weight with two terms go through the
+    same tiles (ω applied after the product there, as TaskVector.delta applies it)."""
+    shape, g = (96, 40), torch.Generator().manual_seed(8)
+    tensors = {f"t{i}": torch.randn(shape, generator=g) for i in range(2)}
+    tensors.update({f"a{i}": torch.randn(3, shape[0], generator=g) for i in range(2)})
+    tensors.update({f"b{i}": torch.randn(shape[1], 3, generator=g) for i in range(2)})
+    save_file(tensors, tmp_path / "terms.safetensors")
+    src = SafetensorsFile(tmp_path / "terms.safetensors")
+    omegas = [0.6, 1.3]
+    if kind == "dense":
+        terms = [[(w, StoredDelta(src, f"t{i}", shape))] for i, w in enumerate(omegas)]
+        deltas = [w * tensors[f"t{i}"] for i, w in enumerate(omegas)]
+    elif kind == "transposed":
+        terms = [[(w, LowRankDelta(src, f"a{i}", f"b{i}", 0.5, True, shape))] for i, w in enumerate(omegas)]
+        deltas = [w * ((tensors[f"b{i}"] * 0.5) @ tensors[f"a{i}"]).T for i, w in enumerate(omegas)]
+    else:
+        terms = [[(w, StoredDelta(src, f"t{i}", shape)), (w, LowRankDelta(src, f"a{i}", f"b{i}", 0.5, True, shape))]
+                 for i, w in enumerate(omegas)]
+        deltas = [w * tensors[f"t{i}"] + w * ((tensors[f"b{i}"] * 0.5) @ tensors[f"a{i}"]).T
+                  for i, w in enumerate(omegas)]
+    theta = torch.zeros(shape)
+    ours = run_tiled(theta, terms, method, RuleOptions(density=0.4, seed=1), ragged_tiles(shape[0], 16))
+    torch.manual_seed(tensor_seed(1, NAME))
+    assert_close_in_ulps(ours, PEFT_RULES[method](deltas, torch.ones(2), 0.4), deltas, 0.4)
+
+
 def test_every_entry_is_trimmed_when_density_keeps_none(tmp_path):
     terms, _ = lora_sources(tmp_path, 2, (64, 40))
     theta = torch.randn(64, 40)
