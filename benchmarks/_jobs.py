@@ -3,7 +3,7 @@
 Each prints a last line ``{"work_s": …}``: the seconds of the job itself, after the
 interpreter and its imports started (the harness also records the process's wall time).
 
-    python benchmarks/_jobs.py fold GENERAL OUT W PACK [PACK …] [--no-fsync] [--device=cuda] [--method=ties]
+    python benchmarks/_jobs.py fold GENERAL OUT W PACK [PACK …] [--no-fsync] [--device=cpu|cuda] [--method=ties]
     python benchmarks/_jobs.py interference PACK [PACK …] [--no-signs]   # pairwise cosines, conflicts and norms
     python benchmarks/_jobs.py arithmetic GENERAL W PACK [PACK …]  # the fold's merge kernel alone, 1 thread
     python benchmarks/_jobs.py peft GENERAL OUT W PACK  # load + scale + merge_and_unload + save_pretrained
@@ -12,6 +12,7 @@ interpreter and its imports started (the harness also records the process's wall
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,14 +22,15 @@ def job_fold(args: list[str]) -> None:
     from lora_merge.fold import FoldRequest, fold
 
     flags = [a for a in args if a.startswith("--")]
-    device = "cuda" if "--device=cuda" in flags else "cpu"
+    device = next((f.split("=", 1)[1] for f in flags if f.startswith("--device=")), "cpu")
     method = next((f.split("=", 1)[1] for f in flags if f.startswith("--method=")), "linear")
     general, out, w, *packs = [a for a in args if not a.startswith("--")]
     t = time.perf_counter()
     fold(FoldRequest(general=Path(general), packs=packs, out=Path(out), weights=[float(w)] * len(packs),
                      progress=False, fsync="--no-fsync" not in flags, device=device, method=method,
                      density=0.5 if method != "linear" else 1.0, seed=0))
-    print(json.dumps({"work_s": time.perf_counter() - t}))
+    print(json.dumps({"work_s": time.perf_counter() - t}), flush=True)
+    os._exit(0)  # as `python cli.py fold` leaves (lora_merge.cli.run), so the wall column is the command's
 
 
 def job_interference(args: list[str]) -> None:

@@ -26,6 +26,7 @@ class Row:
     written: int = 0
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)  # every timed run's seconds, in the order they ran
 
     @property
     def seconds(self) -> float:

@@ -156,7 +156,7 @@ def render(rows: list[Row], stats: dict, info: dict, checks: list[str], loads: t
             far = f"{s['far']:,} elements, all \\|x\\| ≤ {s['far_max_abs']:.2g}" if s["far"] else "none"
             lines.append(f"| {k} | {s['n']:,} | {pct:.5f} % | {s['max_ulp']}{missing} | "
                          f"{s['max_ulp_operand']:.2f} | {far} |")
-    lines += ["", "Targets (issue 7):", ""] + [f"- {c}" for c in checks] + ["", END]
+    lines += ["", "Targets (issues 7 and 21):", ""] + [f"- {c}" for c in checks] + ["", END]
     return "\n".join(lines) + "\n"
 
 
@@ -192,7 +192,10 @@ def targets(rows: list[Row], stats: dict, shapes: dict) -> list[str]:
             out.append(f"{size}: anonymous peak {r.peak_anon / GB:.2f} GB ≤ 1 GB + 2 × largest tensor in fp32 "
                        f"({limit / GB:.2f} GB) — {ok(r.peak_anon <= limit)}; peak RSS {r.peak_rss / GB:.2f} GB")
     if f1n and f3:
-        out.append(f"three packs ÷ one pack: {f3.seconds / f1n.seconds:.2f} (target ≤ 1.3) — {ok(f3.seconds <= 1.3 * f1n.seconds)}")
+        turns = [b / a for a, b in zip(f1n.samples, f3.samples, strict=False)] or [f3.seconds / f1n.seconds]
+        out.append(f"three packs ÷ one pack, in every turn (target ≤ 1.3 in each): "
+                   f"{', '.join(f'{t:.2f}' for t in turns)} — {ok(max(turns) <= 1.3)}; best ÷ best "
+                   f"{f3.seconds / f1n.seconds:.2f}")
         a1, a3 = get("1.1B", "merge arithmetic alone, 1 pack (1 thread)"), get("1.1B", "merge arithmetic alone, 3 packs (1 thread)")
         if a1 and a3:
             cores = os.cpu_count() or 1
@@ -215,10 +218,46 @@ def targets(rows: list[Row], stats: dict, shapes: dict) -> list[str]:
     if e and e["n"]:
         out.append(f"fold vs exact: {100 * e['same'] / e['n']:.4f} % bit-identical, max {e['max_ulp']} ulp")
     big = get("7B", "fold, 1 pack")
-    cp7 = get("7B", "cp -r")
+    cp7, sync7 = get("7B", "cp -r"), get("7B", "sync (after cp -r)")
     if big and cp7:
-        out.append(f"7B: fold {big.seconds:.0f} s = {big.seconds / cp7.wall_s:.2f}× `cp -r`, peak RSS "
-                   f"{big.peak_rss / GB:.2f} GB (target < 3 GB) — {ok(big.peak_rss < 3e9)}")
+        floor = cp7.wall_s + (sync7.wall_s if sync7 else 0.0)
+        out.append(f"7B: fold (durable) {big.seconds:.1f} s = {big.seconds / floor:.2f}× `cp -r` + `sync` (issue 21: "
+                   f"≤ 1.5×) — {ok(big.seconds <= 1.5 * floor)}; peak RSS {big.peak_rss / GB:.2f} GB (target < 3 GB) — "
+                   f"{ok(big.peak_rss < 3e9)}")
+    return out + issue21(rows, get)
+
+
+def issue21(rows: list[Row], get) -> list[str]:
+    """Issue 21's targets: whole-process times, the pruning rules against the linear fold, start-up, the GPU rows."""
+    ok = lambda b: "met" if b else "NOT met"  # noqa: E731
+    out = []
+    cp, sync, f1 = get("1.1B", "cp -r"), get("1.1B", "sync (after cp -r)"), get("1.1B", "fold, 1 pack")
+    if cp and sync and f1:
+        floor = cp.wall_s + sync.wall_s
+        out.append(f"1.1B fold, one pack, durable, whole process: {f1.wall_s:.2f} s = {f1.wall_s / floor:.2f}× `cp -r` "
+                   f"+ `sync` (issue 21: ≤ 2.5×) — {ok(f1.wall_s <= 2.5 * floor)}; the job itself {f1.seconds:.2f} s, "
+                   "the rest is the interpreter, the imports and the exit")
+    for pack in ("pico pack", "1.1B rank-16 pack"):
+        r = get("cli", f"cli.py pack inspect ({pack})")
+        if r:
+            out.append(f"`pack inspect` ({pack}), whole process: {r.wall_s:.2f} s (issue 21: ≤ 0.3 s) — "
+                       f"{ok(r.wall_s <= 0.3)}")
+    for device in ("", ", cuda"):
+        linear = get("1.1B", f"fold, 3 packs, no fsync{device}")
+        for rule in ("ties", "dare_ties"):
+            r = get("1.1B", f"fold, 3 packs, no fsync{device}, {rule} d=0.5")
+            if r and linear:
+                turns = [b / a for a, b in zip(linear.samples, r.samples, strict=False)]
+                out.append(f"{rule} on 3 packs ÷ the linear fold of the same packs{device}: "
+                           f"{r.seconds / linear.seconds:.2f}× best ÷ best (issue 21: ≤ 5×) — "
+                           f"{ok(r.seconds <= 5 * linear.seconds)}; in each turn {', '.join(f'{t:.2f}' for t in turns)}; "
+                           f"anonymous peak {r.peak_anon / GB:.2f} GB")
+    peaks = {size: get(size, "fold, 1 pack, no fsync") or get(size, "fold, 1 pack") for size in ("0.1B", "1.1B", "7B")}
+    peaks = {k: v.peak_anon for k, v in peaks.items() if v}
+    if len(peaks) > 1:
+        flat = max(peaks.values()) <= 1.5 * min(peaks.values())
+        out.append("anonymous peak by model size: " + ", ".join(f"{k} {v / GB:.2f} GB" for k, v in peaks.items())
+                   + f" (flat: the largest ≤ 1.5× the smallest) — {ok(flat)}")
     return out
 
 

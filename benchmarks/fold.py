@@ -3,11 +3,15 @@
 Builds (once, cached under benchmarks/.cache/) synthetic Llama-shaped bf16 models with
 rank-16 LoRA packs on every linear layer (benchmarks/_models.py), then measures, each in
 its own subprocess, with the page cache warm: `cp -r` of θG (with and without `sync`),
-our fold with 1, 3 and 8 packs, the merge arithmetic alone (1 and 3 packs), PEFT's load + scale + merge_and_unload +
-save_pretrained, and mergekit's task_arithmetic recipe (θpre base, θG at 1, θpre+LoRA at ω)
-in its own venv. For each: wall time, peak RSS, peak anonymous RSS, bytes read and written.
-The outputs are checked against the bf16 of the float32 result. A table is printed and
-written into docs/benchmarks.md (between markers, so other sections of that file stay).
+our fold with 1, 3 and 8 packs and with TIES and DARE-TIES on 3 packs (timed in turns), the merge arithmetic
+alone (1 and 3 packs), PEFT's load + scale + merge_and_unload + save_pretrained, and mergekit's
+task_arithmetic recipe (θpre base, θG at 1, θpre+LoRA at ω) in its own venv, then the start-up of the
+command line (benchmarks/_startup.py). For each: the job's time and the whole process's wall time, peak RSS,
+peak anonymous RSS, bytes read and written. The outputs are checked against the bf16 of the float32 result.
+A table is printed and written into docs/benchmarks.md (between markers, so other sections of that file stay).
+
+`--device cuda` adds the 1.1B folds on the GPU (one pack durable; 3 packs linear, TIES and DARE-TIES) and
+stops at once, naming the reason, when there is no CUDA device; `--device cuda --no-peers` is the GPU check.
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ sys.path.insert(0, str(ROOT))
 import _models  # noqa: E402
 from _measure import GB, Row, measure  # noqa: E402
 from _report import OMEGA, agreement, machine, render, targets, write_doc  # noqa: E402
+from _startup import startup_rows  # noqa: E402
 
 PY = sys.executable
 WORK = _models.CACHE / "runs"
 MERGEKIT_VENV = _models.CACHE / "mergekit-venv"
 REPEAT = 3  # timings a target divides are the best of this many runs (see Bench.run)
+RULES = ("ties", "dare_ties")  # the pruning rules timed against the linear fold of the same 3 packs
+
+
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     return path
@@ -86,6 +94,7 @@ class Bench:
     def _keep_best(self, size: str, label: str, samples: list[Row]) -> Row:
         row = min(samples, key=lambda r: (r.error is not None, r.seconds))
         row.peak_rss, row.peak_anon = max(r.peak_rss for r in samples), max(r.peak_anon for r in samples)
+        row.samples = [r.seconds for r in samples]
         if len(samples) > 1:
             row.notes.append(f"best of {len(samples)} ({', '.join(f'{r.seconds:.2f}' for r in samples)} s)")
         row.notes.append(f"load {load_avg()}")
@@ -124,11 +133,12 @@ class Bench:
         settle(out)
         return row
 
-    def folds_in_turns(self, size: str, general: Path, pack_sets: list[list[Path]], repeat: int) -> Path:
-        """Folds (no fsync) with each pack set, timed in turns for the ratios between them; every sample starts
-        right after the previous one's output was deleted and flushed. Returns the first set's output, which is
-        made once more (untimed) and kept for the agreement check."""
-        jobs = [self.fold_job(size, general, packs, fsync=False) for packs in pack_sets]
+    def folds_in_turns(self, size: str, general: Path, pack_sets: list[tuple[list[Path], str]], repeat: int,
+                       device: str = "cpu") -> Path:
+        """Folds (no fsync) with each (packs, method), timed in turns for the ratios between them; every sample
+        starts right after the previous one's output was deleted and flushed. Returns the first set's output,
+        which is made once more (untimed) and kept for the agreement check."""
+        jobs = [self.fold_job(size, general, packs, False, device, method) for packs, method in pack_sets]
         outs = [out for *_, out in jobs]
         self.interleaved(size, [(label, cmd) for label, cmd, _ in jobs], repeat, before=lambda: settle(*outs))
         settle(*outs)
@@ -178,6 +188,29 @@ def run_mergekit(bench: Bench, built: _models.Built, out: Path) -> Row:
     return row
 
 
+def require_device(device: str) -> None:
+    """Stop before anything is built when the device asked for is not here (the GPU check on a CPU machine)."""
+    if device == "cpu":
+        return
+    import torch
+
+    if not device.startswith("cuda"):
+        raise SystemExit(f"benchmarks/fold.py: --device {device!r}: use cpu or cuda")
+    if not torch.cuda.is_available():
+        raise SystemExit(f"benchmarks/fold.py: --device {device} needs a CUDA GPU, and there is none here "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); run it on the GPU "
+                         "machine, or leave --device out for the CPU rows")
+
+
+def device_rows(bench: Bench, size: str, built: _models.Built, device: str) -> None:
+    """The folds on ``device``: one pack durable, then 3 packs linear, TIES and DARE-TIES timed in turns."""
+    one, three = built.packs[:1], built.packs[:3]
+    bench.fold(size, built.general, one, fsync=True, device=device, repeat=REPEAT)
+    out = bench.folds_in_turns(size, built.general, [(three, "linear")] + [(three, rule) for rule in RULES], REPEAT,
+                               device=device)
+    settle(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--large", action="store_true", help="also the 7B model (~14 GB per copy on disk)")
@@ -185,6 +218,7 @@ def main() -> None:
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     ap.add_argument("--device", default="cpu", help="also fold the 1.1B model on this device (cuda)")
     args = ap.parse_args()
+    require_device(args.device)
     log = lambda m: print(m, flush=True)  # noqa: E731
     loads = [load_avg()]
     info = machine()
@@ -212,14 +246,14 @@ def main() -> None:
                 bench.fold(size, built.general, one, fsync=False)
             continue
         bench.fold(size, built.general, one, fsync=True, repeat=REPEAT)
-        kept = bench.folds_in_turns(size, built.general, [one, built.packs[:3], built.packs[:8]], REPEAT)
-        for method in ("ties", "dare_ties"):
-            bench.fold(size, built.general, built.packs[:3], fsync=False, method=method)
+        three = built.packs[:3]
+        kept = bench.folds_in_turns(size, built.general, [(one, "linear"), (three, "linear"), (built.packs[:8], "linear")]
+                                    + [(three, rule) for rule in RULES], REPEAT)
         for flags, label in (([], "with sign conflicts"), (["--no-signs"], "low-rank route only")):
             bench.run(f"pack interference, 3 packs, {label}", size,
                       [PY, str(HERE / "_jobs.py"), "interference", *map(str, built.packs[:3]), *flags])
         if args.device != "cpu":
-            bench.fold(size, built.general, one, fsync=True, device=args.device)
+            device_rows(bench, size, built, args.device)
         for n in (1, 3):  # the compute floor: the fold's own tiled kernel on every touched tensor, no file I/O
             warm(built.general)
             bench.run(f"merge arithmetic alone, {n} pack{'s' if n > 1 else ''} (1 thread)", size,
@@ -244,6 +278,7 @@ def main() -> None:
         for k, s in stats.items():
             log(f"    {k}: {100 * s['same'] / max(s['n'], 1):.4f} % identical, max {s['max_ulp']} ulp")
         settle(*outputs.values())
+    startup_rows(bench, sizes["1.1B"].packs[0])
     loads.append(load_avg())
     checks = targets(bench.rows, stats, {k: v.shape for k, v in sizes.items()})
     text = render(bench.rows, stats, info, checks, (loads[0], loads[-1]))

@@ -20,9 +20,8 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import regex
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,6 +35,9 @@ from pydantic import (
 )
 
 from lora_merge.errors import LoraMergeError
+
+if TYPE_CHECKING:
+    import regex
 
 MATCH_TIMEOUT_S = 0.5  # one pattern against one module path: real keys take microseconds
 MAX_PATTERN_KEYS = 4096
@@ -97,6 +99,8 @@ def _check_patterns(patterns: Mapping[str, object], what: str) -> list[str]:
     for key in patterns:
         if not key or len(key) > MAX_PATTERN_CHARS:
             raise LoraMergeError(f"{what}: key {key[:40]!r} must be 1 to {MAX_PATTERN_CHARS} characters")
+        import regex  # only when a pack has pattern keys: 10 ms of start-up that `pack inspect` need not pay
+
         try:
             re.compile(rf"(.*\.)?({key})$")  # PEFT's syntax: what PEFT cannot compile is refused here too
             _compiled(key)
@@ -111,6 +115,8 @@ _CACHE: dict[str, regex.Pattern] = {}
 def _compiled(key: str) -> regex.Pattern:
     rx = _CACHE.get(key)
     if rx is None:
+        import regex
+
         rx = _CACHE[key] = regex.compile(rf"(.*\.)?({key})$")
     return rx
 

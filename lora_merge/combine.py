@@ -16,9 +16,11 @@ differ. Exact formulas: docs/merge-rules.md.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lora_merge.errors import LoraMergeError
@@ -105,20 +107,65 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+class KeepDraws:
+    """DARE's keep/drop draws for one tensor: torch.bernoulli's, in its order, at a third of its cost.
+
+    ``torch.bernoulli(torch.full(shape, p), generator=gen)`` draws one 32-bit word per entry from ``gen`` and
+    keeps the entry when the word's low 24 bits, read as a fraction, are below p (float32). The same words
+    come two at a time as the high and low half of a full-range int64 (one engine call after the other, 1.6 ns
+    a draw here against bernoulli's 12), and the one left over from an odd count waits for the next call, so
+    the draws land exactly where bernoulli's would (tests/test_combine.py compares them).
+    """
+
+    def __init__(self, seed: int, density: float):
+        self.gen = torch.Generator().manual_seed(seed)
+        self.bound = math.ceil(float(np.float32(density)) * (1 << 24))  # low 24 bits < bound ⇔ u < p
+        self.carry: bool | None = None  # a draw taken (as half of a pair) but not used yet
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def draw(self, keep: np.ndarray) -> None:
+        """keep (1-D bool, contiguous) ← the next len(keep) draws: True where the entry is kept."""
+        start = 0
+        if self.carry is not None and len(keep):
+            keep[0], start, self.carry = self.carry, 1, None
+        pairs = (len(keep) - start + 1) // 2
+        if pairs == 0:
+            return
+        words = torch.from_numpy(self._buffer("words", pairs, np.int64)).random_(-(1 << 63), None, generator=self.gen)
+        low = self._buffer("low", 2 * pairs, np.uint32)
+        np.bitwise_and(words.numpy().view(np.uint32), 0xFFFFFF, out=low)
+        kept = self._buffer("kept", 2 * pairs, np.bool_)
+        np.less(low, self.bound, out=kept)  # numpy: a sixth of torch's time for a bool result
+        # little-endian, an int64's high half (the earlier draw) comes second: swap the bytes of each pair
+        kept.view(np.uint16).byteswap(inplace=True)
+        n = len(keep) - start
+        keep[start:] = kept[:n]
+        if n % 2:
+            self.carry = bool(kept[n])
+
+    def _buffer(self, key: str, n: int, dtype) -> np.ndarray:
+        buf = self.buffers.get(key)
+        if buf is None or len(buf) < n:
+            buf = self.buffers[key] = np.empty(n, dtype=dtype)
+        return buf[:n]
+
+
 def drop_and_rescale(deltas: Sequence[torch.Tensor], density: float, seed: int, name: str) -> list[torch.Tensor]:
     """DARE: keep each entry with probability ``density`` and divide survivors by ``density``.
 
-    The masks come from one CPU generator seeded by :func:`tensor_seed`, drawn
-    pack after pack, so a tensor's masks do not depend on the device or on which
-    other tensors were folded before it.
+    The masks are torch.bernoulli's from one CPU generator seeded by :func:`tensor_seed`, drawn pack after
+    pack (:class:`KeepDraws`), so a tensor's masks do not depend on the device or on which other tensors
+    were folded before it.
     """
     if density >= 1.0:
         return list(deltas)
-    gen = torch.Generator().manual_seed(tensor_seed(seed, name))
+    draws = KeepDraws(tensor_seed(seed, name), density)
     out = []
     for d in deltas:
-        mask = torch.bernoulli(torch.full(tuple(d.shape), density, dtype=torch.float32), generator=gen)
-        out.append(d * mask.to(device=d.device, dtype=d.dtype) / density)
+        keep = np.empty(d.numel(), dtype=np.bool_)
+        draws.draw(keep)
+        mask = torch.from_numpy(keep).view(tuple(d.shape)).to(device=d.device, dtype=d.dtype)
+        out.append(d * mask / density)
     return out
 
 

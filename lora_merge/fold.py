@@ -21,7 +21,7 @@ import torch
 
 from lora_merge import __version__
 from lora_merge.card import write_card
-from lora_merge.combine import RuleOptions, get_rule, streams_as_sum
+from lora_merge.combine import RuleOptions, get_rule
 from lora_merge.device import resolve_device
 from lora_merge.errors import LoraMergeError
 from lora_merge.leftovers import reports_disk_full
@@ -93,7 +93,7 @@ def fold_plan(plan: FoldPlan) -> FoldResult:
             writer.open()
             # read → merge → write overlapped in bounded memory (lora_merge/stream.py); untouched tensors are copied
             changed = stream_fold(layout, sources, general, vectors, rule, opts, device, writer,
-                                  linear=streams_as_sum(req.method), progress=req.progress,
+                                  req.method, progress=req.progress,
                                   check=check_folded)  # NaN/Inf, or overflow of the output dtype, named
             shards = writer.finish()
         except BaseException:

@@ -15,8 +15,13 @@ thread took longer than all the arithmetic).
   materialised once and added by rows, then cast into a tile-sized output
   buffer that is written while it is still in cache. The float32 result is
   exactly ``θ.float() + B @ A`` for every tile size (see tile_rows).
-- Other rules get the whole-tensor deltas, as :mod:`lora_merge.combine` expects,
-  merged into a per-worker buffer that is reused across tensors.
+- Touched matrices under the pruning rules (ties, dare_*, magnitude_prune) go
+  through the same row tiles with :mod:`lora_merge.tiled_rules`: each pack's
+  rows are recomputed from its factors on every pass (thresholds, masks, the
+  merge), so no pack's delta is ever held whole.
+- Everything else (1-D tensors, other devices) gets the whole-tensor deltas, as
+  :mod:`lora_merge.combine` expects, merged into a per-worker buffer that is
+  reused across tensors.
 - ``--device cuda`` moves only the tensors being merged (θ's tensor and the
   factors); untouched tensors never leave the disk's page cache.
 """
@@ -31,8 +36,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from lora_merge import console
-from lora_merge.combine import Rule, RuleOptions
+from lora_merge import console, tiled_rules
+from lora_merge.combine import Rule, RuleOptions, streams_as_sum
 from lora_merge.placed import PlacedWriter
 from lora_merge.shards import PlannedTensor
 from lora_merge.task_vector import LowRankDelta, TaskVector
@@ -133,9 +138,12 @@ def merge_linear(theta: torch.Tensor, terms, out: torch.Tensor, device: torch.de
 class _Job:
     """What every worker of one fold shares: the plan, its inputs, the writer, and how they coordinate."""
 
-    def __init__(self, plan, sources, general, vectors, rule, opts, device, linear, writer, check):
+    def __init__(self, plan, sources, general, vectors, rule, method, opts, device, writer, check):
         self.plan, self.sources, self.general, self.vectors = plan, sources, general, vectors
-        self.rule, self.opts, self.device, self.linear = rule, opts, device, linear
+        self.rule, self.method, self.opts, self.device = rule, method, opts, device
+        self.linear = streams_as_sum(method)
+        # on the CPU, touched matrices go by row tiles under these rules
+        self.tiled = device.type == "cpu" and (self.linear or tiled_rules.tiles_for(method))
         self.writer, self.check = writer, check
         self.next_index = itertools.count()  # next() on it is atomic under the GIL: each index goes to one worker
         self.done: queue.Queue = queue.Queue()  # (index, changed) per finished tensor, or a worker's exception
@@ -151,6 +159,7 @@ class _Worker(threading.Thread):
         self.fds: dict[str, int] = {}
         self.scratch = torch.empty(0, dtype=torch.float32)  # one float32 tile
         self.buffers: dict[str, torch.Tensor] = {}  # "tile": one output tile; "whole": a whole result (reused)
+        self.rule_scratch = tiled_rules.Scratch()  # the pruning rules' tile buffers
 
     def run(self) -> None:
         job = self.job
@@ -177,9 +186,9 @@ class _Worker(threading.Thread):
             job.writer.copy_from(p.name, self._fd(src), info.start)
         else:
             theta = job.general.get(src)
-            # by tiles: the linear rule on the CPU, and dtype changes of untouched matrices (no terms; on the
-            # CPU whatever the device), so that neither needs a buffer the size of the tensor
-            if theta.dim() == 2 and (not touched or (job.linear and job.device.type == "cpu")):
+            # by tiles: the linear and pruning rules on the CPU, and dtype changes of untouched matrices (no terms;
+            # on the CPU whatever the device), so that none needs a buffer the size of the tensor
+            if theta.dim() == 2 and (not touched or job.tiled):
                 self._write_tiles(p, theta, touched)
             else:
                 self._write_whole(p, theta, touched)
@@ -190,12 +199,18 @@ class _Worker(threading.Thread):
     def _write_tiles(self, p: PlannedTensor, theta: torch.Tensor, touched: bool) -> None:
         """Each tile is merged (or only cast), checked and written while it is in cache."""
         job, need = self.job, tile_elements(p.shape)
-        terms = merge_terms(job.vectors, p.name, job.device) if touched else []
-        if self.scratch.numel() < need:
-            self.scratch = torch.empty(need, dtype=torch.float32)
         tile = self._buffer("tile", need * p.dtype.itemsize)[: need * p.dtype.itemsize].view(p.dtype)
         row_bytes = p.shape[1] * p.dtype.itemsize
-        for r0, rows in merged_tiles(theta, terms, self.scratch, tile):
+        if touched and not job.linear:
+            terms = [v.terms[p.name] for v in job.vectors if p.name in v]
+            tiles = tiled_rules.pruned_tiles(theta, terms, job.method, job.opts, p.name, tile_rows(*p.shape), tile,
+                                             self.rule_scratch)
+        else:
+            terms = merge_terms(job.vectors, p.name, job.device) if touched else []
+            if self.scratch.numel() < need:
+                self.scratch = torch.empty(need, dtype=torch.float32)
+            tiles = merged_tiles(theta, terms, self.scratch, tile)
+        for r0, rows in tiles:
             if job.stop.is_set():
                 raise _Stopped
             if job.check is not None:
@@ -203,7 +218,7 @@ class _Worker(threading.Thread):
                     job.check(p.name, rows)
                 except Exception:  # let the check see the whole tensor, so its message counts every bad value
                     whole = torch.empty(p.shape, dtype=p.dtype)
-                    merge_linear(theta, terms, whole, torch.device("cpu"), self.scratch)
+                    self._merge_whole(p, theta, whole)
                     job.check(p.name, whole)
                     raise
             job.writer.write_at(p.name, r0 * row_bytes, memoryview(rows.view(-1).view(torch.uint8).numpy()))
@@ -215,14 +230,20 @@ class _Worker(threading.Thread):
         out = buf.view(p.dtype).view(p.shape)
         if not touched:
             out.copy_(theta)
-        elif job.linear:
+        else:
+            self._merge_whole(p, theta, out)
+        if job.check is not None:
+            job.check(p.name, out)
+        job.writer.write_at(p.name, 0, memoryview(buf.numpy()))
+
+    def _merge_whole(self, p: PlannedTensor, theta: torch.Tensor, out: torch.Tensor) -> None:
+        """out ← cast(θ.float() + rule(deltas)) for the whole tensor, the rule called as combine defines it."""
+        job = self.job
+        if job.linear:
             merge_linear(theta, merge_terms(job.vectors, p.name, job.device), out, job.device, self.scratch)
         else:
             deltas = [v.delta(p.name, job.device) for v in job.vectors if p.name in v]
             out.copy_(theta.to(device=job.device, dtype=torch.float32) + job.rule(deltas, job.opts, p.name))
-        if job.check is not None:
-            job.check(p.name, out)
-        job.writer.write_at(p.name, 0, memoryview(buf.numpy()))
 
     def _buffer(self, kind: str, nbytes: int) -> torch.Tensor:
         buf = self.buffers.get(kind)
@@ -246,17 +267,18 @@ def stream_fold(
     opts: RuleOptions,
     device: torch.device,
     writer: PlacedWriter,
-    linear: bool,
+    method: str,
     progress: bool = False,
     check: Check | None = None,
     workers: int | None = None,
 ) -> int:
     """Write every planned tensor of θG + rule(vectors) to its place in ``writer``; return how many changed.
 
-    ``writer`` must be open. Any failure in a worker stops them all and is raised here; the caller
-    removes the partial output.
+    ``method`` is the ``--method`` name ``rule`` was got by: it picks the tiled kernel on the CPU. ``writer``
+    must be open. Any failure in a worker stops them all and is raised here; the caller removes the partial
+    output.
     """
-    job = _Job(plan, sources, general, vectors, rule, opts, device, linear, writer, check)
+    job = _Job(plan, sources, general, vectors, rule, method, opts, device, writer, check)
     pool = [_Worker(job) for _ in range(workers or (WORKERS if device.type == "cpu" else 1))]
     threads = torch.get_num_threads()
     if device.type == "cpu":

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from peft import PeftModel
 from peft.utils import merge_utils
 
-from lora_merge.combine import RULES, RuleOptions, get_rule, kth_smallest, tensor_seed
+from lora_merge.combine import RULES, KeepDraws, RuleOptions, get_rule, kth_smallest, tensor_seed
 from lora_merge.errors import LoraMergeError
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
@@ -75,6 +76,21 @@ def test_dare_equals_peft_given_the_same_masks(rule, peft_fn, density):
     torch.manual_seed(tensor_seed(11, NAME))
     ref = peft_fn(scaled, ones(3), density)
     assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("density", [0.5, 0.3, 0.999, 1e-7])
+def test_keep_draws_are_bernoullis_own_in_any_chunking(density):
+    """KeepDraws takes the generator's words two at a time; in calls of any (odd) size it must give exactly the
+    masks torch.bernoulli draws from the same generator, one call per tensor."""
+    sizes = [1, 7, 1000, 3, 65537, 2, 10]
+    g = torch.Generator().manual_seed(77)
+    expected = [torch.bernoulli(torch.full((n,), density), generator=g).bool().numpy() for n in sizes]
+    draws = KeepDraws(77, density)
+    for n, ref in zip(sizes, expected, strict=True):
+        keep = np.empty(n, dtype=np.bool_)
+        for i in range(0, n, 999):  # and each tensor's draws split into chunks
+            draws.draw(keep[i:i + 999])
+        assert np.array_equal(keep, ref), n
 
 
 def test_dare_keeps_about_density_and_rescales_exactly():

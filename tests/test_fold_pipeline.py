@@ -188,7 +188,7 @@ def test_one_worker_reuses_its_tile_buffer_across_dtypes(tmp_path):
     writer = PlacedWriter(tmp_path / "out", plan, 1 << 30, fsync=False)
     writer.open()
     stream.stream_fold(plan, {n: n for n in src}, general, [], get_rule("linear"), RuleOptions(), torch.device("cpu"),
-                       writer, linear=True, workers=1)
+                       writer, "linear", workers=1)
     (name,) = writer.finish()
     back = load_file(str(tmp_path / "out" / name))
     assert all(torch.equal(back[n], t.to(out_dtypes[n])) for n, t in src.items())

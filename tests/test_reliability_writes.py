@@ -143,13 +143,15 @@ def test_overflow_of_the_output_dtype_names_the_tensor(built, tmp_path):
     fold(request(built, tmp_path / "out", weights=[omega], dtype="float32"))  # fits float32: no complaint
 
 
-def test_overflow_count_covers_the_whole_tensor_not_one_tile(built, tmp_path, monkeypatch):
-    """The fold checks tile by tile; the message still counts every overflowing value of the tensor."""
+@pytest.mark.parametrize("method", ["linear", "ties"])
+def test_overflow_count_covers_the_whole_tensor_not_one_tile(built, tmp_path, monkeypatch, method):
+    """The fold checks tile by tile; the message still counts every overflowing value of the tensor (ties with one
+    pack at density 1 keeps the whole delta, so the same oracle holds, through the pruning rules' tiles)."""
     monkeypatch.setattr(stream_module, "TILE_ELEMENTS", 64)
     monkeypatch.setattr(stream_module, "TILE_QUANTUM", 8)
     omega = 3e8  # overflows float16 in part of each weight, so the bad values lie in several tiles
     with pytest.raises(LoraMergeError) as err:
-        fold(request(built, tmp_path / "out", weights=[omega], dtype="float16"))
+        fold(request(built, tmp_path / "out", weights=[omega], dtype="float16", method=method, density=1.0))
     name = str(err.value).split("'")[1]
     theta = built.pre.state_dict()[name]
     folded = (theta.double() + omega * (built.merged[name].double() - theta.double())).half()

@@ -74,3 +74,17 @@ def test_bit_scan_counts_like_torch(tmp_path):
     found = dict(scan_file(tmp_path / "t.safetensors", "p"))
     assert set(found) == {str(dt) for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
     assert all(v == BadValues.count(base).describe() == "2 NaN, 1 +Inf, 2 -Inf" for v in found.values())
+
+
+def test_the_quick_exit_loses_no_output(pack_dir, pico_dirs, tmp_path):
+    """`python cli.py` leaves with os._exit once torch is loaded: what it printed (to a pipe, block-buffered) and
+    wrote must all be there, and errors keep their message and exit status."""
+    _pre, _gen, _pre_dir, gen_dir = pico_dirs
+    args = [sys.executable, "cli.py", "fold", "--general", str(gen_dir), "--adapters", "skill", "--adapters-dir",
+            str(pack_dir / "adapters"), "--weights", "0.5", "--out", str(tmp_path / "merged")]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"→ {tmp_path / 'merged'}" in done.stdout and "recipe:" in done.stdout.splitlines()[-1]
+    assert (tmp_path / "merged" / "lora_merge.json").is_file()
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already exists" in again.stderr
