@@ -211,3 +211,5 @@ def test_readme_commands_run_as_typed_on_the_demo_outputs(two_runs):
     outs = [args[args.index("--out") + 1] for args in commands if "--out" in args]
     assert len(outs) == len(set(outs))  # distinct outputs: the README runs top to bottom without --force
     assert all(Path(work, o).exists() for o in outs)
+    assert all(o.startswith("runs/try/") for o in outs)  # what the README promises: the commands' outputs in one place
+    assert sorted(p.name for p in work.iterdir()) == ["configs", "runs"]  # nothing written beside them (no stray png)
