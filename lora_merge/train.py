@@ -294,12 +294,12 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
     data = assemble(recipe)
     hw = hardware(recipe)
     processes = Processes()
+    quiet_libraries(qlora=recipe.mode == "qlora")  # before peft is first imported: it imports bitsandbytes, which warns
     # Every process reads the same run folder and reaches the same decision (or error) whether or not the main
     # process has cleared a stale one yet; only the main process clears it.
     resume_from, resumed_step = checkpoint_to_resume(recipe, plan.run_dir, clear=processes.is_main)
     started = time.perf_counter()
     with _Interrupt() as interrupt, completion_positions_only(hw.cuda):
-        quiet_libraries(qlora=recipe.mode == "qlora")
         trainer = build_trainer(recipe, plan, data, hw, [*callbacks, interrupt.callback()])
         quiet_trainer(trainer, plan.run_dir, recipe.progress)  # a bar with the loss; raw log dicts to the run folder
         trainer.train(resume_from_checkpoint=resume_from)
