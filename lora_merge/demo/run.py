@@ -67,16 +67,14 @@ def clear_outputs(out: Path) -> None:
 
 
 def quiet_libraries() -> None:
-    """The stage plan and the training bars are the demo's progress: the libraries' own per-file bars
-    (dataset tokenising, weight loading) and deprecation notices would bury them."""
-    import warnings
-
-    import datasets
+    """The stage plan and the training bars are the demo's progress: training's quieting (datasets' per-map bars,
+    bitsandbytes, deprecation notices) plus transformers' weight-loading bars."""
     from transformers.utils import logging as hf_logging
 
-    datasets.disable_progress_bars()
+    from lora_merge.train_progress import quiet_libraries as quiet_training
+
+    quiet_training(qlora=False)
     hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
 def _row_tokens(path: Path) -> int:
