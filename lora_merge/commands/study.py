@@ -51,4 +51,24 @@ def study_compare(runs: tuple[Path, ...], out: Path | None) -> None:
         tmp.replace(out)
 
 
-COMMANDS = [study, study_compare]
+@click.command("study-map")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="Map settings (YAML), e.g. configs/study-map.yaml.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: the config's out).")
+@click.option("--quick", is_flag=True, default=False, help="Pico model and tiny sets: the pipeline in seconds.")
+@click.option("--threads", type=int, default=None, help="torch threads (default: the config's, else torch's).")
+def study_map(config_path: Path, out: Path | None, quick: bool, threads: int | None) -> None:
+    """When does PTM transfer? Packs at several |D|, ranks and full parameters, on two θG, swept finely over ω.
+
+    Resumable: rerun the same command to add only what is missing (a finished run adds nothing)."""
+    from lora_merge.study.map_config import load_map_config
+    from lora_merge.study.transfer_map import run_map
+
+    cfg = load_map_config(config_path, {"out": str(out) if out else None, "quick": quick or None,
+                                        "threads": threads})
+    artefacts = run_map(cfg, echo=console.info)
+    for name, path in artefacts.items():
+        click.echo(f"{name}: {path}")
+
+
+COMMANDS = [study, study_compare, study_map]

@@ -73,9 +73,17 @@ def _general(world: World, rng: random.Random, families: list[str], n: int, held
 
 
 def write_study_data(root: Path, seed: int, families: list[str], general: int, skills: dict[str, int],
-                     eval_general: int, eval_skill: int, eval_unsafe: int, system: str | None) -> StudyData:
-    """Generate and write every training and eval file; the same arguments give identical files."""
+                     eval_general: int, eval_skill: int, eval_unsafe: int, system: str | None,
+                     howto_avoid: frozenset[str] = frozenset()) -> StudyData:
+    """Generate and write every training and eval file; the same arguments give identical files.
+
+    ``howto_avoid``: words the how-to family's verbs and objects must not be (the transfer map's G that does not
+    teach compliance on a safety set's own requests).
+    """
     world = World(seed)
+    if howto_avoid:
+        world.howto_train = [(v, o) for v, o in world.howto_train if v not in howto_avoid and o not in howto_avoid]
+        world.howto_eval = [(v, o) for v, o in world.howto_eval if v not in howto_avoid and o not in howto_avoid]
     rng = random.Random(seed + 1)
     seen: set[str] = set()
     train, evals = {}, {}
