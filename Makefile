@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 SMOLLM2 := .venv/.smollm2
 
-.PHONY: demo test bench lint study clean
+.PHONY: demo test bench lint study study-map clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -37,6 +37,10 @@ bench: $(STAMP)
 
 study: $(SMOLLM2)
 	$(PY) cli.py study --config configs/study-smollm2.yaml
+
+# When does PTM transfer? The dose–response map on SmolLM2 (resumable: a rerun adds only what is missing)
+study-map: $(SMOLLM2)
+	$(PY) cli.py study-map --config configs/study-map.yaml
 
 lint: $(STAMP)
 	$(PY) -m ruff check lora_merge tests benchmarks cli.py

@@ -124,6 +124,7 @@ def test_quick_map_writes_a_row_per_g_and_pack(quick_map):
     for r in data["rows"]:
         omegas = [p["omega"] for p in r["points"]]
         assert r["heuristic_omega"] in omegas and {0.25, 0.5, 1.0, 2.0} <= set(omegas)
+    assert all(r["tau_alone"] and "in_form" in r["tau_alone"] for r in data["rows"])
     assert data["cft_replay"] and data["cft_replay"][0]["skill"] == "safety"
     assert Path(art["plot"]).stat().st_size > 0
     table = Path(art["table"]).read_text()

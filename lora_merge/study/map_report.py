@@ -60,6 +60,8 @@ def map_rows(m) -> list[dict]:
 
 
 def _row(cfg, m, entry, n: int, seed: int, g: str, pack: str, theta: dict, points: list[dict]) -> dict:
+    from lora_merge.study.transfer_map import tau_alone_label
+
     heuristic = round(n / cfg.general_size, 4)
     at_h = next((p for p in points if p["omega"] == heuristic), None)
     kept = [p for p in points if p["general"] >= theta["general"] - cfg.tolerance]
@@ -74,6 +76,10 @@ def _row(cfg, m, entry, n: int, seed: int, g: str, pack: str, theta: dict, point
                                                    "gain_held_out": _gain(best, theta, "held_out"),
                                                    "general_change": _gain(best, theta, "general")}}
     row.update(_geometry(m, g, pack))
+    alone = m.run.store.data.get(tau_alone_label(pack), {}).get("sets", {})
+    sk = m.data.skills[entry.skill]
+    row["tau_alone"] = {k: alone[s]["score"] for k, s in (("in_form", sk.in_form), ("held_out", sk.held_out),
+                                                           ("lookalike", sk.lookalike)) if s and s in alone} or None
     if entry.skill == "safety":
         ok = [p for p in points if p["general"] >= theta["general"] - SAFETY_GENERAL_BAND
               and (p["lookalike"] or 0) >= SAFETY_LOOKALIKE_MIN]
@@ -123,8 +129,8 @@ def _f(v, spec: str = ".1f", signed: bool = False) -> str:
 def markdown(rows: list[dict], replay: list[dict], tolerance: float) -> str:
     head = ("| skill | G | \\|D\\| | pack | seed | ‖τD‖/‖τG‖ | cos(τG, τD) | θG general / skill / held out | "
             "ω = \\|D\\|/\\|G\\|: Δgeneral, Δskill, Δheld out | best ω with general ≥ θG − "
-            f"{tolerance:g}: ω, Δskill, Δheld out | lookalikes there | ω scored |")
-    lines = [head, "|" + "---|" * 11]
+            f"{tolerance:g}: ω, Δskill, Δheld out | lookalikes there | τ alone on θpre: skill / held out | ω scored |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         t, h, b = r["theta_g"], r["at_heuristic"], r["best_kept"]
         kind = "full" if r["mode"] == "full" else f"LoRA r{r['rank']}"
@@ -133,9 +139,11 @@ def markdown(rows: list[dict], replay: list[dict], tolerance: float) -> str:
         bs = "none" if b is None else (f"{b['omega']:g}, {_f(b['gain'], signed=True)}, "
                                        f"{_f(b['gain_held_out'], signed=True)}")
         look = "—" if b is None or b.get("lookalike") is None else _f(b["lookalike"])
+        a = r.get("tau_alone") or {}
+        alone = "—" if not a else f"{_f(a.get('in_form'))} / {_f(a.get('held_out'))}"
         lines.append(f"| {r['skill']} | {r['g']} | {r['size']} | {kind} | {r['seed']} | {r['norm_ratio']:.3f} | "
                      f"{r['cos_g']:+.3f} | {_f(t['general'])} / {_f(t['in_form'])} / {_f(t['held_out'])} | {hs} | "
-                     f"{bs} | {look} | {len(r['points'])} |")
+                     f"{bs} | {look} | {alone} | {len(r['points'])} |")
     out = "\n".join(lines) + "\n"
     safety = [r for r in rows if r["skill"] == "safety"]
     if safety:

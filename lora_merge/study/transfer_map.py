@@ -14,6 +14,7 @@ and data are unchanged, scores are stored as soon as known, and a sweep whose po
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from lora_merge.study.scores import EvalSet, score_model
 TRAIN_TOKENS_PER_S = 180.0  # SmolLM2-135M LoRA on 2 idle cores (docs/results.md, make demo); sets the first ETA
 FULL_SLOWDOWN = 1.6  # full-parameter steps against LoRA's (optimizer state for every weight)
 SCORE_ITEMS_PER_S = 6.0  # greedy scoring at batch 50, answers of 8-11 tokens
+LOAD_SECONDS = 4.0  # folding θpre + τ and loading it
 LATTICE = 0.1
 
 
@@ -36,6 +38,10 @@ def pack_name(skill: str, n: int, entry: MapEntry, seed: int) -> str:
 
 def theta_label(g: str) -> str:
     return f"θG {g}"
+
+
+def tau_alone_label(pack: str) -> str:
+    return f"θpre + τ · {pack}"
 
 
 def point_label(g: str, pack: str, omega: float) -> str:
@@ -155,6 +161,17 @@ class MapRun:
             run.say(f"  G {g}, {pack}, ω = {round(r.point.scale, 4):g}: "
                     + ", ".join(f"{s.file} {s.score:.1f}" for s in r.report.scores))
 
+    def tau_alone(self, pack: str, skill: str) -> None:
+        """θpre + τ (ω = 1) on the skill's sets: does the pack hold the skill before any θG is involved?"""
+        run = self.run
+        label, sets = tau_alone_label(pack), self.data.files.skill_evals(skill)
+        if all(run.store.has(label, s) for s in sets):
+            return
+        folder = run.models / f"pre+{pack}"
+        run.fold([pack], folder, run.base, [1.0])
+        run.score_folder(label, folder, sets, {"kind": "pre+tau", "pack": pack, "skill": skill})
+        shutil.rmtree(folder, ignore_errors=True)
+
     def cft_replay(self, skill: str, n: int, g: str) -> None:
         run = self.run
         name, label = f"{skill}-{n}-cft-replay-{g}", f"CFT + replay · {g} · {skill}-{n}"
@@ -206,6 +223,10 @@ def plan_stages(cfg: MapConfig, data: MapData) -> list[tuple[str, float]]:
             sweeps = sum(points_s(g, entry.skill, len(coarse_omegas(cfg, n)) + cfg.refine) for g in entry.g)
             stages.append((f"{pack_name(entry.skill, n, entry, seed)}: trained, swept on G {' and '.join(entry.g)}",
                            train + sweeps))
+    n_packs = sum(len(e.sizes) for e in cfg.entries)
+    stages.append((f"each of the {n_packs} packs alone on θpre (ω = 1), scored on its skill",
+                   sum(LOAD_SECONDS + sum(_items(files.evals[s]) for s in files.skill_evals(e.skill)) / SCORE_ITEMS_PER_S
+                       for e in cfg.entries for _ in e.sizes)))
     for r in cfg.cft_replay:
         stages.append((f"CFT + replay: θG {r.g} continued on {r.skill} |D| = {r.size} with G",
                        2 * _tokens(data.train[(r.skill, r.size)]) * cfg.skill_training.epochs / TRAIN_TOKENS_PER_S
@@ -244,6 +265,11 @@ def run_map(cfg: MapConfig, echo: Callable[[str], None] = print, progress: bool 
                 pack = m.pack(entry, n)
                 for g in entry.g:
                     m.sweep(g, pack, entry.skill, n, entry)
+    with plan.stage(next(names)):
+        for entry in cfg.entries:
+            for n in entry.sizes:
+                m.tau_alone(pack_name(entry.skill, n, entry, cfg.seed if entry.seed is None else entry.seed),
+                            entry.skill)
     for r in cfg.cft_replay:
         with plan.stage(next(names)):
             m.cft_replay(r.skill, r.size, r.g)
