@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from lora_merge.errors import LoraMergeError
 from lora_merge.study.map_config import MapConfig, load_map_config
 from lora_merge.study.map_data import howto_words_in, nested_rows, write_map_data
-from lora_merge.study.transfer_map import refine_omegas, run_map
+from lora_merge.study.transfer_map import refine_omegas, run_map, switch_omegas
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +38,14 @@ def test_refine_picks_lattice_points_inside_the_knee():
     # Every ω keeps general: no knee inside the grid.
     assert refine_omegas({0.25: 60.0, 2.0: 61.0}, 60.0, 2.0, 3) == []
     assert refine_omegas(general, 60.0, 2.0, 0) == []
+
+
+def test_switch_refines_where_the_skill_rises_most():
+    # θG refuses 0 %; 28 % at ω 0.5, 97 % at ω 1: the switch is (0.5, 1).
+    assert switch_omegas({0.25: 0.0, 0.5: 28.1, 1.0: 96.9, 2.0: 100.0}, 0.0, 3) == [0.6, 0.8, 0.9]
+    # The rise from θG itself (ω = 0) counts.
+    assert switch_omegas({0.5: 40.0, 1.0: 45.0}, 10.0, 2) == [0.1, 0.4]
+    assert switch_omegas({0.5: 0.0, 1.0: 0.0}, 0.0, 3) == []  # never rises
 
 
 def test_nested_safety_sets_keep_a_third_lookalikes_while_they_last():

@@ -69,7 +69,7 @@ class MapConfig(BaseModel):
     general_training: Training = Training(epochs=1.0, lr=5e-4, dropout=0.0)
     skill_training: Training = Training(epochs=1.0, lr=5e-4, max_length=128, dropout=0.0)
     grid: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])  # coarse ω, plus |D|/|G|
-    refine: int = Field(default=3, ge=0)  # extra ω on the 0.1 lattice inside the knee's coarse interval
+    refine: int = Field(default=3, ge=0)  # extra ω on the 0.1 lattice inside the knee's and the switch's interval, each
     tolerance: float = Field(default=2.0, ge=0)  # "general kept": score ≥ θG's − tolerance
     entries: list[MapEntry] = Field(min_length=1)
     cft_replay: list[ReplayEntry] = Field(default_factory=list)

@@ -3,8 +3,8 @@
 For every θG of the config (the shipped general mix, and one whose how-to family avoids the safety set's words)
 and every skill pack of its entries (|D|, LoRA rank or full parameters, seed), θG + ω·τ is scored on the coarse
 grid and the |D|/|G| point, then on up to ``refine`` points of the 0.1 lattice inside the coarse interval where
-the general score leaves θG's band (the knee). Every step is the toolkit's own: lora_merge.train for each pack
-and θG, lora_merge.fold for θG, lora_merge.sweep (in memory, or on disk for packs that touch tied embeddings)
+the general score leaves θG's band (the knee), and as many inside the interval where the skill score rises most
+(the switch). Every step is the toolkit's own: lora_merge.train for each pack and θG, lora_merge.fold for θG, lora_merge.sweep (in memory, or on disk for packs that touch tied embeddings)
 for every ω, lora_merge.evaluate for every score, lora_merge.interference for the geometry beside each point.
 
 Resumable like the study (:class:`lora_merge.study.driver.StudyRun`): packs are reused when their settings
@@ -62,11 +62,25 @@ def refine_omegas(general: dict[float, float], theta_general: float, tolerance: 
     kept = [w for w, s in general.items() if s >= theta_general - tolerance]
     lo = max(kept) if kept else 0.0
     above = [w for w in general if w > lo]
-    if not above:
+    return lattice_inside(lo, min(above), k, general) if above else []
+
+
+def switch_omegas(skill: dict[float, float], theta_skill: float, k: int) -> list[float]:
+    """Up to ``k`` lattice points inside the coarse interval where the skill score rises most (θG counts as ω = 0);
+    none when it never rises. With a tolerance of a point or two on a few dozen general items, the general knee
+    can sit on a noise step while the skill switches on elsewhere, so both intervals are refined."""
+    if k <= 0 or not skill:
         return []
-    hi = min(above)
+    ws = sorted({0.0, *skill})
+    score = {0.0: theta_skill, **skill}
+    rise, lo, hi = max((score[b] - score[a], a, b) for a, b in zip(ws, ws[1:], strict=False))
+    return lattice_inside(lo, hi, k, skill) if rise > 0 else []
+
+
+def lattice_inside(lo: float, hi: float, k: int, scored) -> list[float]:
+    """Up to ``k`` evenly spread points of the 0.1 lattice strictly between ``lo`` and ``hi``, not yet scored."""
     lattice = [round(i * LATTICE, 1) for i in range(int(lo / LATTICE + 1e-9) + 1, int(hi / LATTICE + 1e-9) + 1)]
-    inside = [w for w in lattice if lo < w < hi and w not in general]
+    inside = [w for w in lattice if lo < w < hi and w not in scored]
     if len(inside) <= k:
         return inside
     if k == 1:
@@ -115,10 +129,15 @@ class MapRun:
         self._score(g, pack, skill, n, entry, coarse)
         store = self.run.store
         general = {w: store.get(point_label(g, pack, w), f"general_{g}") for w in coarse}
+        in_form = self.data.skills[skill].in_form
+        skill_scores = {w: store.get(point_label(g, pack, w), in_form) for w in coarse}
         theta = store.get(theta_label(g), f"general_{g}")
         # From the coarse points only, so a resumed run asks for the very same lattice points.
-        fine = refine_omegas({w: s for w, s in general.items() if s is not None}, theta, self.cfg.tolerance,
+        fine = refine_omegas({w: v for w, v in general.items() if v is not None}, theta, self.cfg.tolerance,
                              self.cfg.refine)
+        fine += switch_omegas({w: v for w, v in skill_scores.items() if v is not None},
+                              store.get(theta_label(g), in_form), self.cfg.refine)
+        fine = sorted(set(fine))
         if fine:
             self._score(g, pack, skill, n, entry, fine)
 
@@ -220,7 +239,7 @@ def plan_stages(cfg: MapConfig, data: MapData) -> list[tuple[str, float]]:
         slow = FULL_SLOWDOWN if entry.mode == "full" else 1.0
         for n in entry.sizes:
             train = _tokens(data.train[(entry.skill, n)]) * cfg.skill_training.epochs * slow / TRAIN_TOKENS_PER_S
-            sweeps = sum(points_s(g, entry.skill, len(coarse_omegas(cfg, n)) + cfg.refine) for g in entry.g)
+            sweeps = sum(points_s(g, entry.skill, len(coarse_omegas(cfg, n)) + 2 * cfg.refine) for g in entry.g)
             stages.append((f"{pack_name(entry.skill, n, entry, seed)}: trained, swept on G {' and '.join(entry.g)}",
                            train + sweeps))
     n_packs = sum(len(e.sizes) for e in cfg.entries)
