@@ -13,6 +13,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
+REUSED_SHARE = 0.1  # a stage done in under this share of its plan reused earlier work: it says nothing of the pace
+
+
 def clock(seconds: float) -> str:
     """``m:ss`` (or ``h:mm:ss``) for a duration in seconds."""
     s = max(0, int(round(seconds)))
@@ -31,7 +34,8 @@ class StagePlan:
         self.order = [name for name, _ in planned]
         self.echo, self.now = echo, now
         self.t0 = now()
-        self.done_planned = 0.0  # planned cost of the stages finished so far
+        self.done_planned = 0.0  # planned cost of the finished stages that did their work (not reused)
+        self.done_actual = 0.0  # their actual seconds
         self.actual: dict[str, float] = {}
         self.cpu: dict[str, float] = {}  # CPU seconds of this process (all threads) per stage
 
@@ -43,7 +47,7 @@ class StagePlan:
         """Seconds left from the start of the stage after ``after`` (None: from the first), rescaled by the pace."""
         start = 0 if after is None else self.order.index(after) + 1
         left = sum(self.planned[n] for n in self.order[start:])
-        pace = self.elapsed / self.done_planned if self.done_planned > 0 else 1.0
+        pace = self.done_actual / self.done_planned if self.done_planned > 0 else 1.0
         return left * pace
 
     @contextmanager
@@ -59,4 +63,7 @@ class StagePlan:
         finally:
             self.actual[name] = round(self.now() - t, 1)
             self.cpu[name] = round(time.process_time() - c, 1)
-            self.done_planned += self.planned[name]
+            # A resumed run reuses whole stages in a blink; counting them would make the rest look instant.
+            if self.actual[name] >= REUSED_SHARE * self.planned[name]:
+                self.done_planned += self.planned[name]
+                self.done_actual += self.actual[name]

@@ -183,6 +183,20 @@ def test_stage_plan_eta_follows_the_pace():
     assert clock(3725) == "1:02:05" and clock(59.6) == "1:00"
 
 
+def test_stage_plan_eta_ignores_stages_a_resumed_run_reused():
+    lines: list[str] = []
+    t = [0.0]
+    plan = StagePlan([("a", 100.0), ("b", 30.0), ("c", 30.0)], lines.append, now=lambda: t[0])
+    with plan.stage("a"):
+        t[0] = 1.0  # reused: 1 s of a 100 s plan
+    with plan.stage("b"):
+        t[0] = 61.0  # twice as slow as planned
+    with plan.stage("c"):
+        pass
+    assert lines[1].endswith("about 1:00 left")  # not 0:01: the reused stage says nothing of the pace
+    assert lines[2].endswith("about 1:00 left")  # 30 planned seconds at half speed
+
+
 def readme_commands() -> list[list[str]]:
     """The README's block after `<!-- readme-commands -->`: each command line, split like a shell would."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
