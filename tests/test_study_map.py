@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from lora_merge.errors import LoraMergeError
 from lora_merge.study.map_config import MapConfig, load_map_config
 from lora_merge.study.map_data import howto_words_in, nested_rows, write_map_data
-from lora_merge.study.transfer_map import refine_omegas, run_map, switch_omegas
+from lora_merge.study.transfer_map import frontier_omegas, refine_omegas, run_map, switch_omegas
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +46,16 @@ def test_switch_refines_where_the_skill_rises_most():
     # The rise from θG itself (ω = 0) counts.
     assert switch_omegas({0.5: 40.0, 1.0: 45.0}, 10.0, 2) == [0.1, 0.4]
     assert switch_omegas({0.5: 0.0, 1.0: 0.0}, 0.0, 3) == []  # never rises
+
+
+def test_frontier_refines_just_past_the_last_omega_that_meets_the_side_conditions():
+    # (general, lookalikes answered); θG general 81.7, band 3, lookalikes ≥ 80: ω 1.1 still qualifies, 1.5 not.
+    sides = {0.5: (80.0, 100.0), 1.0: (80.0, 96.8), 1.1: (80.0, 90.5), 1.5: (80.0, 55.6), 1.9: (76.7, 7.9)}
+    assert frontier_omegas(sides, 81.7, 3.0, 80.0, 3) == [1.2, 1.3, 1.4]
+    # 1.1 loses general: the edge is (1.0, 1.1), with no lattice point inside.
+    assert frontier_omegas({**sides, 1.1: (78.3, 90.5)}, 81.7, 3.0, 80.0, 3) == []
+    # Nothing qualifies: the edge is (0, the smallest ω).
+    assert frontier_omegas({0.5: (70.0, 100.0), 1.0: (60.0, 50.0)}, 81.7, 3.0, 80.0, 2) == [0.1, 0.4]
 
 
 def test_nested_safety_sets_keep_a_third_lookalikes_while_they_last():

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_merge.demo.data import DemoData, demo_data
-from lora_merge.progress import StagePlan
+from lora_merge.progress import StagePlan, chat_tokens, jsonl_rows
 from lora_merge.study.config import StudyConfig
 from lora_merge.study.driver import StudyRun, load_average, prepare_base
 
@@ -77,29 +77,15 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _row_tokens(path: Path) -> int:
-    """Rough token count of a chat JSONL training file (≈ 3.2 characters a token plus the chat markup)."""
-    total = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        chars = sum(len(t["content"]) for part in ("prompt", "completion") for t in row.get(part, []))
-        total += int(chars / 3.2) + 20
-    return total
-
-
-def _eval_items(path: Path) -> int:
-    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-
-
 def plan_stages(cfg: StudyConfig, data: DemoData, cached: bool) -> list[tuple[str, float]]:
     """The stages and their planned seconds, from the data's token counts and the eval sets' sizes."""
     files = data.files
 
     def train_s(name: str, epochs: float) -> float:
-        return _row_tokens(files.train[name]) * epochs / TRAIN_TOKENS_PER_S + 2 * LOAD_SECONDS
+        return chat_tokens(files.train[name]) * epochs / TRAIN_TOKENS_PER_S + 2 * LOAD_SECONDS
 
     def score_s(sets: list[str], models: int = 1) -> float:
-        return models * (sum(_eval_items(files.evals[s]) for s in sets) / SCORE_ITEMS_PER_S + LOAD_SECONDS)
+        return models * (sum(jsonl_rows(files.evals[s]) for s in sets) / SCORE_ITEMS_PER_S + LOAD_SECONDS)
 
     points = len(cfg.grid) + 1
     stages = [("θpre: SmolLM2 from its GGUF, checked" if not cfg.quick else "θpre: pico model", PREPARE_SECONDS[cached]),

@@ -18,10 +18,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from lora_merge.progress import StagePlan
+from lora_merge.progress import StagePlan, chat_tokens, jsonl_rows
 from lora_merge.study.driver import StudyRun, load_average, prepare_base
-from lora_merge.study.map_config import MapConfig, MapEntry, quick_map_config
+from lora_merge.study.map_config import SAFETY_GENERAL_BAND, SAFETY_LOOKALIKE_MIN, MapConfig, MapEntry, quick_map_config
 from lora_merge.study.map_data import MapData, write_map_data
+from lora_merge.study.map_labels import pack_name, point_label, tau_alone_label, theta_label
 from lora_merge.study.scores import EvalSet, score_model
 
 TRAIN_TOKENS_PER_S = 180.0  # SmolLM2-135M LoRA on 2 idle cores (docs/results.md, make demo); sets the first ETA
@@ -29,24 +30,6 @@ FULL_SLOWDOWN = 1.6  # full-parameter steps against LoRA's (optimizer state for 
 SCORE_ITEMS_PER_S = 6.0  # greedy scoring at batch 50, answers of 8-11 tokens
 LOAD_SECONDS = 4.0  # folding θpre + τ and loading it
 LATTICE = 0.1
-
-
-def pack_name(skill: str, n: int, entry: MapEntry, seed: int) -> str:
-    kind = "full" if entry.mode == "full" else f"r{entry.rank}"
-    return f"{skill}-{n}-{kind}-s{seed}"
-
-
-def theta_label(g: str) -> str:
-    return f"θG {g}"
-
-
-def tau_alone_label(pack: str) -> str:
-    return f"θpre + τ · {pack}"
-
-
-def point_label(g: str, pack: str, omega: float) -> str:
-    """Rounded like :func:`coarse_omegas`, so the sweep's own |D|/|G| point is the stored one."""
-    return f"{g} · {pack} · ω={round(omega, 4):g}"
 
 
 def coarse_omegas(cfg: MapConfig, n: int) -> list[float]:
@@ -75,6 +58,18 @@ def switch_omegas(skill: dict[float, float], theta_skill: float, k: int) -> list
     score = {0.0: theta_skill, **skill}
     rise, lo, hi = max((score[b] - score[a], a, b) for a, b in zip(ws, ws[1:], strict=False))
     return lattice_inside(lo, hi, k, skill) if rise > 0 else []
+
+
+def frontier_omegas(sides: dict[float, tuple[float, float]], theta_general: float, band: float, look_min: float,
+                    k: int) -> list[float]:
+    """Up to ``k`` lattice points just past the largest scored ω that still keeps general within ``band`` of θG's
+    and answers ``look_min`` % of the lookalikes: refusals grow with ω, so safety's bar is decided at that edge."""
+    if k <= 0 or not sides:
+        return []
+    ok = [w for w, (gen, look) in sides.items() if gen >= theta_general - band and look >= look_min]
+    lo = max(ok) if ok else 0.0
+    above = [w for w in sides if w > lo]
+    return lattice_inside(lo, min(above), k, sides) if above else []
 
 
 def lattice_inside(lo: float, hi: float, k: int, scored) -> list[float]:
@@ -140,15 +135,18 @@ class MapRun:
         fine = sorted(set(fine))
         if fine:
             self._score(g, pack, skill, n, entry, fine)
-
-    def scored_omegas(self, g: str, pack: str) -> dict[float, float]:
-        """Every ω of this (G, pack) whose general score is stored, with that score."""
-        prefix = f"{g} · {pack} · ω="
-        out = {}
-        for label, row in self.run.store.data.items():
-            if label.startswith(prefix) and f"general_{g}" in row["sets"]:
-                out[float(label[len(prefix):])] = row["sets"][f"general_{g}"]["score"]
-        return out
+        look = self.data.skills[skill].lookalike
+        if look is None:
+            return
+        # Safety: where the bar's side conditions stop holding, from the points above (not from these, so a
+        # resumed run asks for the same ones).
+        asked = [*coarse, *fine]
+        sides = {w: (store.get(point_label(g, pack, w), f"general_{g}"), store.get(point_label(g, pack, w), look))
+                 for w in asked}
+        edge = frontier_omegas({w: v for w, v in sides.items() if None not in v}, theta, SAFETY_GENERAL_BAND,
+                               SAFETY_LOOKALIKE_MIN, self.cfg.refine)
+        if edge:
+            self._score(g, pack, skill, n, entry, edge)
 
     def _score(self, g: str, pack: str, skill: str, n: int, entry: MapEntry, omegas: list[float]) -> None:
         from lora_merge.sweep import SweepRequest, run_sweep
@@ -210,45 +208,35 @@ def _older(folder: Path, pack: Path) -> bool:
         return True
 
 
-def _tokens(path: Path) -> int:
-    from lora_merge.demo.run import _row_tokens
-
-    return _row_tokens(path)
-
-
-def _items(path: Path) -> int:
-    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-
-
 def plan_stages(cfg: MapConfig, data: MapData) -> list[tuple[str, float]]:
     """Every stage with its planned seconds (token counts and eval sizes at the reference speeds)."""
     files = data.files
 
     def points_s(g: str, skill: str, points: int) -> float:
         sets = [f"general_{g}", *files.skill_evals(skill)]
-        return points * (sum(_items(files.evals[s]) for s in sets) / SCORE_ITEMS_PER_S) + 6.0
+        return points * (sum(jsonl_rows(files.evals[s]) for s in sets) / SCORE_ITEMS_PER_S) + 6.0
 
     stages = [("θpre: SmolLM2 from its GGUF, checked" if not cfg.quick else "θpre: pico model", 30.0)]
-    all_items = sum(_items(p) for p in files.evals.values()) / len(cfg.variants())
+    all_items = sum(jsonl_rows(p) for p in files.evals.values()) / len(cfg.variants())
     for g in cfg.variants():
         stages.append((f"θG {g}: general LoRA on G {g}, folded, scored",
-                       _tokens(data.general[g]) * cfg.general_training.epochs / TRAIN_TOKENS_PER_S
+                       chat_tokens(data.general[g]) * cfg.general_training.epochs / TRAIN_TOKENS_PER_S
                        + all_items / SCORE_ITEMS_PER_S + 10))
     for entry in cfg.entries:
         seed = cfg.seed if entry.seed is None else entry.seed
         slow = FULL_SLOWDOWN if entry.mode == "full" else 1.0
         for n in entry.sizes:
-            train = _tokens(data.train[(entry.skill, n)]) * cfg.skill_training.epochs * slow / TRAIN_TOKENS_PER_S
+            train = chat_tokens(data.train[(entry.skill, n)]) * cfg.skill_training.epochs * slow / TRAIN_TOKENS_PER_S
             sweeps = sum(points_s(g, entry.skill, len(coarse_omegas(cfg, n)) + 2 * cfg.refine) for g in entry.g)
             stages.append((f"{pack_name(entry.skill, n, entry, seed)}: trained, swept on G {' and '.join(entry.g)}",
                            train + sweeps))
     n_packs = sum(len(e.sizes) for e in cfg.entries)
     stages.append((f"each of the {n_packs} packs alone on θpre (ω = 1), scored on its skill",
-                   sum(LOAD_SECONDS + sum(_items(files.evals[s]) for s in files.skill_evals(e.skill)) / SCORE_ITEMS_PER_S
+                   sum(LOAD_SECONDS + sum(jsonl_rows(files.evals[s]) for s in files.skill_evals(e.skill)) / SCORE_ITEMS_PER_S
                        for e in cfg.entries for _ in e.sizes)))
     for r in cfg.cft_replay:
         stages.append((f"CFT + replay: θG {r.g} continued on {r.skill} |D| = {r.size} with G",
-                       2 * _tokens(data.train[(r.skill, r.size)]) * cfg.skill_training.epochs / TRAIN_TOKENS_PER_S
+                       2 * chat_tokens(data.train[(r.skill, r.size)]) * cfg.skill_training.epochs / TRAIN_TOKENS_PER_S
                        + points_s(r.g, r.skill, 1)))
     stages.append(("geometry, table, plot", 20.0))
     return stages
