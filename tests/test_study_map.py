@@ -183,6 +183,8 @@ def test_a_finished_map_adds_nothing_when_rerun(quick_map, monkeypatch):
     monkeypatch.setattr(scores, "evaluate_model", lambda *a, **k: pytest.fail("a finished map scored again"))
     run_map(cfg, echo=lambda s: None, progress=False)
     assert json.loads((out / "results" / "scores.json").read_text()) == json.loads(before)
+    sessions = json.loads((out / "results" / "map_timings.json").read_text())
+    assert len(sessions) == 2 and all("total" in s["wall_seconds"] for s in sessions)
 
 
 def test_a_map_cut_short_resumes_with_only_what_is_missing(quick_map):

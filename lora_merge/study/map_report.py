@@ -162,42 +162,65 @@ def markdown(rows: list[dict], replay: list[dict], tolerance: float) -> str:
     return out
 
 
+def _at(r: dict, omega: float, key: str) -> float | None:
+    """The change against θG of ``key`` (in_form, general) at a scored ω, or None."""
+    p = next((x for x in r["points"] if x["omega"] == omega), None)
+    return None if p is None else p[key] - r["theta_g"][key]
+
+
 def plot(rows: list[dict], path: Path, tolerance: float) -> Path:
-    """Skill gain at the best ω that keeps general, against ‖τD‖/‖τG‖ and against |D|: one line per skill and G
-    (LoRA rank 16, first seed); other packs as separate markers."""
+    """Four views against |D|, one line per skill and G (LoRA rank 16, first seed), other packs as markers: the
+    best skill gain with general kept (a hollow marker at 0 where no ω kept it), the skill gain at ω = |D|/|G|
+    (the paper's rule), and the skill gain and general change at ω = 1 (the pack's own scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    views = [
+        (axes[0][0], lambda r: (r["best_kept"] or {"gain": 0.0})["gain"],
+         f"skill gain at the best ω with general ≥ θG − {tolerance:g}"),
+        (axes[0][1], lambda r: _at(r, r["heuristic_omega"], "in_form"), "skill gain at ω = |D|/|G|"),
+        (axes[1][0], lambda r: _at(r, 1.0, "in_form"), "skill gain at ω = 1"),
+        (axes[1][1], lambda r: _at(r, 1.0, "general"), "general change at ω = 1"),
+    ]
     colours = {"science": "tab:blue", "coding": "tab:green", "safety": "tab:red"}
     styles = {"shipped": "-", "disjoint": "--"}
+    first_seed = min((r["seed"] for r in rows), default=0)
     lines: dict[tuple[str, str], list[dict]] = {}
+    others = []
     for r in rows:
-        if r["best_kept"] is None:
-            continue
-        main = r["mode"] == "lora" and r["rank"] == 16
-        if main and r["seed"] == min(x["seed"] for x in rows):
+        if r["mode"] == "lora" and r["rank"] == 16 and r["seed"] == first_seed:
             lines.setdefault((r["skill"], r["g"]), []).append(r)
         else:
-            for ax, x in zip(axes, (r["norm_ratio"], r["size"]), strict=True):
+            others.append(r)
+    for ax, value, title in views:
+        for (skill, g), rs in lines.items():
+            rs = sorted(rs, key=lambda r: r["size"])
+            pts = [(r["size"], value(r)) for r in rs if value(r) is not None]
+            ax.plot(*zip(*pts, strict=True), styles.get(g, ":"), marker="o", color=colours[skill],
+                    label=f"{skill}, G {g}") if pts else None
+        for r in others:
+            v = value(r)
+            if v is not None:
                 marker = "s" if r["mode"] == "full" else ("^" if r["rank"] != 16 else "x")
-                ax.scatter([x], [r["best_kept"]["gain"]], color=colours[r["skill"]], marker=marker, zorder=3)
-    for (skill, g), rs in lines.items():
-        rs = sorted(rs, key=lambda r: r["size"])
-        for ax, key in zip(axes, ("norm_ratio", "size"), strict=True):
-            ax.plot([r[key] for r in rs], [r["best_kept"]["gain"] for r in rs], styles.get(g, ":"), marker="o",
-                    color=colours[skill], label=f"{skill}, G {g}")
-    for ax, xlabel in zip(axes, ("‖τD‖ / ‖τG‖", "|D| (training rows)"), strict=True):
+                ax.scatter([r["size"]], [v], color=colours[r["skill"]], marker=marker, zorder=3,
+                           facecolors="none" if r["g"] == "disjoint" else colours[r["skill"]])
+        if ax is axes[0][0]:
+            for r in rows:
+                if r["best_kept"] is None:
+                    ax.scatter([r["size"]], [0.0], s=80, facecolors="none", edgecolors=colours[r["skill"]], zorder=4)
         ax.set_xscale("log")
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"skill gain (points) at the best ω\nwith general ≥ θG − {tolerance:g}")
+        ax.set_xlabel("|D| (training rows)")
+        ax.set_ylabel("points")
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     if lines:
-        axes[0].legend(fontsize=8)
-    fig.suptitle("When does PTM transfer? (markers: ▲ rank 64, ■ full parameters, × other seed)", fontsize=10)
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle("When does PTM transfer? Lines: LoRA r16, seed 0 (solid G shipped, dashed G disjoint); "
+                 "▲ rank 64, ■ full parameters, × second seed (hollow: G disjoint)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

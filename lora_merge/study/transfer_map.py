@@ -286,7 +286,10 @@ def run_map(cfg: MapConfig, echo: Callable[[str], None] = print, progress: bool 
                "cpu_seconds": {**plan.cpu, "total": round(sum(plan.cpu.values()), 1)},
                "threads": torch.get_num_threads(), "loadavg": load_average(), "costs": m.run.costs,
                "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    # One record per session: a resumed map's cost is the sum of its sessions.
     path = m.run.results / "map_timings.json"
-    path.write_text(json.dumps(timings, indent=1, ensure_ascii=False) + "\n")
+    sessions = json.loads(path.read_text()) if path.is_file() else []
+    sessions = sessions if isinstance(sessions, list) else [sessions]
+    path.write_text(json.dumps([*sessions, timings], indent=1, ensure_ascii=False) + "\n")
     artefacts["timings"] = str(path)
     return artefacts
