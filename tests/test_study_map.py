@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICK = {
     "quick": True,
     "entries": [{"skill": "safety", "sizes": [80, 320], "g": ["shipped", "disjoint"]},
-                {"skill": "science", "sizes": [80], "g": ["shipped"]},
                 {"skill": "safety", "sizes": [80], "mode": "full", "lr": 1e-3, "g": ["shipped"]}],
     "cft_replay": [{"skill": "safety", "size": 80, "g": "shipped"}],
 }
@@ -138,7 +137,7 @@ def test_quick_map_writes_a_row_per_g_and_pack(quick_map):
     got = {(r["skill"], r["g"], r["size"], r["mode"]) for r in data["rows"]}
     assert got == {("safety", "shipped", 8, "lora"), ("safety", "disjoint", 8, "lora"),
                    ("safety", "shipped", 16, "lora"), ("safety", "disjoint", 16, "lora"),
-                   ("science", "shipped", 8, "lora"), ("safety", "shipped", 8, "full")}
+                   ("safety", "shipped", 8, "full")}
     for r in data["rows"]:
         omegas = [p["omega"] for p in r["points"]]
         assert r["heuristic_omega"] in omegas and {0.25, 0.5, 1.0, 2.0} <= set(omegas)
