@@ -161,14 +161,20 @@ def test_overflow_count_covers_the_whole_tensor_not_one_tile(built, tmp_path, mo
     assert f"{pos} +Inf, {neg} -Inf" in str(err.value)
 
 
+MIDWAY_READS = 6  # of the pico fold's ≈ 20 tensor reads: well after it started writing, seconds before it ends
+
 SLOW_FOLD = textwrap.dedent("""
     import sys, time
     import lora_merge.tensors as t
     from lora_merge.fold import FoldRequest, fold
+    MIDWAY_READS = int(sys.argv[5])
 
-    plain = t.SafetensorsFile.get
+    plain, reads = t.SafetensorsFile.get, []
     def slow_get(self, name):  # a pico fold is too quick to kill halfway; make every tensor read dawdle
         time.sleep(0.2)
+        reads.append(name)
+        if len(reads) == MIDWAY_READS:  # tell the test the fold is midway (a file's size says it only late)
+            open(sys.argv[4], "w").close()
         return plain(self, name)
     t.SafetensorsFile.get = slow_get
     fold(FoldRequest(general=sys.argv[1], packs=[sys.argv[2]], out=sys.argv[3], weights=[0.5], progress=False,
@@ -176,10 +182,15 @@ SLOW_FOLD = textwrap.dedent("""
 """)
 
 
-def wait_until_midway(child: subprocess.Popen, shard: Path, what: str) -> None:
-    """Wait until the folding child has written part of its shard (and is still running)."""
+def midway_marker(tmp_path: Path) -> Path:
+    """Where a slow folding child marks that it is midway: beside ``tmp_path``, which must end up empty."""
+    return tmp_path.with_name(tmp_path.name + ".midway")
+
+
+def wait_until_midway(child: subprocess.Popen, shard: Path, what: str, marker: Path) -> None:
+    """Wait until the folding child is midway (its marker exists, its shard too) and still running."""
     deadline = time.monotonic() + 240  # a bound on waiting for the child to start, not a speed assertion
-    while child.poll() is None and time.monotonic() < deadline and not (shard.exists() and shard.stat().st_size > 4096):
+    while child.poll() is None and time.monotonic() < deadline and not (marker.exists() and shard.exists()):
         time.sleep(0.02)
     assert child.poll() is None, f"the folding child ended before it could be {what}"
 
@@ -190,16 +201,18 @@ def test_fold_killed_halfway_leaves_nothing_and_the_next_fold_cleans_up(built, t
     if existing:
         fold(request(built, out, weights=[0.25]))
     before = snapshot(out) if existing else None
-    child = subprocess.Popen([sys.executable, "-c", SLOW_FOLD, str(built.pre_dir), str(built.pack), str(out)],
+    marker = midway_marker(tmp_path)
+    child = subprocess.Popen([sys.executable, "-c", SLOW_FOLD, str(built.pre_dir), str(built.pack), str(out),
+                              str(marker), str(MIDWAY_READS)],
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
     shard = temp_path(out, "tmp", child.pid) / "model.safetensors"
     try:
-        wait_until_midway(child, shard, "killed")
+        wait_until_midway(child, shard, "killed", marker)
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
         child.wait()
-    assert shard.stat().st_size > 4096  # killed midway: a partial shard exists, hidden in the temporary folder
+    assert shard.exists()  # killed midway: a partial shard exists, hidden in the temporary folder
     leftover = shard.parent
     if existing:
         assert snapshot(out) == before  # the previous result is untouched
@@ -216,10 +229,14 @@ SLOW_CLI_FOLD = textwrap.dedent("""
     import sys, time
     import lora_merge.tensors as t
     from lora_merge.cli import main
+    MIDWAY_READS = int(sys.argv[5])
 
-    plain = t.SafetensorsFile.get
-    def slow_get(self, name):  # as in SLOW_FOLD: slow enough to be interrupted halfway
+    plain, reads = t.SafetensorsFile.get, []
+    def slow_get(self, name):  # as in SLOW_FOLD: slow enough to be interrupted halfway, and says when
         time.sleep(0.2)
+        reads.append(name)
+        if len(reads) == MIDWAY_READS:
+            open(sys.argv[4], "w").close()
         return plain(self, name)
     t.SafetensorsFile.get = slow_get
     main(["fold", "--general", sys.argv[1], "--adapters", sys.argv[2], "--weights", "0.5", "--out", sys.argv[3]])
@@ -231,10 +248,12 @@ def test_ctrl_c_mid_fold_stops_the_workers_and_leaves_nothing(built, tmp_path, s
     """SIGINT (or SIGTERM, handled alike) while the merge workers write: the CLI says so, exits 130, and no output
     or temporary folder stays."""
     out = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, "-c", SLOW_CLI_FOLD, str(built.pre_dir), str(built.pack), str(out)],
+    marker = midway_marker(tmp_path)
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CLI_FOLD, str(built.pre_dir), str(built.pack), str(out),
+                              str(marker), str(MIDWAY_READS)],
                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until_midway(child, temp_path(out, "tmp", child.pid) / "model.safetensors", "interrupted")
+        wait_until_midway(child, temp_path(out, "tmp", child.pid) / "model.safetensors", "interrupted", marker)
         os.kill(child.pid, sig)
         _, err = child.communicate(timeout=240)
     finally:

@@ -13,6 +13,7 @@ Each skill names its eval sets: ``in_form`` (the forms it trained on), ``held_ou
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +56,21 @@ def _train_rows(name: str, rows: list[dict], n: int, seed: int) -> list[dict]:
     return picked
 
 
+def put_skill_evals(name: str, evals: dict[str, list[dict]], put: Callable[[str, str, list[dict]], str]) -> SkillSets:
+    """Write one skill's eval splits through ``put(set name, group, rows)``: in form and held out, and for safety
+    the unsafe prompts (in form, held out) and every lookalike."""
+    from lora_merge.skilldata import HELD_OUT, IN_FORM, LOOKALIKE_HELD_OUT, LOOKALIKE_IN_FORM
+
+    if name == "safety":
+        return SkillSets(put("safety_unsafe", "safety", evals[IN_FORM]),
+                         put("safety_heldout", "safety_heldout", evals[HELD_OUT]),
+                         put("safety_lookalike", "lookalike", evals[LOOKALIKE_IN_FORM] + evals[LOOKALIKE_HELD_OUT]))
+    return SkillSets(put(name, name, evals[IN_FORM]), put(f"{name}_heldout", f"{name}_heldout", evals[HELD_OUT]))
+
+
 def demo_data(root: Path, cfg: StudyConfig) -> DemoData:
     """Write the training and eval files of ``cfg`` under ``root`` (same config → identical files)."""
-    from lora_merge.skilldata import HELD_OUT, IN_FORM, LOOKALIKE_HELD_OUT, LOOKALIKE_IN_FORM, build_skill
+    from lora_merge.skilldata import build_skill
 
     s = cfg.sizes
     general = write_study_data(root, cfg.seed, cfg.general_families, s.general, {}, s.eval_general, 1, 1,
@@ -77,14 +90,7 @@ def demo_data(root: Path, cfg: StudyConfig) -> DemoData:
         reports[name] = data.report
         train[name] = root / "data" / f"{name}.jsonl"
         counts[name] = write_jsonl(train[name], _train_rows(name, data.train, n, cfg.seed))
-        if name == "safety":
-            sets = SkillSets(put("safety_unsafe", "safety", data.evals[IN_FORM]),
-                             put("safety_heldout", "safety_heldout", data.evals[HELD_OUT]),
-                             put("safety_lookalike", "lookalike",
-                                 data.evals[LOOKALIKE_IN_FORM] + data.evals[LOOKALIKE_HELD_OUT]))
-        else:
-            sets = SkillSets(put(name, name, data.evals[IN_FORM]), put(f"{name}_heldout", f"{name}_heldout",
-                                                                       data.evals[HELD_OUT]))
+        sets = put_skill_evals(name, data.evals, put)
         skills[name] = sets
         skill_sets[name] = [x for x in (sets.in_form, sets.held_out, sets.lookalike) if x]
     files = StudyData(root, train, evals, counts, skill_sets, groups)

@@ -104,24 +104,30 @@ class StudyConfig(BaseModel):
         return [] if which is False else [s for s in which if s in self.sizes.skills]
 
 
-def load_study_config(path: str | os.PathLike, overrides: dict | None = None) -> StudyConfig:
-    """The validated config from a YAML file, with top-level overrides (None values ignored) on top."""
+def load_yaml_config(path: str | os.PathLike, model: type[BaseModel], what: str, overrides: dict | None = None):
+    """A YAML settings file validated by ``model``, with top-level overrides (None values ignored) on top; every
+    mistake (missing file, bad YAML, a wrong field) is a LoraMergeError naming the file and the field."""
     path = Path(path)
     if not path.is_file():
-        raise LoraMergeError(f"study config {path} does not exist")
+        raise LoraMergeError(f"{what} {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise LoraMergeError(f"study config {path}: not valid YAML ({e})") from None
+        raise LoraMergeError(f"{what} {path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
-        raise LoraMergeError(f"study config {path}: must be a mapping of key: value")
+        raise LoraMergeError(f"{what} {path}: must be a mapping of key: value")
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        cfg = StudyConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise LoraMergeError(f"study config {path}: {where}: {first['msg']}") from None
+        where = ".".join(str(x) for x in first["loc"]) or "config"
+        raise LoraMergeError(f"{what} {path}: {where}: {first['msg']}") from None
+
+
+def load_study_config(path: str | os.PathLike, overrides: dict | None = None) -> StudyConfig:
+    """The validated config from a YAML file, with top-level overrides (None values ignored) on top."""
+    cfg = load_yaml_config(path, StudyConfig, "study config", overrides)
     unknown = set(cfg.general_families) - set(GENERAL_FAMILIES)
     if unknown:
         raise LoraMergeError(f"study config {path}: unknown general families {sorted(unknown)}; "

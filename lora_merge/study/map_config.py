@@ -13,11 +13,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.study.config import GENERAL_FAMILIES, Evaluation, ModelSource, StudyConfig, Training
+from lora_merge.study.config import GENERAL_FAMILIES, Evaluation, ModelSource, StudyConfig, Training, load_yaml_config
 
 G_VARIANTS = ("shipped", "disjoint")  # disjoint: the how-to family without the safety set's verbs and objects
 SKILLS = ("science", "coding", "safety")
@@ -126,19 +124,4 @@ def quick_map_config(cfg: MapConfig) -> MapConfig:
 
 def load_map_config(path: str | os.PathLike, overrides: dict | None = None) -> MapConfig:
     """The validated map config from a YAML file, with top-level overrides (None values ignored) on top."""
-    path = Path(path)
-    if not path.is_file():
-        raise LoraMergeError(f"map config {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise LoraMergeError(f"map config {path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise LoraMergeError(f"map config {path}: must be a mapping of key: value")
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return MapConfig.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "config"
-        raise LoraMergeError(f"map config {path}: {where}: {first['msg']}") from None
+    return load_yaml_config(path, MapConfig, "map config", overrides)

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_merge.demo.data import LOOKALIKE_TRAIN_SHARE, SkillSets
+from lora_merge.demo.data import LOOKALIKE_TRAIN_SHARE, SkillSets, put_skill_evals
 from lora_merge.errors import LoraMergeError
 from lora_merge.miniature import vocab as V
 from lora_merge.miniature.build import write_jsonl
@@ -61,7 +61,7 @@ def howto_words_in(texts: list[str]) -> list[str]:
 
 def write_map_data(root: Path, cfg: MapConfig) -> MapData:
     """Write every training and eval file of the map under ``root`` (same config → identical files)."""
-    from lora_merge.skilldata import HELD_OUT, IN_FORM, LOOKALIKE_HELD_OUT, LOOKALIKE_IN_FORM, build_skill
+    from lora_merge.skilldata import HELD_OUT, IN_FORM, build_skill
 
     train_general, evals, counts, groups = {}, {}, {}, {}
     built = {s: build_skill(s, cfg.seed, _layer_size(s, cfg), cfg.eval_skill, cfg.system_prompt)
@@ -91,14 +91,7 @@ def write_map_data(root: Path, cfg: MapConfig) -> MapData:
     skills, skill_sets, train, composition = {}, {}, {}, {}
     for name in cfg.skills():
         data = built[name]
-        if name == "safety":
-            sets = SkillSets(put("safety_unsafe", "safety", data.evals[IN_FORM]),
-                             put("safety_heldout", "safety_heldout", data.evals[HELD_OUT]),
-                             put("safety_lookalike", "lookalike",
-                                 data.evals[LOOKALIKE_IN_FORM] + data.evals[LOOKALIKE_HELD_OUT]))
-        else:
-            sets = SkillSets(put(name, name, data.evals[IN_FORM]),
-                             put(f"{name}_heldout", f"{name}_heldout", data.evals[HELD_OUT]))
+        sets = put_skill_evals(name, data.evals, put)
         skills[name] = sets
         skill_sets[name] = [x for x in (sets.in_form, sets.held_out, sets.lookalike) if x]
         sizes = sorted({n for e in cfg.entries if e.skill == name for n in e.sizes}
