@@ -214,7 +214,7 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
         run.train("general", "general", data=run.data.train["general"],
                   description="general instruction mix G (study)")
         run.general = run.models / "general"
-        if not (run.general / "config.json").is_file() or _older(run.general, run.adapters / "general"):
+        if needs_refold(run.general, run.adapters / "general"):
             run.fold(["general"], run.general, run.base, [1.0])
     with stage("skill packs (PTM: LoRA from θpre on D alone)"):
         for skill in cfg.skills():
@@ -254,8 +254,11 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
     return artefacts
 
 
-def _older(folder: Path, source: Path) -> bool:
-    """True when ``source`` was written after ``folder`` (θG must be refolded from a retrained pack)."""
+def needs_refold(folder: Path, source: Path) -> bool:
+    """True when the folded model ``folder`` is missing or older than the pack ``source`` it was folded from
+    (θG must be refolded from a retrained pack)."""
+    if not (folder / "config.json").is_file():
+        return True
     try:
         return (source / "skill.json").stat().st_mtime > (folder / "config.json").stat().st_mtime
     except FileNotFoundError:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lora_merge.progress import StagePlan, chat_tokens, jsonl_rows
-from lora_merge.study.driver import StudyRun, load_average, prepare_base
+from lora_merge.study.driver import StudyRun, load_average, needs_refold, prepare_base
 from lora_merge.study.map_config import SAFETY_GENERAL_BAND, SAFETY_LOOKALIKE_MIN, MapConfig, MapEntry, quick_map_config
 from lora_merge.study.map_data import MapData, write_map_data
 from lora_merge.study.map_labels import pack_name, point_label, tau_alone_label, theta_label
@@ -99,7 +99,7 @@ class MapRun:
         run.train(f"general-{g}", "general", data=self.data.general[g], description=f"general mix G ({g}), map")
         folder = run.models / f"general-{g}"
         pack = run.adapters / f"general-{g}"
-        if not (folder / "config.json").is_file() or _older(folder, pack):
+        if needs_refold(folder, pack):
             run.fold([f"general-{g}"], folder, run.base, [1.0])
         self.theta_g[g] = folder
         sets = [f"general_{g}", *[x for s in self.cfg.skills() for x in self.data.files.skill_evals(s)]]
@@ -199,13 +199,6 @@ class MapRun:
                       replay=self.data.general[g], replay_ratio=1.0, out=run.models / name)
         run.score_folder(label, t.path, sets, {"kind": "cft-replay", "g": g, "skill": skill, "size": n})
         run.drop(t.path)
-
-
-def _older(folder: Path, pack: Path) -> bool:
-    try:
-        return (pack / "skill.json").stat().st_mtime > (folder / "config.json").stat().st_mtime
-    except FileNotFoundError:
-        return True
 
 
 def plan_stages(cfg: MapConfig, data: MapData) -> list[tuple[str, float]]:
