@@ -18,6 +18,15 @@ def tau_alone_label(pack: str) -> str:
     return f"θpre + τ · {pack}"
 
 
+def point_prefix(g: str, pack: str) -> str:
+    """What every scored ω of one (θG, pack) starts with; the ω follows it."""
+    return f"{g} · {pack} · ω="
+
+
 def point_label(g: str, pack: str, omega: float) -> str:
     """Rounded like :func:`lora_merge.study.transfer_map.coarse_omegas`, so the sweep's own |D|/|G| point is the stored one."""
-    return f"{g} · {pack} · ω={round(omega, 4):g}"
+    return f"{point_prefix(g, pack)}{round(omega, 4):g}"
+
+
+def replay_label(g: str, skill: str, n: int) -> str:
+    return f"CFT + replay · {g} · {skill}-{n}"

@@ -13,11 +13,11 @@ import math
 from pathlib import Path
 
 from lora_merge.study.map_config import SAFETY_GAIN_BAR, SAFETY_GENERAL_BAND, SAFETY_LOOKALIKE_MIN
-from lora_merge.study.map_labels import pack_name, tau_alone_label
+from lora_merge.study.map_labels import pack_name, point_prefix, replay_label, tau_alone_label
 
 
 def _points(store, g: str, pack: str, sets: dict[str, str | None]) -> list[dict]:
-    prefix = f"{g} · {pack} · ω="
+    prefix = point_prefix(g, pack)
     out = []
     for label, row in store.data.items():
         if label.startswith(prefix) and all(s is None or s in row["sets"] for s in sets.values()):
@@ -105,7 +105,7 @@ def replay_rows(m) -> list[dict]:
         sk = m.data.skills[r.skill]
         sets = {"general": f"general_{r.g}", "in_form": sk.in_form, "held_out": sk.held_out, "lookalike": sk.lookalike}
         theta = _theta(m.run.store, r.g, sets)
-        row = m.run.store.data.get(f"CFT + replay · {r.g} · {r.skill}-{r.size}", {}).get("sets", {})
+        row = m.run.store.data.get(replay_label(r.g, r.skill, r.size), {}).get("sets", {})
         if theta is None or not all(s is None or s in row for s in sets.values()):
             continue
         p = {k: (None if s is None else row[s]["score"]) for k, s in sets.items()}

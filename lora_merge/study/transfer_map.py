@@ -14,7 +14,6 @@ and data are unchanged, scores are stored as soon as known, and a sweep whose po
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from lora_merge.progress import StagePlan, chat_tokens, jsonl_rows
 from lora_merge.study.driver import StudyRun, load_average, needs_refold, prepare_base
 from lora_merge.study.map_config import SAFETY_GENERAL_BAND, SAFETY_LOOKALIKE_MIN, MapConfig, MapEntry, quick_map_config
 from lora_merge.study.map_data import MapData, write_map_data
-from lora_merge.study.map_labels import pack_name, point_label, tau_alone_label, theta_label
+from lora_merge.study.map_labels import pack_name, point_label, replay_label, tau_alone_label, theta_label
 from lora_merge.study.scores import EvalSet, score_model
 
 TRAIN_TOKENS_PER_S = 180.0  # SmolLM2-135M LoRA on 2 idle cores (docs/results.md, make demo); sets the first ETA
@@ -187,11 +186,11 @@ class MapRun:
         folder = run.models / f"pre+{pack}"
         run.fold([pack], folder, run.base, [1.0])
         run.score_folder(label, folder, sets, {"kind": "pre+tau", "pack": pack, "skill": skill})
-        shutil.rmtree(folder, ignore_errors=True)
+        run.drop(folder)
 
     def cft_replay(self, skill: str, n: int, g: str) -> None:
         run = self.run
-        name, label = f"{skill}-{n}-cft-replay-{g}", f"CFT + replay · {g} · {skill}-{n}"
+        name, label = f"{skill}-{n}-cft-replay-{g}", replay_label(g, skill, n)
         sets = [f"general_{g}", *self.data.files.skill_evals(skill)]
         if all(run.store.has(label, s) for s in sets):
             return  # scored before; its model was dropped once scored
