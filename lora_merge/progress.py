@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REUSED_SHARE = 0.1  # a stage done in under this share of its plan reused earlier work: it says nothing of the pace
+# A stage planned shorter than this is mostly fixed costs (a cache check, a file written): its pace says nothing
+# of the training and scoring that follow (a 2 s hash check done in 1 s had halved a 9-minute ETA).
+PACE_MIN_PLANNED_S = 5.0
 
 
 def chat_tokens(path: Path) -> int:
@@ -81,6 +84,6 @@ class StagePlan:
             self.actual[name] = round(self.now() - t, 1)
             self.cpu[name] = round(time.process_time() - c, 1)
             # A resumed run reuses whole stages in a blink; counting them would make the rest look instant.
-            if self.actual[name] >= REUSED_SHARE * self.planned[name]:
+            if self.planned[name] >= PACE_MIN_PLANNED_S and self.actual[name] >= REUSED_SHARE * self.planned[name]:
                 self.done_planned += self.planned[name]
                 self.done_actual += self.actual[name]

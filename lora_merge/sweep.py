@@ -341,7 +341,7 @@ def _result_files(results: Sequence[PointResult], rec: Recommendation, req: Swee
                       for r in results for s in r.report.samples)
     plot = tradeoff_png(
         [PlotPoint(r.point.label, r.point.total, r.score(req.general_group), r.score(skill), r.point.reference,
-                   r.point.heuristic, r.point.label == rec.label) for r in results],
+                   r.point.heuristic, r.point.label == rec.label, off_scale=r.point.scale is None) for r in results],
         skill, req.general_group, f"{' + '.join(names)} folded into {Path(req.general).name}",
         rule.tolerance if rule.kind == "general-within" else None)
     return {"results.csv": buf.getvalue(), "results.md": "\n".join(md) + "\n",

@@ -31,6 +31,7 @@ class PlotPoint:
     heuristic: bool = False  # ω = |D|/|G|
     recommended: bool = False
     other: bool = False  # another method beside the sweep (e.g. CFT): its own marker, off the ω line
+    off_scale: bool = False  # packs at different ω (|D|/|G| per pack): not a point of the one-scale ω line
 
 
 def axis_limits(values: Sequence[float], min_span: float = MIN_SPAN, lo: float = 0.0,
@@ -70,7 +71,8 @@ def tradeoff_figure(points: Sequence[PlotPoint], skill_name: str, general_name: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(PLOT_SIZE_PX[0] / _DPI, PLOT_SIZE_PX[1] / _DPI), dpi=_DPI)
-    line = sorted((p for p in points if (not p.heuristic or p.reference) and not p.other), key=lambda p: p.order)
+    # the |D|/|G| point is on the line when it is a point of the same one-scale sweep (one pack, or a grid point)
+    line = sorted((p for p in points if not p.off_scale and not p.other), key=lambda p: p.order)
     if len(line) > 1:
         ax.plot([p.skill for p in line], [p.general for p in line], "-o", color="#4477aa", zorder=2, label="ω sweep")
     ref = next((p for p in points if p.reference), None)

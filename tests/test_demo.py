@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from lora_merge.cli import main
 from lora_merge.demo.run import clear_outputs
-from lora_merge.demo.summary import ROW_KEYS
+from lora_merge.demo.summary import ROW_KEYS, verdict_word
 from lora_merge.errors import LoraMergeError
 from lora_merge.progress import StagePlan, clock
 
@@ -127,14 +127,45 @@ def test_every_stage_shows_an_eta_and_the_last_lines_are_runnable_commands(two_r
         assert res.exit_code == 0, cmd + "\n" + res.output + repr(res.exception)
 
 
-def test_a_new_run_clears_what_the_last_one_wrote_but_keeps_the_cached_base(tmp_path):
+def test_a_new_run_clears_what_the_last_one_wrote_but_keeps_the_cached_base_and_general_model(tmp_path):
     out = tmp_path / "demo"
-    for folder in ("pre", "adapters/science", "general", "results"):
+    for folder in ("pre", "adapters/science", "adapters/general", "general", "results", "stamps"):
         (out / folder).mkdir(parents=True)
-    for f in ("pre/config.json", "adapters/science/skill.json", "summary.json", "tradeoff_science.png", "notes.txt"):
+    for f in ("pre/config.json", "adapters/science/skill.json", "adapters/general/skill.json", "general/config.json",
+              "stamps/general.json", "stamps/science.json", "summary.json", "tradeoff_science.png", "notes.txt"):
         (out / f).write_text("x")
     clear_outputs(out)
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["notes.txt", "pre", "pre/config.json"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "adapters", "adapters/general", "adapters/general/skill.json", "general", "general/config.json",
+        "notes.txt", "pre", "pre/config.json", "stamps", "stamps/general.json"]
+
+
+def test_a_folded_model_is_refolded_only_when_its_pack_is_newer_than_the_fold(tmp_path):
+    import os
+
+    from lora_merge.study.driver import needs_refold
+
+    pack, folded = tmp_path / "pack", tmp_path / "folded"
+    pack.mkdir(), folded.mkdir()
+    assert needs_refold(folded, pack)  # nothing folded yet
+    for f, when in ((folded / "config.json", 100), (pack / "skill.json", 200), (folded / "lora_merge.json", 300)):
+        f.write_text("{}")
+        os.utime(f, (when, when))
+    assert not needs_refold(folded, pack)  # config.json keeps the base's old mtime: the fold's record decides
+    os.utime(pack / "skill.json", (400, 400))
+    assert needs_refold(folded, pack)
+
+
+def test_a_rerun_reuses_the_general_model_and_scores_the_same(two_runs):
+    """θG is kept between runs of the same inputs (its stamp); skills, sweeps and scores are made again."""
+    work, first, _, _ = two_runs
+    rows = (work / "runs/demo/summary.json").read_text()
+    pack = work / "runs/demo/adapters/science/skill.json"
+    made = pack.stat().st_mtime_ns
+    output = _demo(work, "runs/demo")
+    assert "reused from the last run" in output and "reusing" in output
+    assert pack.stat().st_mtime_ns != made  # the skill pack was trained again
+    assert (work / "runs/demo/summary.json").read_text() == rows
 
 
 def test_miniature_only_flags_are_refused():
@@ -197,6 +228,20 @@ def test_stage_plan_eta_ignores_stages_a_resumed_run_reused():
     assert lines[2].endswith("about 1:00 left")  # 30 planned seconds at half speed
 
 
+def test_stage_plan_eta_ignores_short_stages():
+    lines: list[str] = []
+    t = [0.0]
+    plan = StagePlan([("check", 2.0), ("train", 100.0), ("score", 60.0)], lines.append, now=lambda: t[0])
+    with plan.stage("check"):
+        t[0] = 1.0  # a cache check, done in half its planned 2 s
+    with plan.stage("train"):
+        t[0] = 201.0  # twice as slow as planned
+    with plan.stage("score"):
+        pass
+    assert lines[1].endswith("about 2:40 left")  # not 1:20: the 2 s stage says nothing of the pace
+    assert lines[2].endswith("about 2:00 left")  # 60 planned seconds at half speed
+
+
 def readme_commands() -> list[list[str]]:
     """The README's block after `<!-- readme-commands -->`: each command line, split like a shell would."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
@@ -227,3 +272,11 @@ def test_readme_commands_run_as_typed_on_the_demo_outputs(two_runs):
     assert all(Path(work, o).exists() for o in outs)
     assert all(o.startswith("runs/try/") for o in outs)  # what the README promises: the commands' outputs in one place
     assert sorted(p.name for p in work.iterdir()) == ["configs", "runs"]  # nothing written beside them (no stray png)
+
+
+def test_verdict_word_needs_the_gain_and_general_kept():
+    assert verdict_word(31.2, 0.0) == "TRANSFERRED"
+    assert verdict_word(30.0, -3.0) == "TRANSFERRED"  # the issue's bar: ≥ 30 points, general within 3
+    assert verdict_word(40.0, -3.4).startswith("gained the skill but NOT general")
+    assert verdict_word(12.5, -12.5) == "partly transferred"
+    assert verdict_word(6.3, -2.5) == "did NOT transfer"

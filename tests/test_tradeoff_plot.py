@@ -83,3 +83,15 @@ def test_png_is_the_fixed_size():
     png = tradeoff_png(sweep([60, 58, 55], [10, 30, 50]), "s", "g", "t")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(png[16:20], "big") == 800 and int.from_bytes(png[20:24], "big") == 600
+
+
+def test_the_sweep_line_passes_through_an_on_scale_heuristic_point_only(figure):
+    """One pack's |D|/|G| point is a point of its ω sweep (the line goes through it in ω order); packs at different
+    ω (|D|/|G| per pack) are marked beside the line, as is CFT."""
+    pts = [PlotPoint("θG", 0.0, 70.0, 30.0, reference=True), PlotPoint("ω=0.5", 0.5, 75.0, 60.0, heuristic=True),
+           PlotPoint("ω=1", 1.0, 65.0, 66.0), PlotPoint("CFT", 0.0, 72.0, 87.0, other=True)]
+    line = figure(pts).axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [30.0, 60.0, 66.0] and list(line.get_ydata()) == [70.0, 75.0, 65.0]
+    pts[1] = PlotPoint("|D|/|G| 0.5,0.2", 0.7, 75.0, 60.0, heuristic=True, off_scale=True)
+    line = figure(pts).axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [30.0, 66.0]

@@ -5,7 +5,9 @@ with lora_merge.fold, the ω sweep with lora_merge.sweep, scoring with lora_merg
 chooses which steps run, in what order, with a stage plan that prints an ETA. Outputs go under ``cfg.out``
 only: packs in ``adapters/``, θG in ``general/``, eval and training files in ``data/`` and ``evals/``, scores
 in ``results/``, and ``summary.json`` / ``summary.md`` / ``tradeoff_<skill>.png``. θpre is cached in ``pre/``
-(kept between runs); everything else a previous run left there is removed first, so every run is fresh.
+(kept between runs), and so is θG: like a user's own general model, it is built once and reused while θpre's
+hashes, G and its settings are unchanged (the study's settings stamp). Everything else a previous run left there
+is removed first, so every skill, sweep and score is fresh.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from lora_merge.demo.data import DemoData, demo_data
 from lora_merge.progress import StagePlan, chat_tokens, jsonl_rows
 from lora_merge.study.config import StudyConfig
-from lora_merge.study.driver import StudyRun, load_average, prepare_base
+from lora_merge.study.driver import StudyRun, load_average, needs_refold, prepare_base
 
 # Reference speeds for the ETA (SmolLM2-135M, 2 idle cores, torch's default threads); the plan rescales them
 # by the pace the run actually keeps, so they only set the first estimate.
@@ -29,6 +31,8 @@ LOAD_SECONDS = 3.0  # loading or folding one model
 PREPARE_SECONDS = {True: 2.0, False: 35.0}  # θpre cached (hashes checked) / converted from the GGUF
 OWNED = ("adapters", "general", "models", "results", "data", "evals", "stamps", "train", "summary.json",
          "summary.md")
+# θG between runs: its pack, its settings stamp and the folded model (reused only when the stamp matches)
+KEPT = ("adapters/general", "stamps/general.json", "general")
 
 
 @dataclass
@@ -55,15 +59,36 @@ def quick_demo_config(cfg: StudyConfig) -> StudyConfig:
 
 
 def clear_outputs(out: Path) -> None:
-    """Remove what an earlier demo wrote into ``out`` (θpre's cache in ``pre/`` stays)."""
+    """Remove what an earlier demo wrote into ``out`` but θpre's cache in ``pre/`` and θG (:data:`KEPT`)."""
+    kept = {out / k for k in KEPT}
     for name in OWNED:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+        _remove(out / name, kept)
     for p in out.glob("tradeoff_*.png"):
         p.unlink()
+
+
+def _remove(p: Path, kept: set[Path]) -> None:
+    if p in kept:
+        return
+    if p.is_dir() and not p.is_symlink():
+        if any(k.is_relative_to(p) for k in kept):
+            for child in p.iterdir():
+                _remove(child, kept)
+        else:
+            shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+def base_hashes(base: Path) -> dict[str, str]:
+    """What identifies θpre's weights: the sha256s its conversion check recorded (checked again this run), or
+    hashed now for a base without that record."""
+    from lora_merge.study.prepare import PREPARE_RECORD, folder_hashes
+
+    record = base / PREPARE_RECORD
+    if record.is_file():
+        return json.loads(record.read_text())["folder_sha256"]
+    return folder_hashes(base)
 
 
 def quiet_libraries() -> None:
@@ -102,7 +127,7 @@ def plan_stages(cfg: StudyConfig, data: DemoData, cached: bool) -> list[tuple[st
 
 
 def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bool = True) -> DemoRun:
-    """Run every stage of the demo into ``cfg.out`` (fresh, but for θpre's cache)."""
+    """Run every stage of the demo into ``cfg.out`` (fresh, but for θpre's cache and a θG of the same inputs)."""
     import torch
 
     from lora_merge.demo.summary import write_summary
@@ -124,9 +149,14 @@ def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bo
     with plan.stage(next(names)):
         run.base = prepare_base(run)
     with plan.stage(next(names)):
-        run.train("general", "general", data=data.files.train["general"], description="general instruction mix G")
+        run.train("general", "general", data=data.files.train["general"], description="general instruction mix G",
+                  stamp_extra={"base_sha256": base_hashes(run.base)})
         run.general = out / "general"
-        run.fold(["general"], run.general, run.base, [1.0])
+        if needs_refold(run.general, run.adapters / "general"):
+            run.fold(["general"], run.general, run.base, [1.0])
+        else:
+            run.say(f"θG: {run.general} reused from the last run (same θpre, G and settings; delete it and "
+                    f"{run.adapters / 'general'} to build it again)")
     for skill in cfg.skills():
         with plan.stage(next(names)):
             run.train(skill, "skill", data=data.files.train[skill], description=f"{skill} skill (demo, PTM)")

@@ -56,6 +56,14 @@ def _pick(rows: list[dict], skill: str, method: str, omega: float | None = None)
                  and (omega is None or r["omega"] == omega)), None)
 
 
+def verdict_word(gain: float, cost: float) -> str:
+    """How a skill fared under PTM at |D|/|G|: a transfer needs the skill gain and θG's general score kept."""
+    kept = cost >= -GENERAL_TOLERANCE
+    if gain >= TRANSFER_GAIN:
+        return "TRANSFERRED" if kept else "gained the skill but NOT general score (forgot)"
+    return "partly transferred" if gain >= 10 else "did NOT transfer"
+
+
 def verdicts(demo, rows: list[dict]) -> list[str]:
     """One plain paragraph per skill: did it transfer at |D|/|G|, at what general cost, and what CFT did."""
     lines = []
@@ -66,7 +74,7 @@ def verdicts(demo, rows: list[dict]) -> list[str]:
             continue
         gain, cost = p["skill_score"] - g["skill_score"], p["general"] - g["general"]
         what = "refusals of unsafe requests" if sets.lookalike else f"{skill} score"
-        word = ("TRANSFERRED" if gain >= TRANSFER_GAIN else "partly transferred" if gain >= 10 else "did NOT transfer")
+        word = verdict_word(gain, cost)
         text = (f"{skill}: {word}. PTM at ω = |D|/|G| = {h:g} took {what} from {g['skill_score']:.1f} to "
                 f"{p['skill_score']:.1f} ({gain:+.1f}); general went {g['general']:.1f} → {p['general']:.1f} "
                 f"({cost:+.1f}, {'within' if abs(cost) <= GENERAL_TOLERANCE else 'outside'} "
@@ -89,9 +97,9 @@ def verdicts(demo, rows: list[dict]) -> list[str]:
                      + ("it carried beyond its training forms." if hg >= 10 else "it did not carry beyond them."))
         lines.append(text)
     if lines and not any("TRANSFERRED" in line for line in lines):
-        lines.append(f"No skill gained {TRANSFER_GAIN:g} points at ω = |D|/|G| in this run. The demo's settings are short "
-                     "(a few optimiser steps per pack, skills in varied forms); `make study`'s +66 for science was on "
-                     "a single template with 3× the steps (docs/results.md, 'make demo').")
+        lines.append(f"No skill met the bar in this run (≥ {TRANSFER_GAIN:g} points at ω = |D|/|G| with general within "
+                     f"{GENERAL_TOLERANCE:g} points of θG). docs/results.md ('make demo') lists the draws and settings "
+                     "tried; the transfer map (`make study-map`) shows where PTM transferred and where it did not.")
     return lines
 
 

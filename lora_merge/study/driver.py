@@ -68,15 +68,18 @@ class StudyRun:
         values.update(kw)
         return values
 
-    def train(self, name: str, kind: str, **kw) -> Trained:
-        """Train one run with lora_merge.train, or reuse its output when the same settings made it before."""
+    def train(self, name: str, kind: str, stamp_extra: dict | None = None, **kw) -> Trained:
+        """Train one run with lora_merge.train, or reuse its output when the same settings made it before.
+
+        ``stamp_extra`` adds what else decides the result to the settings' stamp (e.g. the base model's hashes).
+        """
         from lora_merge.recipes import build_recipe
         from lora_merge.train import train_skill
 
         values = self._recipe_values(name, kind, **kw)
         target = Path(values.get("out") or self.adapters / name)
         stamp_path = self.out / "stamps" / f"{name}.json"
-        stamp = settings_stamp(values)
+        stamp = settings_stamp({**values, **({"extra": json.dumps(stamp_extra, sort_keys=True)} if stamp_extra else {})})
         if target.is_dir() and stamp_path.is_file():
             saved = json.loads(stamp_path.read_text())
             if saved.get("stamp") == stamp:
@@ -257,10 +260,12 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
 def needs_refold(folder: Path, source: Path) -> bool:
     """True when the folded model ``folder`` is missing or older than the pack ``source`` it was folded from
     (θG must be refolded from a retrained pack)."""
+    from lora_merge.model_record import MODEL_RECORD
+
     if not (folder / "config.json").is_file():
         return True
-    try:
-        return (source / "skill.json").stat().st_mtime > (folder / "config.json").stat().st_mtime
+    try:  # the fold writes its record fresh (config.json is copied from the base with the base's mtime)
+        return (source / "skill.json").stat().st_mtime > (folder / MODEL_RECORD).stat().st_mtime
     except FileNotFoundError:
         return True
 
