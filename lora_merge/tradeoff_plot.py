@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 PLOT_SIZE_PX = (800, 600)
 _DPI = 100
-MIN_SPAN = 10.0
-_MARKER_PX = 9.0  # half the side of the square a point's marker is kept clear in  # score points: the smallest range an axis shows
+MIN_SPAN = 10.0  # score points: the smallest range an axis shows
+EDGE_MARGIN = 0.05  # the least gap between a value and the frame, as a share of the axis span
+_MARKER_PX = 9.0  # half the side of the square a point's marker is kept clear in
 # Label offsets tried around a point (points; with the alignment that keeps the text off the marker), nearest first.
 _OFFSETS = [((6, 6), "left", "bottom"), ((6, -6), "left", "top"), ((-6, 6), "right", "bottom"),
             ((-6, -6), "right", "top"), ((0, 10), "center", "bottom"), ((0, -10), "center", "top"),
@@ -37,7 +38,8 @@ class PlotPoint:
 def axis_limits(values: Sequence[float], min_span: float = MIN_SPAN, lo: float = 0.0,
                 hi: float = 100.0) -> tuple[float, float]:
     """Limits that show every value with a 15 % margin and span at least ``min_span``, kept inside [lo, hi]
-    when the values are (scores are 0–100)."""
+    when the values are (scores are 0–100), but never with a value on the frame: a score of 0 or 100 keeps
+    :data:`EDGE_MARGIN` of the span between it and the edge, so its marker and label are not hidden by the axis."""
     vmin, vmax = min(values), max(values)
     span = max((vmax - vmin) * 1.3, min_span)
     mid = (vmin + vmax) / 2
@@ -45,7 +47,7 @@ def axis_limits(values: Sequence[float], min_span: float = MIN_SPAN, lo: float =
     if span <= hi - lo and vmin >= lo and vmax <= hi:  # slide the window inside the score range
         low = min(max(low, lo), hi - span)
     high = low + span
-    return low, high
+    return min(low, vmin - EDGE_MARGIN * span), max(high, vmax + EDGE_MARGIN * span)
 
 
 def tradeoff_png(points: Sequence[PlotPoint], skill_name: str, general_name: str, title: str,

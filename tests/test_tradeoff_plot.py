@@ -73,8 +73,8 @@ def test_legend_lists_drawn_series_only(figure):
 
 def test_axis_limits():
     assert axis_limits([50.0, 50.0]) == (45.0, 55.0)
-    assert axis_limits([0.0, 0.0]) == (0.0, 10.0)
-    assert axis_limits([100.0]) == (90.0, 100.0)
+    assert axis_limits([0.0, 0.0]) == (-0.5, 10.0)  # a score of 0 is not drawn on the frame
+    assert axis_limits([100.0]) == (90.0, 100.5)
     lo, hi = axis_limits([20.0, 80.0])
     assert lo < 20 and hi > 80 and hi - lo == pytest.approx(78.0)
 
