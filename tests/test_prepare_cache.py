@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lora_merge.errors import LoraMergeError
-from lora_merge.study.prepare import CONVERTER_VERSION, PREPARE_RECORD, folder_hashes, prepare_model
+from lora_merge.study.prepare import CONVERTER_VERSION, PREPARE_RECORD, folder_hashes, model_hashes, prepare_model
 
 
 @pytest.fixture
@@ -48,3 +48,13 @@ def test_a_changed_conversion_is_refused_and_left_as_it_is(converted, changed):
     with pytest.raises(LoraMergeError, match=f"changed since it was converted.*{PREPARE_RECORD}.*delete the folder"):
         prepare_model(converted, "fake_gguf_pkg")
     assert {p.name: p.read_bytes() for p in converted.iterdir()} == before
+
+
+def test_model_hashes_are_the_recorded_ones_or_hashed_now(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    hashed = folder_hashes(tmp_path)
+    assert model_hashes(tmp_path) == hashed and set(hashed) == {"config.json", "model.safetensors"}
+    recorded = {"model.safetensors": "ab" * 32, "config.json": "cd" * 32}  # what the conversion check wrote
+    (tmp_path / PREPARE_RECORD).write_text(json.dumps({"folder_sha256": recorded}))
+    assert model_hashes(tmp_path) == recorded

