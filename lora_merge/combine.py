@@ -108,46 +108,25 @@ def tensor_seed(seed: int, name: str) -> int:
 
 
 class KeepDraws:
-    """DARE's keep/drop draws for one tensor: torch.bernoulli's, in its order, at a third of its cost.
+    """DARE's keep/drop draws for one tensor: torch.bernoulli's, in its order.
 
-    ``torch.bernoulli(torch.full(shape, p), generator=gen)`` draws one 32-bit word per entry from ``gen`` and
-    keeps the entry when the word's low 24 bits, read as a fraction, are below p (float32). The same words
-    come two at a time as the high and low half of a full-range int64 (one engine call after the other, 1.6 ns
-    a draw here against bernoulli's 12), and the one left over from an odd count waits for the next call, so
-    the draws land exactly where bernoulli's would (tests/test_combine.py compares them).
+    ``torch.bernoulli(torch.full(shape, p), generator=gen)`` draws one 32-bit word per entry from ``gen`` (an
+    MT19937 stream) and keeps the entry when the word's low 24 bits, read as a fraction, are below p (float32).
+    The same stream runs here in a compiled loop (:mod:`lora_merge.kernels`) that tests each word as it makes
+    it: ≈ 1.5 ns a draw against bernoulli's 12, and any number of draws per call lands where bernoulli's would
+    (tests/test_combine.py compares them).
     """
 
     def __init__(self, seed: int, density: float):
-        self.gen = torch.Generator().manual_seed(seed)
+        from lora_merge import kernels  # numba: only the DARE rules load it
+
+        self._draw = kernels.draw_keeps
+        self.stream = kernels.MT19937(seed)
         self.bound = math.ceil(float(np.float32(density)) * (1 << 24))  # low 24 bits < bound ⇔ u < p
-        self.carry: bool | None = None  # a draw taken (as half of a pair) but not used yet
-        self.buffers: dict[str, np.ndarray] = {}
 
     def draw(self, keep: np.ndarray) -> None:
         """keep (1-D bool, contiguous) ← the next len(keep) draws: True where the entry is kept."""
-        start = 0
-        if self.carry is not None and len(keep):
-            keep[0], start, self.carry = self.carry, 1, None
-        pairs = (len(keep) - start + 1) // 2
-        if pairs == 0:
-            return
-        words = torch.from_numpy(self._buffer("words", pairs, np.int64)).random_(-(1 << 63), None, generator=self.gen)
-        low = self._buffer("low", 2 * pairs, np.uint32)
-        np.bitwise_and(words.numpy().view(np.uint32), 0xFFFFFF, out=low)
-        kept = self._buffer("kept", 2 * pairs, np.bool_)
-        np.less(low, self.bound, out=kept)  # numpy: a sixth of torch's time for a bool result
-        # little-endian, an int64's high half (the earlier draw) comes second: swap the bytes of each pair
-        kept.view(np.uint16).byteswap(inplace=True)
-        n = len(keep) - start
-        keep[start:] = kept[:n]
-        if n % 2:
-            self.carry = bool(kept[n])
-
-    def _buffer(self, key: str, n: int, dtype) -> np.ndarray:
-        buf = self.buffers.get(key)
-        if buf is None or len(buf) < n:
-            buf = self.buffers[key] = np.empty(n, dtype=dtype)
-        return buf[:n]
+        self._draw(self.stream.words, self.stream.position, self.bound, keep.view(np.uint8))
 
 
 def drop_and_rescale(deltas: Sequence[torch.Tensor], density: float, seed: int, name: str) -> list[torch.Tensor]:

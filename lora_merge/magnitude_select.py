@@ -51,7 +51,7 @@ def top_magnitudes(sources: Sequence[DeltaRows], shape: tuple[int, int], k: int,
     """Each source's k-th largest |δ| (1 ≤ k ≤ rows·cols), exactly, over the row ``tiles``."""
     if len(tiles) == 1:  # the whole delta is one tile
         return [_kth_largest(src.rows(0, shape[0]), k) for src in sources]
-    found = select_in_brackets(sources, [sampled_bracket(s, shape, k, scratch) for s in sources], k, tiles, scratch)
+    found = select_in_brackets(sources, [sampled_bracket(s, shape, k) for s in sources], k, tiles, scratch)
     missed = [i for i, f in enumerate(found) if f is None]
     if missed:  # the sample misled: bracket those exactly, then the selection cannot miss
         again = [sources[i] for i in missed]
@@ -64,22 +64,20 @@ def top_magnitudes(sources: Sequence[DeltaRows], shape: tuple[int, int], k: int,
 def select_in_brackets(sources: Sequence[DeltaRows], brackets: Sequence[Bracket], k: int,
                        tiles: Sequence[tuple[int, int]], scratch: Scratch) -> list[float | None]:
     """One pass: the k-th largest |δ| of each source if its bracket holds it, else None."""
+    from lora_merge.kernels import count_and_gather  # numba: only the pruning rules load it
+
     cols = sources[0].shape[1]
     above = [0] * len(sources)
     inside: list[list[np.ndarray]] = [[] for _ in sources]
     for r0, r1 in tiles:
         m = (r1 - r0) * cols
-        flags = scratch.get("flags", 2 * m, torch.bool).numpy()
-        high, low = flags[:m], flags[m:]
+        gathered = scratch.get("inside", m).numpy()
         for i, src in enumerate(sources):
-            lo, hi = brackets[i]
+            lo, hi = (np.float32(x).view(np.uint32) for x in brackets[i])
             a = src.rows(r0, r1, out=scratch.get("select", m).view(r1 - r0, cols)).numpy().reshape(-1)
-            np.abs(a, out=a)
-            np.greater_equal(a, hi, out=high)
-            above[i] += int(np.count_nonzero(high))
-            np.greater_equal(a, lo, out=low)
-            np.not_equal(low, high, out=low)  # lo ≤ |δ| < hi
-            inside[i].append(a[np.flatnonzero(low)])  # numpy: a sparse gather costs a tenth of torch's here
+            n_above, n_inside = count_and_gather(a, lo, hi, gathered)
+            above[i] += n_above
+            inside[i].append(gathered[:n_inside].copy())
     found: list[float | None] = []
     for i in range(len(sources)):
         values = np.concatenate(inside[i])
@@ -102,11 +100,11 @@ def kth_largest_of(values: np.ndarray, k: int) -> float:
     return float(np.partition(bucket, j)[j])
 
 
-def sampled_bracket(src: DeltaRows, shape: tuple[int, int], k: int, scratch: Scratch) -> Bracket:
+def sampled_bracket(src: DeltaRows, shape: tuple[int, int], k: int) -> Bracket:
     """[lo, hi) that very likely holds the k-th largest |δ|, from every SAMPLE_STRIDE-th row."""
     rows = torch.arange(0, shape[0], SAMPLE_STRIDE)
     groups = [g for g in torch.tensor_split(rows, min(GROUPS, len(rows))) if len(g)]
-    counts = np.stack([_bucket_counts(src.rows_at(g), scratch) for g in groups])
+    counts, first = _aligned([_bucket_counts(src.rows_at(g)) for g in groups])
     sizes = counts.sum(1)
     fraction = k / (shape[0] * shape[1])  # of the entries, at or above the k-th largest
     total = np.cumsum(counts.sum(0)[::-1])[::-1]  # entries in bucket b or higher
@@ -116,8 +114,8 @@ def sampled_bracket(src: DeltaRows, shape: tuple[int, int], k: int, scratch: Scr
     sigma = (spread.std(ddof=1) / math.sqrt(len(groups)) if len(groups) > 1 else 1.0) \
         + math.sqrt(fraction * (1 - fraction) / n)
     margin = MARGIN_SIGMAS * sigma
-    hi = math.inf if fraction - margin <= 0 else _edges(_bucket_of(total, (fraction - margin) * n))[1]
-    lo = 0.0 if fraction + margin >= 1 else _edges(_bucket_of(total, (fraction + margin) * n))[0]
+    hi = math.inf if fraction - margin <= 0 else _edges(first + _bucket_of(total, (fraction - margin) * n))[1]
+    lo = 0.0 if fraction + margin >= 1 else _edges(first + _bucket_of(total, (fraction + margin) * n))[0]
     return lo, hi
 
 
@@ -129,16 +127,27 @@ def exact_brackets(sources: Sequence[DeltaRows], k: int, tiles: Sequence[tuple[i
     for r0, r1 in tiles:
         for i, src in enumerate(sources):
             rows = src.rows(r0, r1, out=scratch.get("select", (r1 - r0) * cols).view(r1 - r0, cols))
-            counts[i] += _bucket_counts(rows, scratch)
+            first, found = _bucket_counts(rows)
+            counts[i][first:first + len(found)] += found
     return [_edges(_bucket_of(np.cumsum(c[::-1])[::-1], k)) for c in counts]
 
 
-def _bucket_counts(rows: torch.Tensor, scratch: Scratch) -> np.ndarray:
-    """How many |rows| fall in each bucket (``rows`` is overwritten with its magnitudes)."""
-    flat = rows.reshape(-1)
-    keys = scratch.get("keys", flat.numel(), torch.int32)
-    torch.bitwise_right_shift(torch.abs(flat, out=flat).view(torch.int32), 16, out=keys)
-    return torch.bincount(keys, minlength=BUCKETS).numpy()
+def _bucket_counts(rows: torch.Tensor) -> tuple[int, np.ndarray]:
+    """(first bucket, how many |rows| fall in it and each bucket after it, up to the last one used). Only the
+    buckets in use are counted: a delta's magnitudes span a few thousand of the 32 768."""
+    from lora_merge.kernels import magnitude_buckets  # numba: only the pruning rules load it
+
+    first, counts = magnitude_buckets(rows.contiguous().numpy().reshape(-1))
+    return int(first), counts
+
+
+def _aligned(parts: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, int]:
+    """Per-group counts from :func:`_bucket_counts` side by side on common buckets, and the first bucket's index."""
+    first = min(f for f, _ in parts)
+    counts = np.zeros((len(parts), max(f + len(c) for f, c in parts) - first), dtype=np.int64)
+    for row, (f, c) in zip(counts, parts, strict=True):
+        row[f - first:f - first + len(c)] = c
+    return counts, first
 
 
 def _bucket_of(at_or_above: np.ndarray, count: float) -> int:

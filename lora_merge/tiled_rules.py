@@ -15,7 +15,8 @@ cache-sized blocks (tests/test_tiled_rules.py holds it to PEFT's merge_utils too
   ⌈p·2²⁴⌉ as torch.bernoulli compares them with p. All but the last pack's masks are drawn first and kept as
   bytes; the last pack's are drawn tile by tile in the final pass.
 - **The final pass** recomputes each pack's rows, trims or masks them, sums them or elects signs the TIES
-  way, and adds θ, with combine's operations in combine's order.
+  way, and adds θ, with combine's operations in combine's order. Trimming and the election are one compiled
+  loop (:func:`lora_merge.kernels.trim_and_elect`).
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ TILED_RULES = frozenset({"ties", "dare_ties", "dare_linear", "magnitude_prune"})
 ELECTING = frozenset({"ties", "dare_ties"})  # the others sum the pruned deltas
 TRIMMING = frozenset({"ties", "magnitude_prune"})
 
-DRAW_CHUNK = 1 << 18  # DARE draws per call when masks are drawn ahead
-SIGN_BIT = -(1 << 31)  # 0x80000000 as an int32
 
 
 def tiles_for(method: str) -> bool:
@@ -64,14 +63,16 @@ def pruned_tiles(theta: torch.Tensor, terms: Sequence[list[tuple[float, Delta]]]
         n = (r1 - r0) * cols
         stacked = scratch.get("deltas", len(sources) * n).view(len(sources), r1 - r0, cols)
         deltas = [src.rows(r0, r1, out=stacked[k]) for k, src in enumerate(sources)]
-        for k, d in enumerate(deltas):
-            if lambdas is not None:
-                if lambdas[k] is not None:
-                    torch.hardshrink(d, lambdas[k], out=d)
-            else:
-                assert draws is not None
+        if draws is not None:
+            for k, d in enumerate(deltas):
                 draws.apply(k, r0 * cols, d)
-        merged = elect(deltas, scratch, n) if method in ELECTING else add_up(stacked, scratch, n)
+        if method in ELECTING:
+            merged = elect(stacked.view(len(sources), n), lambdas, scratch).view(r1 - r0, cols)
+        else:
+            for d, lam in zip(deltas, lambdas or (), strict=False):
+                if lam is not None:
+                    torch.hardshrink(d, lam, out=d)
+            merged = add_up(stacked, scratch, n)
         dst = out[:n].view(r1 - r0, cols)
         dst.copy_(merged.add_(theta[r0:r1]))  # θ in float32 + the merge, rounded once into the output dtype
         yield r0, dst
@@ -85,36 +86,16 @@ def add_up(stacked: torch.Tensor, scratch: Scratch, n: int) -> torch.Tensor:
     return torch.sum(stacked, 0, out=scratch.get("sum", n).view(stacked.shape[1:]))
 
 
-def elect(deltas: list[torch.Tensor], scratch: Scratch, n: int) -> torch.Tensor:
-    """TIES' election and disjoint mean (combine.elect_and_average) on one tile; overwrites ``deltas``.
+def elect(deltas: torch.Tensor, lambdas: Sequence[float | None] | None, scratch: Scratch) -> torch.Tensor:
+    """TIES' trim (each pack's |δ| ≤ λ zeroed; None or no λs: none) and election on one tile, as combine.ties
+    computes them: the K × n ``deltas`` (overwritten) merged into a float32 scratch tile of n entries."""
+    from lora_merge import kernels  # numba: only the pruning rules load it
 
-    With s the sign of the mass Σδ (+ for a mass of +0), an entry agrees when s·δ > 0, so the mean of the agreeing
-    entries is s·Σ relu(s·δ) / #(s·δ > 0): the same sums in the same order, without a boolean tensor (torch's
-    float ops run 4–7× faster here than its comparisons into bool).
-    """
-    if len(deltas) == 1:  # one pack: every non-zero entry agrees with itself, and the mean of one is itself
-        return deltas[0]
-    shape = deltas[0].shape
-    mass = scratch.get("mass", n).view(shape)
-    torch.add(deltas[0], deltas[1], out=mass)
-    for d in deltas[2:]:
-        mass.add_(d)
-    sign = mass.view(torch.int32).bitwise_and_(SIGN_BIT)  # only the sign bit of the mass is kept
-    count = scratch.get("count", n).view(shape)
-    one = scratch.get("one", n).view(shape)
-    for k, d in enumerate(deltas):
-        d.view(torch.int32).bitwise_xor_(sign)  # s·δ, exactly
-        d.clamp_(min=0)  # relu: the agreeing entries' |δ|
-        if k == 0:
-            torch.sign(d, out=count)
-        else:
-            torch.sign(d, out=one)
-            count.add_(one)
-            deltas[0].add_(d)
-    total = deltas[0]
-    total.div_(count.clamp_(min=1))
-    total.view(torch.int32).bitwise_xor_(sign)  # back to the elected sign
-    return total
+    k, n = deltas.shape
+    lam = np.array([-1.0 if x is None else x for x in (lambdas or [None] * k)], dtype=np.float32)
+    out = scratch.get("merged", n)
+    kernels.trim_and_elect(deltas.numpy(), lam, out.numpy())
+    return out
 
 
 class DareDraws:
@@ -130,8 +111,7 @@ class DareDraws:
         # packs before the last: every mask now, as bytes (1 keep, 0 drop), in stream order
         self.ahead = scratch.get("masks", self.last * numel, torch.int8).view(self.last, numel) if self.last else None
         for k in range(self.last):
-            for i in range(0, numel, DRAW_CHUNK):
-                self.draws.draw(self.ahead[k, i:min(numel, i + DRAW_CHUNK)].numpy().view(np.bool_))
+            self.draws.draw(self.ahead[k].numpy().view(np.bool_))
 
     def apply(self, k: int, start: int, d: torch.Tensor) -> None:
         """Mask pack k's rows (already ×1/p) that begin at flat index ``start`` (the last pack's are drawn now)."""

@@ -78,14 +78,16 @@ def test_dare_equals_peft_given_the_same_masks(rule, peft_fn, density):
     assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("seed", [77, tensor_seed(3, NAME)])  # a small seed, and a 63-bit one as the fold uses
 @pytest.mark.parametrize("density", [0.5, 0.3, 0.999, 1e-7])
-def test_keep_draws_are_bernoullis_own_in_any_chunking(density):
-    """KeepDraws takes the generator's words two at a time; in calls of any (odd) size it must give exactly the
-    masks torch.bernoulli draws from the same generator, one call per tensor."""
-    sizes = [1, 7, 1000, 3, 65537, 2, 10]
-    g = torch.Generator().manual_seed(77)
+def test_keep_draws_are_bernoullis_own_in_any_chunking(density, seed):
+    """KeepDraws runs its own MT19937 stream, regenerated every 624 words; in calls of any size, across those
+    blocks, it must give exactly the masks torch.bernoulli draws from a generator seeded alike, one call per
+    tensor."""
+    sizes = [1, 7, 1000, 3, 65537, 2, 10, 624, 623, 1249]
+    g = torch.Generator().manual_seed(seed)
     expected = [torch.bernoulli(torch.full((n,), density), generator=g).bool().numpy() for n in sizes]
-    draws = KeepDraws(77, density)
+    draws = KeepDraws(seed, density)
     for n, ref in zip(sizes, expected, strict=True):
         keep = np.empty(n, dtype=np.bool_)
         for i in range(0, n, 999):  # and each tensor's draws split into chunks

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "matplotlib", "accelerate")
+HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "matplotlib", "accelerate", "numba")
 PROBE = """
 import json, sys
 sys.argv = ["cli.py", *json.loads(sys.argv[1])]
@@ -57,7 +57,12 @@ def test_fold_imports_torch_only(pack_dir, pico_dirs):
     heavy = imported(["fold", "--general", str(gen_dir), "--adapters", "skill", "--adapters-dir",
                       str(pack_dir / "adapters"), "--weights", "0.5", "--out", str(pack_dir / "merged")])
     assert (pack_dir / "merged" / "config.json").is_file()
-    assert heavy == ["torch"]
+    assert heavy == ["torch"]  # the pruning rules' compiled loops (numba) only for those rules:
+    heavy = imported(["fold", "--general", str(gen_dir), "--adapters", "skill", "--adapters-dir",
+                      str(pack_dir / "adapters"), "--weights", "0.5", "--out", str(pack_dir / "ties"),
+                      "--method", "ties", "--density", "0.5"])
+    assert (pack_dir / "ties" / "config.json").is_file()
+    assert heavy == ["numba", "torch"]
 
 
 def test_bit_scan_counts_like_torch(tmp_path):

@@ -58,8 +58,7 @@ def run_tiled(theta, terms, method, opts, tiles):
 @pytest.mark.parametrize("method", list(PEFT_RULES))
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("density", [0.05, 0.5, 0.93, 1.0])
-def test_tiled_rules_equal_peft(tmp_path, monkeypatch, method, k, density):
-    monkeypatch.setattr(tiled, "DRAW_CHUNK", 1000)  # DARE masks drawn ahead in several chunks too
+def test_tiled_rules_equal_peft(tmp_path, method, k, density):
     shape = (150, 72)
     terms, deltas = lora_sources(tmp_path, k, shape, seed=k)
     theta = torch.randn(shape, generator=torch.Generator().manual_seed(9))
@@ -78,14 +77,14 @@ def assert_close_in_ulps(ours, ref, deltas, density):
 
 
 @pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
-@pytest.mark.parametrize("chunk", [999, 1 << 18])
-def test_dare_masks_follow_the_stream_across_odd_sizes(tmp_path, monkeypatch, method, chunk):
-    """Draws are taken two at a time: odd tensor sizes, odd chunks and odd tiles must still give bernoulli's masks."""
-    monkeypatch.setattr(tiled, "DRAW_CHUNK", chunk)
+@pytest.mark.parametrize("tile_rows", [7, 64])
+def test_dare_masks_follow_the_stream_across_odd_sizes(tmp_path, method, tile_rows):
+    """Odd tensor sizes and odd tiles (the last pack's masks are drawn tile by tile, the others ahead) must still
+    give bernoulli's masks."""
     shape = (149, 73)  # an odd number of entries per pack
     terms, deltas = lora_sources(tmp_path, 3, shape, seed=4)
     theta = torch.zeros(shape)
-    ours = run_tiled(theta, terms, method, RuleOptions(density=0.3, seed=2), ragged_tiles(shape[0], 7))
+    ours = run_tiled(theta, terms, method, RuleOptions(density=0.3, seed=2), ragged_tiles(shape[0], tile_rows))
     torch.manual_seed(tensor_seed(2, NAME))
     assert_close_in_ulps(ours, PEFT_RULES[method](deltas, torch.ones(3), 0.3), deltas, 0.3)
 
