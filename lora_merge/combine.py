@@ -113,7 +113,7 @@ class KeepDraws:
     ``torch.bernoulli(torch.full(shape, p), generator=gen)`` draws one 32-bit word per entry from ``gen`` (an
     MT19937 stream) and keeps the entry when the word's low 24 bits, read as a fraction, are below p (float32).
     The same stream runs here in a compiled loop (:mod:`lora_merge.kernels`) that tests each word as it makes
-    it: ≈ 1.5 ns a draw against bernoulli's 12, and any number of draws per call lands where bernoulli's would
+    it: ≈ 0.6 ns a draw against bernoulli's 12, and any number of draws per call lands where bernoulli's would
     (tests/test_combine.py compares them).
     """
 

@@ -107,6 +107,9 @@ class DareDraws:
         self.last = len(sources) - 1
         if not self.active:
             return
+        from lora_merge.kernels import apply_keeps  # numba: only the pruning rules load it
+
+        self.apply_keeps = apply_keeps
         self.draws = KeepDraws(tensor_seed(opts.seed, name), opts.density)
         # packs before the last: every mask now, as bytes (1 keep, 0 drop), in stream order
         self.ahead = scratch.get("masks", self.last * numel, torch.int8).view(self.last, numel) if self.last else None
@@ -124,8 +127,7 @@ class DareDraws:
         else:
             assert self.ahead is not None
             mask = self.ahead[k, start:start + n]
-        flat = d.view(-1)
-        torch.mul(flat, mask, out=flat)  # δ/p · 1 or · 0, as combine multiplies by its float mask
+        self.apply_keeps(d.view(-1).numpy(), mask.numpy())  # δ/p · 1 or · 0, as combine multiplies by its mask
 
 
 def trim_lambdas(sources: Sequence[DeltaRows], shape: tuple[int, int], density: float,
