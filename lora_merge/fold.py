@@ -14,7 +14,6 @@ import json
 import math
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,12 +85,8 @@ def fold_plan(plan: FoldPlan) -> FoldResult:
     sources = {n: n for n in general.keys()} | (dict(target.virtual) if untie else {})
     layout = [PlannedTensor(n, output_dtype(req.dtype, general.get(s).dtype), target.shapes[n])
               for n, s in sources.items()]
-    # The recipe records the sha256 of every plain adapter's files (≈ 50 ms per 50 MB pack): hashed beside the
-    # stream, whose workers leave the GIL, instead of after it on one core.
     # staged: written into a marked temporary folder, renamed into place at the end (lora_merge/output.py)
-    with ThreadPoolExecutor(1, thread_name_prefix="fold-recipe") as hashing, \
-            staged_output(out, force=req.force, inputs=plan.inputs(), notes=warnings) as tmp:
-        recipe = hashing.submit(resolved_recipe, plan)
+    with staged_output(out, force=req.force, inputs=plan.inputs(), notes=warnings) as tmp:
         writer = PlacedWriter(tmp, layout, parse_size(req.max_shard_size), {"lora_merge": __version__},
                               fsync=req.fsync)
         try:
@@ -112,7 +107,7 @@ def fold_plan(plan: FoldPlan) -> FoldResult:
         result_info = FoldResult(out=out, packs=list(plan.terms), tensors_total=len(layout), tensors_changed=changed,
                                  bytes_written=writer.bytes_written, seconds=0.0, shards=shards, warnings=warnings,
                                  notices=list(plan.notices))
-        write_merge_records(tmp, plan, result_info, recipe.result())
+        write_merge_records(tmp, plan, result_info)
     result_info.seconds = time.perf_counter() - started
     return result_info
 
@@ -142,10 +137,10 @@ def copy_model_files(src: Path, dst: Path) -> None:
         shutil.copy2(f, dst / f.name)
 
 
-def write_merge_records(folder: Path, plan: FoldPlan, res: FoldResult, recipe: dict) -> None:
-    """lora_merge.json (the model record), the recipe (:func:`resolved_recipe` of the plan) and the README card."""
+def write_merge_records(folder: Path, plan: FoldPlan, res: FoldResult) -> None:
+    """lora_merge.json (the model record) and the README card describing the merge."""
     req = plan.request
-    command = rerun_command(Path(req.out).absolute())
+    recipe, command = resolved_recipe(plan), rerun_command(Path(req.out).absolute())
     record = ModelRecord(
         format_version=1, role="merged", tool_version=__version__, general_model=str(req.general),
         base_model=str(req.base) if req.base else None, method=req.method, density=req.density, seed=req.seed,
