@@ -94,7 +94,8 @@ def trim_and_elect(deltas, lambdas, out):
 
     Pack k's entries with |δ| ≤ lambdas[k] are zeroed first (hardshrink; a negative λ keeps all, and ``deltas``
     keeps the trimmed values). Then per entry: the elected sign is + where the mass Σk δk (summed in pack order) is
-    ≥ 0; the entries of that strict sign are summed in pack order and divided by their count (at least 1).
+    ≥ 0; the entries of that strict sign are summed in pack order and divided by their count (at least 1). A NaN
+    in any pack's entry makes that output entry NaN, as in combine.
     """
     k_packs, n = deltas.shape
     mass = np.empty(_CHUNK, np.float32)
@@ -111,7 +112,7 @@ def trim_and_elect(deltas, lambdas, out):
             row = deltas[k, c0:c0 + m]
             for i in range(m):
                 d = row[i]
-                if lam >= zero and not abs(d) > lam:
+                if lam >= zero and abs(d) <= lam:  # hardshrink's test: NaN is kept, and flows on as in combine
                     d = zero
                 row[i] = d
                 mass[i] = d if k == 0 else mass[i] + d
@@ -119,9 +120,9 @@ def trim_and_elect(deltas, lambdas, out):
             row = deltas[k, c0:c0 + m]
             for i in range(m):
                 d = row[i]
-                agree = (d > zero) if mass[i] >= zero else (d < zero)
-                total[i] += d if agree else zero
-                count[i] += one if agree else zero
+                agree = one if ((d > zero) if mass[i] >= zero else (d < zero)) else zero
+                total[i] += d * agree  # multiplied, as combine does: NaN · 0 stays NaN, so the fold's check sees it
+                count[i] += agree
         dst = out[c0:c0 + m]
         for i in range(m):
             dst[i] = total[i] / max(count[i], one)

@@ -37,7 +37,6 @@ ELECTING = frozenset({"ties", "dare_ties"})  # the others sum the pruned deltas
 TRIMMING = frozenset({"ties", "magnitude_prune"})
 
 
-
 def tiles_for(method: str) -> bool:
     """Whether ``--method`` has a tiled path here (on the CPU, for 2-D tensors)."""
     return method in TILED_RULES

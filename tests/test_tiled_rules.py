@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 import lora_merge.magnitude_select as select
 import lora_merge.stream as stream_module
 import lora_merge.tiled_rules as tiled
-from lora_merge.combine import RuleOptions, tensor_seed
+from lora_merge.combine import RULES, RuleOptions, tensor_seed
 from lora_merge.delta_rows import DeltaRows
 from lora_merge.fold import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
@@ -116,6 +116,24 @@ def test_packs_that_are_not_one_lora_product(tmp_path, kind, method):
     ours = run_tiled(theta, terms, method, RuleOptions(density=0.4, seed=1), ragged_tiles(shape[0], 16))
     torch.manual_seed(tensor_seed(1, NAME))
     assert_close_in_ulps(ours, PEFT_RULES[method](deltas, torch.ones(2), 0.4), deltas, 0.4)
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_a_nan_in_a_pack_stays_nan_as_in_combine(tmp_path, method):
+    """A corrupt entry must reach the output as NaN (the fold's check then refuses it), not vanish in the trim or
+    the election: NaN where combine's rule on the whole deltas puts it. (Elsewhere the NaN pack's trimming threshold
+    may differ by one entry: combine's kthvalue ranks NaN, the tiles do not; the fold refuses that output anyway.)"""
+    shape = (96, 40)
+    g = torch.Generator().manual_seed(2)
+    tensors = {f"t{i}": torch.randn(shape, generator=g) for i in range(3)}
+    tensors["t1"][5, 7] = float("nan")
+    save_file(tensors, tmp_path / "nan.safetensors")
+    src = SafetensorsFile(tmp_path / "nan.safetensors")
+    terms = [[(1.0, StoredDelta(src, f"t{i}", shape))] for i in range(3)]
+    opts = RuleOptions(density=0.5, seed=4)
+    ours = run_tiled(torch.zeros(shape), terms, method, opts, ragged_tiles(shape[0], 16))
+    ref = RULES[method]([tensors[f"t{i}"] for i in range(3)], opts, NAME)
+    assert torch.isnan(ours[5, 7]) and torch.equal(torch.isnan(ours), torch.isnan(ref))
 
 
 def test_every_entry_is_trimmed_when_density_keeps_none(tmp_path):
