@@ -1,12 +1,12 @@
-"""Compiled loops (numba) for the pruning rules' hot paths: DARE's keep draws, TIES' trim and election, and the
-selection pass's count-and-gather.
+"""Compiled loops (numba) for the pruning rules' hot paths: DARE's keep draws and masks, TIES' trim and election,
+and the trimming threshold's selection pass (count-and-gather) and sample (bucket counts).
 
 In torch each of these is a chain of whole-array operations (TIES' election alone is about 20 passes over every
 tile), while one loop does the same arithmetic in a single pass over data that stays in the L1 cache. Every loop
 computes what :mod:`lora_merge.combine` states, operation for operation in the same order, so the oracle tests
 against PEFT's merge_utils hold them as they held the torch code. All release the GIL, so the fold's merge
-workers run them side by side. Only the pruning rules import this module: numba takes ≈ 0.2 s to import and
-≈ 0.5 s to load the compiled loops from its cache (the first run on a machine compiles them, a few seconds), which
+workers run them side by side. Only the pruning rules import this module: numba takes ≈ 0.25 s to import and
+≈ 0.3 s to load the compiled loops from its cache (the first run on a machine compiles them: ≈ 5 s), which
 the linear fold and the light commands never pay.
 """
 
