@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import errno
 import os
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from lora_merge.shards import (
     WRITE_CHUNK,
     PlannedTensor,
+    drop_written,
     header_bytes,
     plan_shards,
     shard_names,
     start_writeback,
     write_index,
 )
+
+DROP_LAG = 4  # tensors whose writeback may still run before done() waits for the oldest and drops its pages
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class PlacedWriter:
         self._arrived = dict.fromkeys(self.places, 0)  # bytes written per tensor (one writer per tensor)
         self._left = [len(s) for s in self.shards]  # tensors of each shard not yet done()
         self._synced: set[int] = set()  # shards already flushed by done()
+        self._in_flight: deque[tuple[int, int, int]] = deque()  # (fd, offset, bytes) handed to the disk by done()
 
     @property
     def bytes_written(self) -> int:
@@ -104,12 +109,17 @@ class PlacedWriter:
         self._arrived[name] += place.nbytes
 
     def done(self, name: str) -> None:
-        """Tensor ``name`` is complete (call from one thread). When durable, start its writeback now, and
-        flush its shard once the shard's last tensor is in, so that finish() has little left to wait for."""
+        """Tensor ``name`` is complete (call from one thread). When durable, start its writeback now, drop the
+        pages of tensors written back a few tensors earlier, and flush its shard once the shard's last tensor is
+        in, so that finish() has little left to wait for."""
         if not self.fsync:
             return
         place = self.places[name]
         start_writeback(self._fds[place.shard], place.offset, place.nbytes)
+        # a few tensors later, once on disk, their pages leave the page cache (shards.drop_written says why)
+        self._in_flight.append((self._fds[place.shard], place.offset, place.nbytes))
+        while len(self._in_flight) > DROP_LAG:
+            drop_written(*self._in_flight.popleft())
         self._left[place.shard] -= 1
         if self._left[place.shard] == 0:
             os.fsync(self._fds[place.shard])
@@ -124,6 +134,8 @@ class PlacedWriter:
         for i, fd in enumerate(self._fds):
             if self.fsync and i not in self._synced:
                 os.fsync(fd)
+        while self._in_flight:
+            drop_written(*self._in_flight.popleft())
         self.abort()
         write_index(self.folder, self.shards, self.names)
         return list(self.names)
@@ -133,6 +145,7 @@ class PlacedWriter:
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
+        self._in_flight.clear()
 
     @staticmethod
     def _pwrite_all(fd: int, view: memoryview, at: int) -> None:

@@ -97,6 +97,35 @@ def test_durable_shards_are_flushed_once_each_as_soon_as_complete(tmp_path, monk
     assert len(flushed) == len(writer.shards)
 
 
+@pytest.mark.parametrize("fsync", [True, False])
+def test_durable_writes_leave_the_page_cache_once_on_disk(tmp_path, monkeypatch, fsync):
+    """Durable: each done() tensor's range is waited for and dropped (DROP_LAG tensors later, the rest at finish),
+    each exactly once and only after its bytes arrived, and what was written still reads back. Not durable:
+    nothing is dropped (the caller chose the page cache's speed)."""
+    ts = tensors()
+    dropped: list[tuple[int, int]] = []
+    writer = PlacedWriter(tmp_path, plan_of(ts), 1 << 30, fsync=fsync)
+
+    def record(fd, offset, nbytes):
+        name = next(n for n, p in writer.places.items() if p.offset == offset and p.nbytes == nbytes)
+        assert writer._arrived[name] == nbytes  # whole before it is dropped
+        dropped.append((offset, nbytes))
+
+    monkeypatch.setattr(placed_module, "drop_written", record)
+    writer.open()
+    names = list(ts)
+    for i, n in enumerate(names):
+        writer.write_at(n, 0, as_bytes(ts[n]))
+        writer.done(n)
+        if fsync:  # the oldest beyond the lag are dropped as later tensors complete
+            assert len(dropped) == max(0, i + 1 - placed_module.DROP_LAG)
+    writer.finish()
+    expected = sorted((writer.places[n].offset, writer.places[n].nbytes) for n in names) if fsync else []
+    assert sorted(dropped) == expected
+    back = load_file(tmp_path / "model.safetensors")
+    assert all(torch.equal(back[n], ts[n]) for n in ts)
+
+
 def test_same_bytes_as_safetensors_own_writer_reads(tmp_path):
     """Our header and layout are valid safetensors: a file saved by safetensors and ours hold the same tensors."""
     ts = tensors()
