@@ -176,3 +176,19 @@ def magnitude_buckets(values):
     for i in range(whole, n):
         counts[0, ((bits[i] & magnitude) >> shift) - first] += 1
     return np.int64(first), counts[0] + counts[1] + counts[2] + counts[3]
+
+
+def compile_all() -> None:
+    """Compile every loop (or load it from numba's cache) with the argument types the rules pass, so that the first
+    fold needing them does not wait for the compiler. `make` runs this once after installing."""
+    values, spare = np.zeros(8, np.float32), np.empty(8, np.float32)
+    magnitude_buckets(values)
+    count_and_gather(values, np.uint32(0), np.uint32(1), spare)
+    trim_and_elect(np.zeros((2, 8), np.float32), np.full(2, -1.0, np.float32), spare)
+    stream = MT19937(0)
+    draw_keeps(stream.words, stream.position, 1 << 23, np.empty(8, np.uint8))
+    apply_keeps(values, np.ones(8, np.int8))
+
+
+if __name__ == "__main__":
+    compile_all()
