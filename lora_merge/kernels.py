@@ -6,7 +6,7 @@ tile), while one loop does the same arithmetic in a single pass over data that s
 computes what :mod:`lora_merge.combine` states, operation for operation in the same order, so the oracle tests
 against PEFT's merge_utils hold them as they held the torch code. All release the GIL, so the fold's merge
 workers run them side by side. Only the pruning rules import this module: numba takes ≈ 0.25 s to import and
-≈ 0.3 s to load the compiled loops from its cache (the first run on a machine compiles them: ≈ 5 s), which
+≈ 0.3 s to load the compiled loops from its cache (compiling them takes ≈ 5 s: `make` does it once), which
 the linear fold and the light commands never pay.
 """
 
