@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,6 +47,14 @@ def bar(iterable: Iterable | None = None, *, desc: str, unit: str, progress: boo
     (an empty ``score: 0batch`` bar says nothing)."""
     from tqdm import tqdm
 
+    if not _STATE.get("tqdm_ready"):
+        # A plain thread lock instead of tqdm's default multiprocessing one, whose creation spawns multiprocessing's
+        # resource tracker with Ctrl-C blocked in this thread while it starts; and no monitor thread. With both, a
+        # Ctrl-C that came in that window went to another thread and could stay unhandled until the fold ended
+        # (tests/test_reliability_writes.py saw a fold run to its end and exit 0).
+        tqdm.set_lock(threading.RLock())
+        tqdm.monitor_interval = 0
+        _STATE["tqdm_ready"] = True
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     off = not (progress and progress_enabled()) or total == 0
