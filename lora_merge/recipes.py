@@ -60,6 +60,10 @@ class Recipe(BaseModel):
     precision: Literal["float32", "bf16", "fp16"] = "float32"
     gradient_checkpointing: bool = False
     completion_only_loss: bool = True
+    # Off by default: where length follows the task or layout (a mix of families), grouped batches hold one
+    # family each and train differently (docs/results.md, "make demo": the demo's θG and packs changed with it).
+    group_by_length: bool = Field(default=False, description="batch rows of similar length (transformers' "
+                                  "LengthGroupedSampler): less padding, so fewer positions computed")
     seed: int = 0
     freeze: list[str] = Field(default_factory=list, description="full mode: parameters kept at their start values "
                               f"({', '.join(FREEZE_TARGETS)})")

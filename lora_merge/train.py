@@ -180,6 +180,7 @@ def sft_config(r: Recipe, run_dir: Path, hw: Hardware):
         per_device_train_batch_size=r.batch_size, gradient_accumulation_steps=r.grad_accum, max_length=r.max_length,
         optim=hw.optim, bf16=hw.precision == "bf16", fp16=hw.precision == "fp16", use_cpu=not hw.cuda,
         activation_checkpointing=r.gradient_checkpointing, completion_only_loss=r.completion_only_loss,
+        train_sampling_strategy="group_by_length" if r.group_by_length else "random",
         seed=r.seed, logging_steps=r.logging_steps, save_strategy="steps", save_steps=r.save_steps,
         save_total_limit=r.save_total_limit, report_to="none", disable_tqdm=not r.progress,
     )

@@ -143,6 +143,27 @@ def test_prompt_tokens_are_masked_in_the_collated_batch(world, tmp_path, fmt):
         assert (labels[n_prompt + n_completion:] == -100).all()  # padding
 
 
+def test_group_by_length_batches_rows_of_similar_length_and_keeps_every_row(world, tmp_path):
+    """The option cuts padding against the random batches of the same seed, and one epoch still sees each row once."""
+    from lora_merge.data import load_data, mix
+    from lora_merge.train import build_trainer, hardware, plan_run
+
+    rows = [{"prompt": "x" * (1 + (7 * i) % 40) + ": ", "completion": "y"} for i in range(40)]
+
+    def epoch_lengths(grouped: bool) -> list[list[int]]:
+        r = recipe(world, tmp_path, data=rows, batch_size=4, group_by_length=grouped)
+        trainer = build_trainer(r, plan_run(r), mix({"skill": load_data(rows)}), hardware(r))
+        return [b["attention_mask"].sum(dim=1).tolist() for b in trainer.get_train_dataloader()]
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(max(b) * len(b) - sum(b) for b in batches)
+
+    random_batches, grouped_batches = epoch_lengths(False), epoch_lengths(True)
+    every_row = sorted(n for b in random_batches for n in b)
+    assert sorted(n for b in grouped_batches for n in b) == every_row and len(every_row) == len(rows)
+    assert padding(grouped_batches) < padding(random_batches) / 2
+
+
 def test_chat_data_needs_a_chat_template_and_nothing_is_written(world, tmp_path):
     from lora_merge.pico import pico_char_tokenizer
     from lora_merge.train import train_skill

@@ -50,6 +50,7 @@ class Training(BaseModel):
     batch_size: int = Field(default=8, ge=1)
     max_length: int = Field(default=96, ge=8)
     dropout: float = Field(default=0.05, ge=0, lt=1)  # LoRA dropout (the recipes' default)
+    group_by_length: bool = False  # batches of rows of similar length (the recipes' option)
 
 
 class Evaluation(BaseModel):

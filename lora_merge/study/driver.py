@@ -65,6 +65,8 @@ class StudyRun:
                   "max_length": t.max_length, "dropout": t.dropout, "seed": self.cfg.seed, "logging_steps": 1000,
                   "save_steps": 10**9, "save_total_limit": None, "progress": self.progress, "force": True,
                   "run_dir": self.out / "train" / name}
+        if t.group_by_length:  # only when set, so the stamps of runs made before the option keep matching
+            values["group_by_length"] = True
         values.update(kw)
         return values
 
