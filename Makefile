@@ -27,7 +27,7 @@ $(SMOLLM2): $(STAMP)
 	touch $(SMOLLM2)
 
 # SmolLM2: science and safety by PTM and by CFT on 2 idle cores: ≈ 7.5 min the first time (θpre converted, θG built),
-# ≈ 5.5 min after (both reused); `cli.py demo --world miniature` is the miniature world
+# ≈ 5.5–6 min after (both reused); `cli.py demo --world miniature` is the miniature world
 demo: $(SMOLLM2)
 	$(PY) cli.py demo
 
