@@ -84,9 +84,9 @@ def training_info(r: Recipe, res: TrainResult, quantization: str | None) -> Trai
         wall_seconds=round(res.wall_seconds, 3), final_loss=res.final_loss,
         target_modules=r.target_modules if lora else None, dropout=r.dropout if lora else None,
         rslora=r.rslora if lora else None, batch_size=r.batch_size, grad_accum=r.grad_accum,
-        max_length=r.max_length, warmup=r.warmup, lr_scheduler=r.lr_scheduler, optim=r.optim,
-        precision=r.precision, tokens=res.tokens, resumed_from_step=res.resumed_from_step, freeze=list(r.freeze),
-        library_versions=library_versions(),
+        max_length=r.max_length, group_by_length=r.group_by_length, warmup=r.warmup, lr_scheduler=r.lr_scheduler,
+        optim=r.optim, precision=r.precision, tokens=res.tokens, resumed_from_step=res.resumed_from_step,
+        freeze=list(r.freeze), library_versions=library_versions(),
     )
 
 

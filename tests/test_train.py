@@ -164,6 +164,14 @@ def test_group_by_length_batches_rows_of_similar_length_and_keeps_every_row(worl
     assert padding(grouped_batches) < padding(random_batches) / 2
 
 
+def test_the_pack_records_how_its_batches_were_made(world, tmp_path):
+    from lora_merge.train import train_skill
+
+    for grouped in (True, False):
+        res = train_skill(recipe(world, tmp_path / str(grouped), max_steps=1, group_by_length=grouped))
+        assert load_pack(res.out).manifest.training.group_by_length is grouped
+
+
 def test_chat_data_needs_a_chat_template_and_nothing_is_written(world, tmp_path):
     from lora_merge.pico import pico_char_tokenizer
     from lora_merge.train import train_skill
