@@ -161,22 +161,31 @@ def test_overflow_count_covers_the_whole_tensor_not_one_tile(built, tmp_path, mo
     assert f"{pos} +Inf, {neg} -Inf" in str(err.value)
 
 
-MIDWAY_READS = 6  # of the pico fold's ≈ 20 tensor reads: well after it started writing, seconds before it ends
+# Of the pico fold's 14 reads of touched tensors by its merge workers: they have been writing for a while, and the
+# fold is seconds from its end. Only the workers' reads count: the planning's checks read the base too, before
+# anything is written, and a signal then would test the start-up instead of a fold midway.
+MIDWAY_READS = 4
 
-SLOW_FOLD = textwrap.dedent("""
-    import sys, time
+# A pico fold is too quick to stop halfway: every tensor read of the merge workers dawdles, more so once midway, so
+# that the test's signal lands while they still write even on a loaded machine. Shared by the slow children below.
+SLOW_READS = textwrap.dedent("""
+    import sys, threading, time
     import lora_merge.tensors as t
-    from lora_merge.fold import FoldRequest, fold
     MIDWAY_READS = int(sys.argv[5])
 
     plain, reads = t.SafetensorsFile.get, []
-    def slow_get(self, name):  # a pico fold is too quick to kill halfway; make every tensor read dawdle
-        time.sleep(0.2)
-        reads.append(name)
-        if len(reads) == MIDWAY_READS:  # tell the test the fold is midway (a file's size says it only late)
-            open(sys.argv[4], "w").close()
+    def slow_get(self, name):
+        if threading.current_thread().name == "fold-merge":
+            reads.append(name)
+            if len(reads) == MIDWAY_READS:  # tell the test the fold is midway (a file's size says it only late)
+                open(sys.argv[4], "w").close()
+            time.sleep(0.5 if len(reads) >= MIDWAY_READS else 0.2)
         return plain(self, name)
     t.SafetensorsFile.get = slow_get
+""")
+
+SLOW_FOLD = SLOW_READS + textwrap.dedent("""
+    from lora_merge.fold import FoldRequest, fold
     fold(FoldRequest(general=sys.argv[1], packs=[sys.argv[2]], out=sys.argv[3], weights=[0.5], progress=False,
                      force=True))
 """)
@@ -225,20 +234,18 @@ def test_fold_killed_halfway_leaves_nothing_and_the_next_fold_cleans_up(built, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-SLOW_CLI_FOLD = textwrap.dedent("""
-    import sys, time
-    import lora_merge.tensors as t
+SLOW_CLI_FOLD = SLOW_READS + textwrap.dedent("""
+    import atexit, glob, os
     from lora_merge.cli import main
-    MIDWAY_READS = int(sys.argv[5])
 
-    plain, reads = t.SafetensorsFile.get, []
-    def slow_get(self, name):  # as in SLOW_FOLD: slow enough to be interrupted halfway, and says when
-        time.sleep(0.2)
-        reads.append(name)
-        if len(reads) == MIDWAY_READS:
-            open(sys.argv[4], "w").close()
-        return plain(self, name)
-    t.SafetensorsFile.get = slow_get
+    def signal_state():  # each thread's pending, blocked and ignored signals, for the test's message if it fails
+        with open(sys.argv[4] + ".signals", "w") as f:
+            for status in glob.glob(f"/proc/{os.getpid()}/task/*/status"):
+                keys = ("Name", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+                f.write(" ".join(line.replace(chr(9), "") for line in open(status).read().splitlines()
+                                 if line.split(":")[0] in keys) + chr(10))
+    if os.path.isdir("/proc/self/task"):
+        atexit.register(signal_state)
     main(["fold", "--general", sys.argv[1], "--adapters", sys.argv[2], "--weights", "0.5", "--out", sys.argv[3]])
 """)
 
@@ -259,7 +266,8 @@ def test_ctrl_c_mid_fold_stops_the_workers_and_leaves_nothing(built, tmp_path, s
     finally:
         child.kill()
         child.wait()
-    assert child.returncode == 130, err
+    state = Path(str(marker) + ".signals")
+    assert child.returncode == 130, err + (state.read_text() if state.is_file() else "")
     assert "interrupted: nothing was written" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
 
