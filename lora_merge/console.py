@@ -49,9 +49,8 @@ def bar(iterable: Iterable | None = None, *, desc: str, unit: str, progress: boo
 
     if not _STATE.get("tqdm_ready"):
         # A plain thread lock instead of tqdm's default multiprocessing one, whose creation spawns multiprocessing's
-        # resource tracker with Ctrl-C blocked in this thread while it starts; and no monitor thread. With both, a
-        # Ctrl-C that came in that window went to another thread and could stay unhandled until the fold ended
-        # (tests/test_reliability_writes.py saw a fold run to its end and exit 0).
+        # resource tracker process (with Ctrl-C blocked in this thread while it starts), and no monitor thread: a
+        # progress bar needs neither.
         tqdm.set_lock(threading.RLock())
         tqdm.monitor_interval = 0
         _STATE["tqdm_ready"] = True

@@ -262,9 +262,8 @@ class _Worker(threading.Thread):
 
 def block_stop_signals() -> None:
     """Keep Ctrl-C (SIGINT), SIGTERM and SIGHUP away from this (non-main) thread, so the kernel hands them to the
-    main thread, whose waits they then interrupt. Python runs signal handlers only in the main thread; a signal that
-    landed on a worker could stay pending until the fold had run to its end (a Ctrl-C test failed that way now and
-    then, more often with one more thread running Python code beside the workers)."""
+    main thread, whose waits they then interrupt at once. Python runs signal handlers only in the main thread; one
+    that landed on a worker would wait for the main thread's next poll."""
     if hasattr(signal, "pthread_sigmask"):  # POSIX
         stops = {signal.SIGINT, signal.SIGTERM} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP") else set())
         signal.pthread_sigmask(signal.SIG_BLOCK, stops)

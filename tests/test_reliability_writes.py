@@ -246,6 +246,11 @@ SLOW_CLI_FOLD = SLOW_READS + textwrap.dedent("""
                                  if line.split(":")[0] in keys) + chr(10))
     if os.path.isdir("/proc/self/task"):
         atexit.register(signal_state)
+    # Ctrl-C reaches this child as it reaches a command typed in a terminal. A process started from a background
+    # job (`cmd &` in a script, as CI runners may start the suite) inherits SIGINT ignored, and Python then leaves
+    # it ignored: the fold would rightly run to its end.
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     main(["fold", "--general", sys.argv[1], "--adapters", sys.argv[2], "--weights", "0.5", "--out", sys.argv[3]])
 """)
 
