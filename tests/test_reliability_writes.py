@@ -235,7 +235,7 @@ def test_fold_killed_halfway_leaves_nothing_and_the_next_fold_cleans_up(built, t
 
 
 SLOW_CLI_FOLD = SLOW_READS + textwrap.dedent("""
-    import atexit, glob, os
+    import atexit, glob, os, signal
     from lora_merge.cli import main
 
     def signal_state():  # each thread's pending, blocked and ignored signals, for the test's message if it fails
@@ -249,7 +249,6 @@ SLOW_CLI_FOLD = SLOW_READS + textwrap.dedent("""
     # Ctrl-C reaches this child as it reaches a command typed in a terminal. A process started from a background
     # job (`cmd &` in a script, as CI runners may start the suite) inherits SIGINT ignored, and Python then leaves
     # it ignored: the fold would rightly run to its end.
-    import signal
     signal.signal(signal.SIGINT, signal.default_int_handler)
     main(["fold", "--general", sys.argv[1], "--adapters", sys.argv[2], "--weights", "0.5", "--out", sys.argv[3]])
 """)
