@@ -132,8 +132,7 @@ def drop_written(fd: int, offset: int, nbytes: int) -> None:
     """Wait until a range is on disk, then drop its pages from the page cache (a hint; no-op where unsupported).
 
     A durable write of a model as large as the RAM otherwise leaves it full of written pages, which the kernel
-    reclaims under pressure while the writer allocates new ones: a 7B fold (13.5 GB out, 13.5 GB of θG cached,
-    23.5 GiB of RAM) took 13–15 s that way and 9–10 s with its written ranges dropped (docs/benchmarks.md).
+    has to reclaim under pressure while the writer allocates new ones (the 7B fold in docs/benchmarks.md).
     """
     if _SYNC_FILE_RANGE is None:
         return
