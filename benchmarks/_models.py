@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lora_merge.shards import PlannedTensor, ShardedWriter, save_tensors
+from lora_merge.io.shards import PlannedTensor, ShardedWriter, save_tensors
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 RANK, ALPHA = 16, 32
@@ -107,7 +107,7 @@ def _write_model(shape: Shape, folder: Path, role: str, shard: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     plan = [PlannedTensor(n, torch.bfloat16, s) for n, s in shape.tensors().items()]
-    from lora_merge.shards import parse_size
+    from lora_merge.io.shards import parse_size
 
     writer = ShardedWriter(tmp, plan, parse_size(shard), fsync=False)
     for p in plan:

@@ -33,7 +33,7 @@ def agreement(built: _models.Built, outputs: dict[str, Path]) -> dict[str, dict]
 
     import torch
 
-    from lora_merge.tensors import SafetensorsFile, WeightSet
+    from lora_merge.io.tensors import SafetensorsFile, WeightSet
 
     torch.set_num_threads(1)  # small ops under torch's thread pool crawl when other jobs share the cores
     general = WeightSet.open(built.general)

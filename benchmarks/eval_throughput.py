@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from lora_merge.evaluate import evaluate_model
+from lora_merge.evaluate.scoring import evaluate_model
 from lora_merge.pico import pico_model, pico_tokenizer
 
 WORDS = "what is two plus two how can i kill a python process write a function that returns the sum of list".split()

@@ -68,7 +68,7 @@ class GpuMemory:
 
 
 def run(label: str, cmd: list[str], pack: Path) -> dict:
-    from lora_merge.skillpack import load_pack
+    from lora_merge.pack.skillpack import load_pack
 
     started = time.perf_counter()
     with GpuMemory() as mem:

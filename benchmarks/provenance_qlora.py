@@ -30,16 +30,16 @@ from pathlib import Path
 import torch
 
 from lora_merge.demo.data import demo_data
-from lora_merge.extract import ExtractRequest, extract_pack
-from lora_merge.fingerprint import read_config
-from lora_merge.interference import terms_inner
-from lora_merge.provenance import base_distance, pack_sketch
-from lora_merge.quant_error import quantization_report
-from lora_merge.skillpack import load_pack
+from lora_merge.io.fingerprint import read_config
+from lora_merge.io.tensors import WeightSet
+from lora_merge.pack.extract import ExtractRequest, extract_pack
+from lora_merge.pack.interference import terms_inner
+from lora_merge.pack.provenance import base_distance, pack_sketch
+from lora_merge.pack.quant_error import quantization_report
+from lora_merge.pack.skillpack import load_pack
+from lora_merge.pack.task_vector import TargetModel, TaskVector
 from lora_merge.study.config import load_study_config
 from lora_merge.study.driver import StudyRun
-from lora_merge.task_vector import TargetModel, TaskVector
-from lora_merge.tensors import WeightSet
 
 
 def fresh_init(pre: Path, out: Path, seed: int) -> Path:

@@ -40,8 +40,8 @@ def build(folder: Path, model: str) -> Path:
 
 
 def run_ours(base: Path, data: list[dict], steps: int, work: Path) -> int:
-    from lora_merge.recipes import load_recipe
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
+    from lora_merge.train.training_recipe import load_recipe
 
     r = load_recipe(None, dict(base=base, data=data, name="bench", mode="lora", max_steps=steps,
                                adapters_dir=work / "adapters", run_dir=work / "run", save_steps=10**6,

@@ -6,7 +6,7 @@ materialised as a task vector τ, scaled by ω (by default |D|/|G|) and folded
 into a general model: θ = θG + Σk ωk·τk.
 """
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 
 __version__ = "0.1.0"
 

@@ -18,9 +18,10 @@ import sys
 
 import click
 
-from lora_merge import __version__, console
-from lora_merge.errors import LoraMergeError
-from lora_merge.printable import printable
+from lora_merge import __version__
+from lora_merge.core import console
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.printable import printable
 
 # Modules under lora_merge.commands that add commands to the group (each exposes COMMANDS).
 COMMAND_MODULES = ["fold", "pack", "share", "pack_merge", "pack_create", "walkthrough", "extract", "interference", "evaluate", "sweep", "train", "demo", "study", "data"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from lora_merge.fingerprint import Fingerprint, fingerprint_model
-from lora_merge.skillpack import DataInfo, Manifest, TrainingInfo, write_manifest
+from lora_merge.io.fingerprint import Fingerprint, fingerprint_model
+from lora_merge.pack.skillpack import DataInfo, Manifest, TrainingInfo, write_manifest
 
 ARCHES = ("llama", "gpt2", "qwen2")
 
@@ -43,7 +43,7 @@ def perturbed(model, seed: int, scale: float = 0.002):
     """A copy of ``model`` with every parameter nudged: a stand-in for θG tuned from θpre.
 
     The default nudge is a tenth of the pico weights' spread (initializer_range 0.02): θG stays as close to θpre
-    as a tuned model does (relative distance ≈ 0.1, cosine ≈ 0.99; see lora_merge/provenance.py). A scale of
+    as a tuned model does (relative distance ≈ 0.1, cosine ≈ 0.99; see lora_merge/pack/provenance.py). A scale of
     0.02 moves θG by its own size, as far as an unrelated model (still a descendant by its cosine, ≈ 0.7)."""
     import copy
 
@@ -93,8 +93,8 @@ def make_lora_pack(
     randomize_lora(peft_model, seed)
     peft_model.save_pretrained(out)
     if manifest and base_dir:
-        from lora_merge.errors import LoraMergeError
-        from lora_merge.provenance import sketch_pack
+        from lora_merge.core.errors import LoraMergeError
+        from lora_merge.pack.provenance import sketch_pack
 
         try:
             sketch_pack(out, base_dir)  # as training does: θpre sampled where the pack touches it
@@ -112,7 +112,7 @@ def make_lora_pack(
 
 def state_of(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a saved model folder, copied into memory (small models only)."""
-    from lora_merge.tensors import WeightSet
+    from lora_merge.io.tensors import WeightSet
 
     ws = WeightSet.open(folder)
     return {k: ws.get(k).clone() for k in ws.keys()}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from lora_merge.fold import FoldRequest, fold
-from lora_merge.model_record import MODEL_RECORD
+from lora_merge.core.model_record import MODEL_RECORD
+from lora_merge.fold.write import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, perturbed, pico_model, save_model, state_of, token_batch
 
 

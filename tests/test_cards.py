@@ -8,10 +8,10 @@ import yaml
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
-from lora_merge.card import pack_card
 from lora_merge.cli import main
+from lora_merge.core.card import pack_card
+from lora_merge.pack.skillpack import load_pack
 from lora_merge.pico import make_lora_pack
-from lora_merge.skillpack import load_pack
 
 
 def table_rows(text: str) -> list[str]:

@@ -58,8 +58,12 @@ def test_renamed_options_say_the_new_name():
 
 
 def test_choice_lists_agree_with_the_library():
-    from lora_merge import choices, combine, extract, fold, sharing, weights
     from lora_merge.commands import share, sweep
+    from lora_merge.core import choices
+    from lora_merge.fold import write as fold
+    from lora_merge.pack import extract, sharing
+    from lora_merge.rules import combine
+    from lora_merge.rules import omega as weights
 
     assert choices.RULE_NAMES == tuple(combine.RULES)
     assert choices.VARIANT_NAMES == tuple(combine.VARIANT_METHODS)

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from peft import PeftModel
 from peft.utils import merge_utils
 
-from lora_merge.combine import RULES, KeepDraws, RuleOptions, get_rule, kth_smallest, tensor_seed
-from lora_merge.errors import LoraMergeError
-from lora_merge.fold import FoldRequest, fold
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.fold.write import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
+from lora_merge.rules.combine import RULES, KeepDraws, RuleOptions, get_rule, kth_smallest, tensor_seed
 
 NAME = "model.layers.0.self_attn.q_proj.weight"
 
@@ -212,8 +212,8 @@ def test_kth_smallest_equals_kthvalue(n):
 
 def test_the_folds_tiled_sum_kernel_is_the_linear_rule():
     """The streamed fold computes SUM_RULES with stream.merge_linear; it must equal θ + combine.linear(deltas)."""
-    from lora_merge import stream
-    from lora_merge.combine import streams_as_sum
+    from lora_merge.fold import stream
+    from lora_merge.rules.combine import streams_as_sum
 
     assert streams_as_sum("linear") and not streams_as_sum("ties")
     g = torch.Generator().manual_seed(0)

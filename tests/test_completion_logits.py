@@ -9,7 +9,7 @@ from test_train import (
     world,  # noqa: F401 (a fixture: θpre with a character tokenizer and a skill file)
 )
 
-from lora_merge.completion_logits import completion_positions_only
+from lora_merge.train.completion_logits import completion_positions_only
 
 
 def _loss_and_grads(trainer, batch):
@@ -22,8 +22,8 @@ def _loss_and_grads(trainer, batch):
 
 
 def test_compact_head_equals_the_full_logits_loss_and_scores_fewer_rows(world, tmp_path, monkeypatch):  # noqa: F811
-    from lora_merge.data import load_data, mix
-    from lora_merge.train import build_trainer, hardware, plan_run
+    from lora_merge.train.data import load_data, mix
+    from lora_merge.train.run import build_trainer, hardware, plan_run
 
     rows = [{"prompt": p, "completion": c} for p, c in PROMPTS[:6]]
     r = recipe(world, tmp_path, data=rows)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from test_train import world  # noqa: F401 (a fixture: θpre with a character tokenizer and a skill file)
 
-from lora_merge import console
+from lora_merge.core import console
 
 ROOT = Path(__file__).resolve().parents[1]
 BAR_MARKS = ("%|", "it/s]", "step/s", "tensor/s")

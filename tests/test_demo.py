@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from lora_merge.cli import main
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.stages import StagePlan, clock
 from lora_merge.demo.run import clear_outputs
 from lora_merge.demo.summary import ROW_KEYS, verdict_word
-from lora_merge.errors import LoraMergeError
-from lora_merge.progress import StagePlan, clock
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo-smollm2.yaml"

@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 from peft import PeftModel
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.extract import ExtractRequest, extract_pack
-from lora_merge.fold import FoldRequest, fold
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.fold.write import FoldRequest, fold
+from lora_merge.pack.extract import ExtractRequest, extract_pack
 from lora_merge.pico import perturbed, pico_model, save_model, state_of
 
 

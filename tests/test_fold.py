@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.fold import FoldRequest, fold
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.fold.write import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, state_of
 
 PEFT = "base_model.model."

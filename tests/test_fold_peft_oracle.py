@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from lora_merge.fold import FoldRequest, fold
+from lora_merge.fold.write import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of, token_batch
 
 CASES = {
@@ -100,7 +100,7 @@ def test_tied_embeddings(tmp_path, targets):
 
 def test_prefixes_differ_between_adapter_and_checkpoint(tmp_path):
     """An adapter made on GPT2LMHeadModel (transformer.h.0…) folds into a checkpoint storing h.0…."""
-    from lora_merge.shards import save_tensors
+    from lora_merge.io.shards import save_tensors
 
     model = pico_model("gpt2")
     pack = make_lora_pack(model, None, tmp_path / "p", "p", seed=2, target_modules=["c_attn"], fan_in_fan_out=True)

@@ -1,4 +1,4 @@
-"""The pipelined fold (lora_merge/stream.py) against a plain reference loop, and its failure paths."""
+"""The pipelined fold (lora_merge/fold/stream.py) against a plain reference loop, and its failure paths."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import lora_merge.stream as stream
-from lora_merge.combine import RuleOptions, get_rule
-from lora_merge.fold import FoldRequest, fold
+import lora_merge.fold.stream as stream
+from lora_merge.fold.write import FoldRequest, fold
+from lora_merge.io.placed import PlacedWriter
+from lora_merge.io.shards import PlannedTensor
+from lora_merge.io.tensors import WeightSet
+from lora_merge.pack.task_vector import LowRankDelta
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
-from lora_merge.placed import PlacedWriter
-from lora_merge.shards import PlannedTensor
-from lora_merge.task_vector import LowRankDelta
-from lora_merge.tensors import WeightSet
+from lora_merge.rules.combine import RuleOptions, get_rule
 
 WEIGHTS = [0.3, 0.7]
 

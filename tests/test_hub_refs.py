@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
-from lora_merge.hub import resolve_model
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.hub import resolve_model
 from lora_merge.pico import make_lora_pack, state_of
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"

@@ -11,14 +11,14 @@ import torch
 from click.testing import CliRunner
 from peft import PeftModel
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.extract import ExtractRequest, extract_pack
-from lora_merge.fingerprint import read_config
-from lora_merge.interference import interference, layer_of, layout_from_packs
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.io.fingerprint import read_config
+from lora_merge.io.tensors import WeightSet
+from lora_merge.pack.extract import ExtractRequest, extract_pack
+from lora_merge.pack.interference import interference, layer_of, layout_from_packs
+from lora_merge.pack.skillpack import load_pack
+from lora_merge.pack.task_vector import TargetModel, TaskVector
 from lora_merge.pico import make_lora_pack, perturbed, save_model
-from lora_merge.skillpack import load_pack
-from lora_merge.task_vector import TargetModel, TaskVector
-from lora_merge.tensors import WeightSet
 
 
 def peft_tau(pre, pack) -> dict[str, torch.Tensor]:

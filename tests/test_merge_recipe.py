@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from lora_merge.cli import main
-from lora_merge.merge_recipe import RECIPE_NAME
+from lora_merge.fold.merge_recipe import RECIPE_NAME
 from lora_merge.pico import make_lora_pack, state_of
 
 

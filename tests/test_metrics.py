@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.evalsets import load_eval_file, parse_eval_option, parse_row
-from lora_merge.evaluate import normalize_answer, score_choice, score_contains, score_exact
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.evaluate.scoring import normalize_answer, score_choice, score_contains, score_exact
+from lora_merge.evaluate.sets import load_eval_file, parse_eval_option, parse_row
 
 
 @pytest.mark.parametrize("output,answers,expected", [

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 from lora_merge.miniature.build import write_world
 from lora_merge.miniature.config import load_config
 from lora_merge.miniature.world import SKILLS, WorldSizes
@@ -83,8 +83,8 @@ def test_packs_are_valid_and_fold_like_peft(quick_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from lora_merge.pack.skillpack import load_pack
     from lora_merge.pico import state_of
-    from lora_merge.skillpack import load_pack
 
     out, adapters, _, _, cfg = quick_run
     for skill in SKILLS:

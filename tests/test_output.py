@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
-from lora_merge.leftovers import MARKER, clean_leftovers, temp_path
-from lora_merge.output import check_output, interrupt_on_signals, staged_output
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.leftovers import MARKER, clean_leftovers, temp_path
+from lora_merge.core.output import check_output, interrupt_on_signals, staged_output
 from lora_merge.pico import make_lora_pack, perturbed, pico_model, save_model
 
 

@@ -14,9 +14,9 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from lora_merge.cli import main
-from lora_merge.fold import FoldRequest, fold
+from lora_merge.fold.write import FoldRequest, fold
+from lora_merge.pack.skillpack import load_pack
 from lora_merge.pico import make_lora_pack, save_model, state_of
-from lora_merge.skillpack import load_pack
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def test_recommended_omega_is_used_and_named_and_rule_size_ignores_it(adapter):
     tmp, *_r, pre_dir, gen_dir, src = adapter
     reg = tmp / "adapters"
     assert create(src, "--name", "tone", "--instances", 300, "--adapters-dir", reg).exit_code == 0
-    from lora_merge.skillpack import RecommendedWeight, write_manifest
+    from lora_merge.pack.skillpack import RecommendedWeight, write_manifest
 
     m = load_pack(reg / "tone").manifest
     write_manifest(reg / "tone", m.model_copy(update={"recommended_weight": RecommendedWeight(

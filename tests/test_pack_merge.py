@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from peft import PeftModel
 
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
-from lora_merge.fold import FoldRequest, fold
-from lora_merge.pack_merge import PackMergeRequest, merge_packs
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.fold.plan import load_packs
+from lora_merge.fold.write import FoldRequest, fold
+from lora_merge.pack.merge import PackMergeRequest, merge_packs
 from lora_merge.pico import make_lora_pack, perturbed, pico_model, save_model, state_of
-from lora_merge.plan import load_packs
 
 G = 200
 
@@ -107,7 +107,7 @@ def test_rules_through_svd_match_the_fold_within_the_reported_error(tmp_path, wo
 
 
 def test_dense_and_lora_sources_give_an_exact_dense_pack(tmp_path, world):
-    from lora_merge.extract import ExtractRequest, extract_pack
+    from lora_merge.pack.extract import ExtractRequest, extract_pack
 
     pre, pre_dir, gen_dir, a, _b = world
     full = save_model(perturbed(pre, seed=5, scale=0.01), tmp_path / "full")

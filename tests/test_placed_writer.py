@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lora_merge.placed as placed_module
-from lora_merge.placed import PlacedWriter
-from lora_merge.shards import PlannedTensor, save_tensors
-from lora_merge.tensors import INDEX_NAME
+import lora_merge.io.placed as placed_module
+from lora_merge.io.placed import PlacedWriter
+from lora_merge.io.shards import PlannedTensor, save_tensors
+from lora_merge.io.tensors import INDEX_NAME
 
 
 def tensors() -> dict[str, torch.Tensor]:

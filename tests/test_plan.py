@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.eval_report import EvalReport, MetricScore
-from lora_merge.fold import FoldRequest, fold
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.evaluate.report import EvalReport, MetricScore
+from lora_merge.evaluate.sweep import SweepRequest, run_sweep
+from lora_merge.fold.plan import plan_fold
+from lora_merge.fold.write import FoldRequest, fold
+from lora_merge.pack.skillpack import load_manifest, write_manifest
 from lora_merge.pico import make_lora_pack, perturbed, pico_model, pico_tokenizer, state_of
-from lora_merge.plan import plan_fold
-from lora_merge.skillpack import load_manifest, write_manifest
-from lora_merge.sweep import SweepRequest, run_sweep
 
 KEY = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
 

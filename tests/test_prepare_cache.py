@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 from lora_merge.study.prepare import CONVERTER_VERSION, PREPARE_RECORD, folder_hashes, model_hashes, prepare_model
 
 

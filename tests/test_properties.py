@@ -11,10 +11,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.numerics import all_finite
-from lora_merge.skillpack import Manifest, load_manifest, load_pack
-from lora_merge.tensors import DTYPE_SIZES, SafetensorsFile, read_header
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.io.numerics import all_finite
+from lora_merge.io.tensors import DTYPE_SIZES, SafetensorsFile, read_header
+from lora_merge.pack.skillpack import Manifest, load_manifest, load_pack
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 json_values = st.recursive(

@@ -17,10 +17,10 @@ import torch
 from click.testing import CliRunner
 
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.io.tensors import WeightSet
+from lora_merge.pack.skillpack import BASE_SKETCH, load_pack
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
-from lora_merge.skillpack import BASE_SKETCH, load_pack
-from lora_merge.tensors import WeightSet
 
 
 def positions(name: str, numel: int, count: int = 16, seed: int = 0) -> list[int]:
@@ -177,11 +177,11 @@ def test_a_malformed_sketch_is_a_clear_error(built, reg, tmp_path):
 
 
 def test_the_library_call_refuses_too(built, reg, foreign, tmp_path):
-    from lora_merge.fold import FoldRequest, fold
+    from lora_merge.fold.write import FoldRequest, fold
 
     with pytest.raises(LoraMergeError, match="does not descend"):
         fold(FoldRequest(general=foreign, packs=["skill"], adapters_dir=reg, out=tmp_path / "o", weights=[1.0]))
-    from lora_merge.sweep import SweepRequest, run_sweep
+    from lora_merge.evaluate.sweep import SweepRequest, run_sweep
 
     evals = tmp_path / "e.jsonl"
     evals.write_text(json.dumps({"prompt": "a", "answer": "b", "metric": "exact"}) + "\n")
@@ -203,7 +203,7 @@ def test_pack_create_sketches_its_base_only_when_given(built, tmp_path):
 
 
 def test_pack_merge_joins_the_sources_sketches(built, tmp_path):
-    from lora_merge.pack_merge import PackMergeRequest, merge_packs
+    from lora_merge.pack.merge import PackMergeRequest, merge_packs
 
     other = make_lora_pack(built.pre, built.pre_dir, tmp_path / "other", "other", seed=4,
                            target_modules=["q_proj", "v_proj", "lm_head"])
@@ -218,7 +218,7 @@ def test_pack_merge_joins_the_sources_sketches(built, tmp_path):
 
 
 def test_extract_sketches_the_base(built, tmp_path):
-    from lora_merge.extract import ExtractRequest, extract_pack
+    from lora_merge.pack.extract import ExtractRequest, extract_pack
 
     extract_pack(ExtractRequest(model=built.gen_dir, base=built.pre_dir, name="x", out=tmp_path / "x", instances=3,
                                 progress=False))
@@ -230,8 +230,8 @@ def test_a_dense_pack_is_not_fooled_by_norm_weights_every_initialisation_shares(
     """A dense pack sketches the norm weights too: 1.0 in θpre and in any fresh model. Pooled over all samples
     they would outweigh the matrices (≈ 0.02) and call the foreign model a descendant; medians over weights do
     not."""
-    from lora_merge.extract import ExtractRequest, extract_pack
-    from lora_merge.fold import FoldRequest, fold
+    from lora_merge.fold.write import FoldRequest, fold
+    from lora_merge.pack.extract import ExtractRequest, extract_pack
 
     extract_pack(ExtractRequest(model=built.gen_dir, base=built.pre_dir, name="d", out=tmp_path / "reg" / "d",
                                 instances=3, progress=False))

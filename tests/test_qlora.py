@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from test_train import recipe, world  # noqa: F401 (world is a fixture: θpre with a character tokenizer, a skill file)
 
 from lora_merge.cli import main
-from lora_merge.skillpack import load_pack
+from lora_merge.pack.skillpack import load_pack
 
 
 @pytest.fixture(scope="module")
 def qlora_pack(world, tmp_path_factory):  # noqa: F811 (the fixture imported above)
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     tmp = tmp_path_factory.mktemp("qlora")
     return train_skill(recipe(world, tmp, mode="qlora", max_steps=2)).out
@@ -95,7 +95,7 @@ def test_a_lora_pack_is_measured_as_if_quantised_and_says_so(built):
 
 def test_fold_warns_naming_the_layers_where_the_residual_dwarfs_the_update(world, qlora_pack, tmp_path,  # noqa: F811
                                                                           monkeypatch):
-    from lora_merge import quant_error
+    from lora_merge.pack import quant_error
     from lora_merge.pico import state_of
 
     pre = state_of(world[1])

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.merge_recipe import load_merge_recipe
-from lora_merge.recipes import Recipe, load_recipe
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.fold.merge_recipe import load_merge_recipe
+from lora_merge.train.training_recipe import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "configs").glob("train/*.yaml")) + sorted((ROOT / "configs").glob("skills/*.yaml"))

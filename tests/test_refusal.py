@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.refusal import DEFAULT_CLASSIFIER, RefusalClassifier
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.evaluate.refusal import DEFAULT_CLASSIFIER, RefusalClassifier
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",

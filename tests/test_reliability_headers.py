@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.fold import FoldRequest, fold
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.fold.write import FoldRequest, fold
+from lora_merge.io.tensors import MAX_HEADER_BYTES, SafetensorsFile, read_header
+from lora_merge.pack.skillpack import load_manifest, write_manifest
 from lora_merge.pico import make_lora_pack, pico_model, save_model
-from lora_merge.skillpack import load_manifest, write_manifest
-from lora_merge.tensors import MAX_HEADER_BYTES, SafetensorsFile, read_header
 
 
 def raw_file(path: Path, header: bytes, data: bytes = b"", claimed: int | None = None) -> Path:

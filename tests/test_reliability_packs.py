@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
-from lora_merge.fold import FoldRequest, fold
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.fold.write import FoldRequest, fold
+from lora_merge.pack.skillpack import load_manifest, load_pack, write_manifest
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
-from lora_merge.skillpack import load_manifest, load_pack, write_manifest
 
 KEY = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
 

@@ -17,11 +17,11 @@ import torch
 from click.testing import CliRunner
 
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
-from lora_merge.fold import FoldRequest, fold
-from lora_merge.leftovers import mark, temp_path
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.leftovers import mark, temp_path
+from lora_merge.fold.write import FoldRequest, fold
+from lora_merge.pack.sharing import export_pack, import_pack
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
-from lora_merge.sharing import export_pack, import_pack
 
 FILES = ["skill.json", "adapter_config.json", "adapter_model.safetensors", "base_sketch.safetensors", "README.md"]
 

@@ -18,12 +18,12 @@ import pytest
 import torch
 from peft import PeftModel
 
-import lora_merge.placed as placed_module
-import lora_merge.shards as tensors_module
-import lora_merge.stream as stream_module
-from lora_merge.errors import LoraMergeError
-from lora_merge.fold import FoldRequest, fold
-from lora_merge.leftovers import clean_leftovers, mark, temp_path
+import lora_merge.fold.stream as stream_module
+import lora_merge.io.placed as placed_module
+import lora_merge.io.shards as tensors_module
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.leftovers import clean_leftovers, mark, temp_path
+from lora_merge.fold.write import FoldRequest, fold
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
 
 
@@ -170,7 +170,7 @@ MIDWAY_READS = 4
 # that the test's signal lands while they still write even on a loaded machine. Shared by the slow children below.
 SLOW_READS = textwrap.dedent("""
     import sys, threading, time
-    import lora_merge.tensors as t
+    import lora_merge.io.tensors as t
     MIDWAY_READS = int(sys.argv[5])
 
     plain, reads = t.SafetensorsFile.get, []
@@ -185,7 +185,7 @@ SLOW_READS = textwrap.dedent("""
 """)
 
 SLOW_FOLD = SLOW_READS + textwrap.dedent("""
-    from lora_merge.fold import FoldRequest, fold
+    from lora_merge.fold.write import FoldRequest, fold
     fold(FoldRequest(general=sys.argv[1], packs=[sys.argv[2]], out=sys.argv[3], weights=[0.5], progress=False,
                      force=True))
 """)

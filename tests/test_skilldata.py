@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from lora_merge.cli import main
-from lora_merge.data import load_data
-from lora_merge.errors import LoraMergeError
-from lora_merge.evalsets import load_eval_file
-from lora_merge.evaluate import score_exact
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.evaluate.scoring import score_exact
+from lora_merge.evaluate.sets import load_eval_file
 from lora_merge.skilldata import build_skill, normalise_text, overlap, prompt_text, validate_file, write_skill
 from lora_merge.skilldata.coding import CODING, HELD_OUT_LAYOUTS, LAYOUTS
 from lora_merge.skilldata.splits import stratified_split
+from lora_merge.train.data import load_data
 
 GENERATED = ("science", "coding")
 

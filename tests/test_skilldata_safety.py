@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 from click.testing import CliRunner
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.refusal import DEFAULT_CLASSIFIER
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.evaluate.refusal import DEFAULT_CLASSIFIER
 from lora_merge.skilldata import build_skill, normalise_text, prompt_text
 from lora_merge.skilldata import lookalikes as LK
 from lora_merge.skilldata.refusals import ALL_TEMPLATES, style_for

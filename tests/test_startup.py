@@ -70,7 +70,7 @@ def test_bit_scan_counts_like_torch(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from lora_merge.numerics import BadValues, scan_file
+    from lora_merge.io.numerics import BadValues, scan_file
 
     base = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), -2.0, float("nan"), 0.0, -float("inf")])
     tensors = {str(dt): base.to(dt) for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 from lora_merge.study.config import StudyConfig, load_study_config
 from lora_merge.study.driver import run_study
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 from lora_merge.study.map_config import MapConfig, load_map_config
 from lora_merge.study.map_data import howto_words_in, nested_rows, write_map_data
 from lora_merge.study.transfer_map import frontier_omegas, refine_omegas, run_map, switch_omegas
@@ -175,7 +175,7 @@ def test_quick_map_geometry_matches_the_hand_computed_task_vectors(quick_map):
 def test_a_finished_map_adds_nothing_when_rerun(quick_map, monkeypatch):
     out, cfg, _ = quick_map
     import lora_merge.study.scores as scores
-    import lora_merge.train as train
+    import lora_merge.train.run as train
 
     before = (out / "results" / "scores.json").read_text()
     monkeypatch.setattr(train, "train_skill", lambda *a, **k: pytest.fail("a finished map trained again"))

@@ -10,13 +10,13 @@ import torch
 from click.testing import CliRunner
 
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
-from lora_merge.eval_report import EvalReport, MetricScore
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.evaluate.report import EvalReport, MetricScore
+from lora_merge.evaluate.sweep import SweepRequest, run_sweep
+from lora_merge.evaluate.sweep_select import Candidate, parse_rule, select
+from lora_merge.evaluate.tradeoff_plot import PLOT_SIZE_PX
+from lora_merge.pack.skillpack import load_pack
 from lora_merge.pico import make_lora_pack, perturbed, pico_model, pico_tokenizer
-from lora_merge.skillpack import load_pack
-from lora_merge.sweep import SweepRequest, run_sweep
-from lora_merge.sweep_select import Candidate, parse_rule, select
-from lora_merge.tradeoff_plot import PLOT_SIZE_PX
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The pruning rules by row tiles (lora_merge/tiled_rules.py) against PEFT's merge_utils and torch's own selection.
+"""The pruning rules by row tiles (lora_merge/fold/tiled_rules.py) against PEFT's merge_utils and torch's own selection.
 
 The tiles here are small (a few rows), so every tensor is merged in several tiles plus a ragged last one and the
 thresholds and DARE masks have to be carried across tiles.
@@ -11,15 +11,15 @@ import torch
 from peft.utils import merge_utils
 from safetensors.torch import save_file
 
-import lora_merge.magnitude_select as select
-import lora_merge.stream as stream_module
-import lora_merge.tiled_rules as tiled
-from lora_merge.combine import RULES, RuleOptions, tensor_seed
-from lora_merge.delta_rows import DeltaRows
-from lora_merge.fold import FoldRequest, fold
+import lora_merge.fold.magnitude_select as select
+import lora_merge.fold.stream as stream_module
+import lora_merge.fold.tiled_rules as tiled
+from lora_merge.fold.delta_rows import DeltaRows
+from lora_merge.fold.write import FoldRequest, fold
+from lora_merge.io.tensors import SafetensorsFile
+from lora_merge.pack.task_vector import LowRankDelta, StoredDelta
 from lora_merge.pico import make_lora_pack, pico_model, save_model, state_of
-from lora_merge.task_vector import LowRankDelta, StoredDelta
-from lora_merge.tensors import SafetensorsFile
+from lora_merge.rules.combine import RULES, RuleOptions, tensor_seed
 
 NAME = "model.layers.3.mlp.up_proj.weight"
 PEFT_RULES = {"ties": merge_utils.ties, "magnitude_prune": merge_utils.magnitude_prune,

@@ -8,7 +8,7 @@ import itertools
 import matplotlib.pyplot as plt
 import pytest
 
-from lora_merge.tradeoff_plot import MIN_SPAN, PlotPoint, axis_limits, text_box, tradeoff_figure, tradeoff_png
+from lora_merge.evaluate.tradeoff_plot import MIN_SPAN, PlotPoint, axis_limits, text_box, tradeoff_figure, tradeoff_png
 
 
 def sweep(general, skill, heuristic_at=None, recommended="ω=0.4"):

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.recipes import load_recipe
-from lora_merge.skillpack import load_pack
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.pack.skillpack import load_pack
+from lora_merge.train.training_recipe import load_recipe
 
 PROMPTS = [(f"add {i} and {i + 3}: ", f"{2 * i + 3}!") for i in range(24)]
 
@@ -41,9 +41,9 @@ def test_lora_pack_loads_in_peft_changes_logits_and_folds_like_merge_and_unload(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lora_merge.fold import FoldRequest, fold
+    from lora_merge.fold.write import FoldRequest, fold
     from lora_merge.pico import state_of, token_batch
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     _, pre, data = world
     res = train_skill(recipe(world, tmp_path))
@@ -76,9 +76,9 @@ def test_lora_pack_loads_in_peft_changes_logits_and_folds_like_merge_and_unload(
 def test_full_pack_is_the_dense_difference_of_the_trained_model(world, tmp_path):
     from transformers import TrainerCallback
 
+    from lora_merge.io.tensors import SafetensorsFile
     from lora_merge.pico import state_of
-    from lora_merge.tensors import SafetensorsFile
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     seen = {}
 
@@ -103,7 +103,7 @@ def test_qlora_trains_on_cpu_and_records_its_quantisation(world, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     res = train_skill(recipe(world, tmp_path, mode="qlora", max_steps=2, precision="bf16",
                              optim="paged_adamw_8bit"))
@@ -119,8 +119,8 @@ def test_qlora_trains_on_cpu_and_records_its_quantisation(world, tmp_path):
 def test_prompt_tokens_are_masked_in_the_collated_batch(world, tmp_path, fmt):
     from transformers import AutoTokenizer
 
-    from lora_merge.data import load_data, mix
-    from lora_merge.train import build_trainer, hardware, plan_run
+    from lora_merge.train.data import load_data, mix
+    from lora_merge.train.run import build_trainer, hardware, plan_run
 
     if fmt == "text":
         rows = [{"prompt": p, "completion": c} for p, c in PROMPTS[:4]]
@@ -145,8 +145,8 @@ def test_prompt_tokens_are_masked_in_the_collated_batch(world, tmp_path, fmt):
 
 def test_group_by_length_batches_rows_of_similar_length_and_keeps_every_row(world, tmp_path):
     """The option cuts padding against the random batches of the same seed, and one epoch still sees each row once."""
-    from lora_merge.data import load_data, mix
-    from lora_merge.train import build_trainer, hardware, plan_run
+    from lora_merge.train.data import load_data, mix
+    from lora_merge.train.run import build_trainer, hardware, plan_run
 
     rows = [{"prompt": "x" * (1 + (7 * i) % 40) + ": ", "completion": "y"} for i in range(40)]
 
@@ -165,7 +165,7 @@ def test_group_by_length_batches_rows_of_similar_length_and_keeps_every_row(worl
 
 
 def test_the_pack_records_how_its_batches_were_made(world, tmp_path):
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     for grouped in (True, False):
         res = train_skill(recipe(world, tmp_path / str(grouped), max_steps=1, group_by_length=grouped))
@@ -174,7 +174,7 @@ def test_the_pack_records_how_its_batches_were_made(world, tmp_path):
 
 def test_chat_data_needs_a_chat_template_and_nothing_is_written(world, tmp_path):
     from lora_merge.pico import pico_char_tokenizer
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     bare = tmp_path / "bare_tok"
     pico_char_tokenizer(bare, chat_template=None)
@@ -185,7 +185,7 @@ def test_chat_data_needs_a_chat_template_and_nothing_is_written(world, tmp_path)
 
 
 def test_existing_pack_is_refused_before_training(world, tmp_path):
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     (tmp_path / "adapters" / "adder").mkdir(parents=True)
     with pytest.raises(LoraMergeError, match="already exists; pass --force"):
@@ -194,7 +194,7 @@ def test_existing_pack_is_refused_before_training(world, tmp_path):
 
 
 def test_missing_data_file_and_base(world, tmp_path):
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     with pytest.raises(LoraMergeError, match="does not exist"):
         train_skill(recipe(world, tmp_path, data=tmp_path / "nope.jsonl"))

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lora_merge.data import load_data, mix, replay_sample
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.train.data import load_data, mix, replay_sample
 
 TEXT = [{"prompt": "2+2=", "completion": "4", "id": 1}, {"prompt": "3+3=", "completion": "6", "id": 2}]
 CHAT = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},

@@ -18,7 +18,7 @@ def test_two_process_ddp_training_writes_one_pack_that_peft_loads(world, tmp_pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lora_merge.skillpack import load_pack
+    from lora_merge.pack.skillpack import load_pack
 
     _, pre, data = world
     accelerate = Path(sys.executable).with_name("accelerate")
@@ -58,7 +58,7 @@ def test_shipped_accelerate_configs_load_and_give_a_runnable_command():
 
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from lora_merge.recipes import load_recipe
+    from lora_merge.train.training_recipe import load_recipe
 
     assert [p.name for p in ACCELERATE_CONFIGS] == ["fsdp-full.yaml"]
     for path in ACCELERATE_CONFIGS:

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.recipes import load_recipe
-from lora_merge.skillpack import load_pack
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.pack.skillpack import load_pack
+from lora_merge.train.training_recipe import load_recipe
 
 ROWS = [{"prompt": f"add {i} and {i + 3}: ", "completion": f"{2 * i + 3}!"} for i in range(16)]
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -58,9 +58,9 @@ class Capture:
 
 @pytest.mark.parametrize(("freeze", "frozen"), [(["embeddings"], {EMBED}), (["embeddings", "lm_head"], {EMBED, HEAD})])
 def test_full_ptm_keeps_frozen_weights_bit_identical_and_their_tau_zero(bases, tmp_path, freeze, frozen):
+    from lora_merge.io.tensors import SafetensorsFile
     from lora_merge.pico import state_of
-    from lora_merge.tensors import SafetensorsFile
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     cap = Capture()
     res = train_skill(recipe(bases, tmp_path, freeze=freeze), callbacks=[cap.callback])
@@ -78,8 +78,8 @@ def test_full_ptm_keeps_frozen_weights_bit_identical_and_their_tau_zero(bases, t
 
 def test_tied_head_is_frozen_with_the_embeddings_and_the_model_folder_records_it(bases, tmp_path):
     from lora_merge.pico import state_of
-    from lora_merge.train import train_skill
-    from lora_merge.weights import GENERAL_MANIFEST
+    from lora_merge.rules.omega import GENERAL_MANIFEST
+    from lora_merge.train.run import train_skill
 
     out = tmp_path / "general"
     res = train_skill(recipe(bases, tmp_path, tie=True, strategy="general", freeze="embeddings", out=out))
@@ -91,9 +91,9 @@ def test_tied_head_is_frozen_with_the_embeddings_and_the_model_folder_records_it
 
 
 def test_without_freeze_the_embeddings_train_and_nothing_is_recorded_frozen(bases, tmp_path):
+    from lora_merge.io.tensors import SafetensorsFile
     from lora_merge.pico import state_of
-    from lora_merge.tensors import SafetensorsFile
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     res = train_skill(recipe(bases, tmp_path, max_steps=2))
     tau = SafetensorsFile(load_pack(res.out).weights_file)
@@ -108,7 +108,7 @@ def test_unknown_freeze_target_is_a_clear_error(bases, tmp_path, value):
 
 
 def test_freeze_in_lora_mode_is_refused_before_anything_is_written(bases, tmp_path):
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     with pytest.raises(LoraMergeError, match="applies to --mode full"):
         train_skill(recipe(bases, tmp_path, mode="lora", freeze=["embeddings"]))

@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 from test_train import PROMPTS, recipe, world  # noqa: F401 (world is a fixture)
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.weights import GENERAL_MANIFEST, general_size_from_folder
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.rules.omega import GENERAL_MANIFEST, general_size_from_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERAL_ROWS = [{"prompt": f"say {w}: ", "completion": w} for w in ("yes", "no", "maybe", "ok", "fine", "sure") * 3]
@@ -28,7 +28,7 @@ def test_general_then_cft_with_and_without_replay_then_rt(world, tmp_path):  # n
     from transformers import AutoModelForCausalLM
 
     from lora_merge.pico import state_of
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     _, pre, data = world
     g_file = write_rows(tmp_path / "general.jsonl", GENERAL_ROWS)
@@ -61,7 +61,7 @@ def test_general_then_cft_with_and_without_replay_then_rt(world, tmp_path):  # n
 
 
 def test_strategy_inputs_are_checked(world, tmp_path):  # noqa: F811
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     with pytest.raises(LoraMergeError, match="--general-data"):
         train_skill(recipe(world, tmp_path, strategy="rt"))
@@ -74,7 +74,7 @@ def test_strategy_inputs_are_checked(world, tmp_path):  # noqa: F811
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues_from_it(world, tmp_path):  # noqa: F811
     from transformers import TrainerCallback
 
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     steps_seen: list[int] = []
 

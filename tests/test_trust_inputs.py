@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
-from lora_merge.weights import choose_weights, parse_weights, size_weight
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.rules.omega import choose_weights, parse_weights, size_weight
 
 
 def cli(*args: str):
@@ -97,7 +97,7 @@ def test_bad_max_shard_size_is_refused_while_parsing_options(built, reg, tmp_pat
 
 
 def test_parse_size_refuses_non_finite_and_sub_byte_sizes():
-    from lora_merge.shards import parse_size
+    from lora_merge.io.shards import parse_size
 
     assert parse_size("2GiB") == 2 << 30 and parse_size(1024) == 1024
     for bad in ("nan", "inf", "-inf", "0", "-5GB", "0.1", 0, -1, True):
@@ -111,8 +111,8 @@ HOSTILE = "evil\x1b[2J\x1b[31m\rreal\x07\u202egnp.exe"
 
 
 def test_control_characters_in_a_manifest_are_escaped_on_the_terminal_and_in_cards(built, reg, tmp_path):
-    from lora_merge.card import pack_card
-    from lora_merge.skillpack import load_pack
+    from lora_merge.core.card import pack_card
+    from lora_merge.pack.skillpack import load_pack
 
     path = reg / "skill" / "skill.json"
     m = json.loads(path.read_text())
@@ -132,7 +132,7 @@ def test_control_characters_in_a_manifest_are_escaped_on_the_terminal_and_in_car
 
 
 def test_printable_keeps_ordinary_text():
-    from lora_merge.printable import printable
+    from lora_merge.core.printable import printable
 
     assert printable("café – 数学 ω=0.5 🙂") == "café – 数学 ω=0.5 🙂"
     assert printable("a\nb\tc", keep="\n") == "a\nb\\x09c"

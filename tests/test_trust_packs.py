@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lora_merge import adapter_config
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
-from lora_merge.sharing import import_pack
-from lora_merge.skillpack import load_pack
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.pack import adapter_config
+from lora_merge.pack.sharing import import_pack
+from lora_merge.pack.skillpack import load_pack
 
 ADAPTER_CFG = "adapter_config.json"
 

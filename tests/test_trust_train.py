@@ -9,8 +9,8 @@ from test_train import recipe as _train_recipe
 from test_train import world  # noqa: F401 (a fixture: θpre with a character tokenizer and a skill file)
 
 from lora_merge.cli import main
-from lora_merge.errors import LoraMergeError
-from lora_merge.names import check_name
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.names import check_name
 
 
 def recipe(world, tmp_path, **kw):  # noqa: F811
@@ -31,7 +31,7 @@ def test_weights_that_went_non_finite_are_never_published(world, tmp_path):  # n
     """Whatever makes training diverge (here a callback poisons one weight), the pack is refused before publishing."""
     from transformers import TrainerCallback
 
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
 
     class Poison(TrainerCallback):
         def on_train_end(self, args, state, control, model=None, **kw):
@@ -47,7 +47,7 @@ def test_weights_that_went_non_finite_are_never_published(world, tmp_path):  # n
 
 @pytest.mark.parametrize("name", ["../x", "/tmp/abs", "a/b", ".hidden", "", "x" * 101, "tab\there"])
 def test_train_name_outside_the_adapters_folder_is_refused_before_training(world, tmp_path, name):  # noqa: F811
-    from lora_merge.train import plan_run
+    from lora_merge.train.run import plan_run
 
     with pytest.raises(LoraMergeError, match="not a plain name"):
         plan_run(recipe(world, tmp_path, name=name or None, data=world[2].with_name(".skill.jsonl")))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from lora_merge import console
-from lora_merge.errors import LoraMergeError
+from lora_merge.core import console
+from lora_merge.core.errors import LoraMergeError
 
 CONFIGS = {"smollm2": Path("configs/demo-smollm2.yaml"), "miniature": Path("configs/demo.yaml")}
 QUICK_OUT = Path("runs/demo-quick")

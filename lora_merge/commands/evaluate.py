@@ -16,7 +16,7 @@ EVAL_OPTIONS = [
     click.option("--limit", type=int, default=None, help="Only the first N rows of each file (quick looks)."),
     click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Longest greedy answer, in tokens."),
     click.option("--refusal-phrases", type=click.Path(path_type=Path), default=None,
-                 help="JSON/YAML file configuring the refusal classifier (see lora_merge/refusal.py)."),
+                 help="JSON/YAML file configuring the refusal classifier (see lora_merge/evaluate/refusal.py)."),
 ]
 
 
@@ -27,7 +27,7 @@ def eval_options(f):
 
 
 def classifier_from(path: Path | None):
-    from lora_merge.refusal import DEFAULT_CLASSIFIER, RefusalClassifier
+    from lora_merge.evaluate.refusal import DEFAULT_CLASSIFIER, RefusalClassifier
 
     return RefusalClassifier.from_file(path) if path else DEFAULT_CLASSIFIER
 
@@ -44,9 +44,9 @@ def classifier_from(path: Path | None):
 def eval_cmd(model, evals, batch_size, device, limit, max_new_tokens, refusal_phrases, lm_eval_tasks, lm_eval_include,
              lm_eval_group, out, force) -> None:
     """Score a model: greedy generation, log-likelihood choices and held-out loss, per file and group."""
-    from lora_merge.evalsets import parse_eval_option
-    from lora_merge.evaluate import evaluate_model, load_model
-    from lora_merge.output import check_output
+    from lora_merge.core.output import check_output
+    from lora_merge.evaluate.scoring import evaluate_model, load_model
+    from lora_merge.evaluate.sets import parse_eval_option
 
     if out is not None:
         check_output(out, force)
@@ -56,7 +56,7 @@ def eval_cmd(model, evals, batch_size, device, limit, max_new_tokens, refusal_ph
     report = evaluate_model(loaded, groups, tokenizer=tokenizer, batch_size=batch_size, device=device, limit=limit,
                             max_new_tokens=max_new_tokens, classifier=classifier, progress=True, name=str(model))
     if lm_eval_tasks:
-        from lora_merge.lm_eval_bridge import run_lm_eval
+        from lora_merge.evaluate.lm_eval_bridge import run_lm_eval
 
         report.scores += run_lm_eval(loaded, tokenizer, split_names(lm_eval_tasks), include_path=lm_eval_include,
                                      limit=limit, batch_size=batch_size, device=device, group=lm_eval_group)

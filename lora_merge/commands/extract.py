@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from lora_merge.choices import FLOAT_DTYPE_NAMES
 from lora_merge.commands.options import MODEL, shared
+from lora_merge.core.choices import FLOAT_DTYPE_NAMES
 
 
 @click.command("extract")
@@ -26,7 +26,7 @@ from lora_merge.commands.options import MODEL, shared
 @click.option("--show", type=int, default=10, show_default=True, help="Worst weights to list in the SVD report.")
 def extract_cmd(model, base, name, out, adapters_dir, rank, instances, description, dtype, device, force, show) -> None:
     """Extract τ = θD − θpre into a skill pack."""
-    from lora_merge.extract import ExtractRequest, extract_pack
+    from lora_merge.pack.extract import ExtractRequest, extract_pack
 
     res = extract_pack(ExtractRequest(model=model, base=base, name=name, out=out, adapters_dir=adapters_dir, rank=rank,
                                       instances=instances, description=description, dtype=dtype, device=device,

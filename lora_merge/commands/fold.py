@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 import click
 from click.core import ParameterSource
 
-from lora_merge.choices import FLOAT_DTYPE_NAMES, METHOD_NAMES
 from lora_merge.commands.options import SIZE, shared, split_names
-from lora_merge.errors import LoraMergeError
-from lora_merge.printable import printable
+from lora_merge.core.choices import FLOAT_DTYPE_NAMES, METHOD_NAMES
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.printable import printable
 
 if TYPE_CHECKING:
-    from lora_merge.merge_recipe import MergeRecipe
-    from lora_merge.plan import FoldRequest
+    from lora_merge.fold.merge_recipe import MergeRecipe
+    from lora_merge.fold.plan import FoldRequest
 
 
 @click.command("fold")
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 def fold_cmd(ctx, config, general, adapters, adapters_dir, weights, weight_rule, general_size, base, method, cft,
              density, seed, dtype, device, max_shard_size, out, force, no_verify, allow_foreign_base) -> None:
     """Fold one or several skill packs into a general model (every output holds lora_merge_recipe.yml to rerun it)."""
-    from lora_merge.fold import fold
-    from lora_merge.merge_recipe import load_merge_recipe
+    from lora_merge.fold.merge_recipe import load_merge_recipe
+    from lora_merge.fold.write import fold
 
     if no_verify:
         click.secho("warning: --no-verify: pack weights are NOT checked against their manifest hashes", fg="yellow", err=True)
@@ -73,9 +73,9 @@ FIELD = {"adapters": "packs", "no_verify": "verify"}
 
 def build_request(recipe: MergeRecipe | None, given: dict) -> FoldRequest:
     """The request from the recipe (if any) with the options given on the command line on top."""
-    from lora_merge.hub import resolve_model
-    from lora_merge.merge_recipe import MergeRecipe, recipe_request
-    from lora_merge.weights import parse_weights
+    from lora_merge.core.hub import resolve_model
+    from lora_merge.fold.merge_recipe import MergeRecipe, recipe_request
+    from lora_merge.rules.omega import parse_weights
 
     opts = {FIELD.get(k, k): v for k, v in given.items() if k != "config"}
     if "verify" in opts:

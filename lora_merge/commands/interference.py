@@ -8,7 +8,7 @@ import click
 
 from lora_merge.commands.options import shared, split_names, write_json
 from lora_merge.commands.pack import pack
-from lora_merge.printable import printable
+from lora_merge.core.printable import printable
 
 
 @pack.command("interference")
@@ -24,12 +24,12 @@ from lora_merge.printable import printable
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of pack weights.")
 def interference_cmd(packs, adapters_dir, base, out, json_path, signs, device, no_verify) -> None:
     """Pairwise cosine, sign-conflict rate and norms of skill packs (--adapters), per layer and overall."""
-    from lora_merge.device import resolve_device
-    from lora_merge.fingerprint import read_config
-    from lora_merge.interference import interference, layout_from_packs, report_json, report_lines, save_heatmap
-    from lora_merge.plan import bind_packs, load_packs
-    from lora_merge.task_vector import TargetModel
-    from lora_merge.tensors import WeightSet
+    from lora_merge.core.device import resolve_device
+    from lora_merge.fold.plan import bind_packs, load_packs
+    from lora_merge.io.fingerprint import read_config
+    from lora_merge.io.tensors import WeightSet
+    from lora_merge.pack.interference import interference, layout_from_packs, report_json, report_lines, save_heatmap
+    from lora_merge.pack.task_vector import TargetModel
 
     loaded = load_packs(split_names(packs), adapters_dir, verify=not no_verify)
     base_ws = WeightSet.open(base) if base else None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 
 # The help of each shared option; a command may add a sentence after it, never change its meaning.
 SHARED_HELP = {
@@ -85,7 +85,7 @@ class SizeType(click.ParamType):
     name = "size"
 
     def convert(self, value, param, ctx) -> int:
-        from lora_merge.shards import parse_size
+        from lora_merge.io.shards import parse_size
 
         try:
             return parse_size(value)
@@ -97,7 +97,7 @@ SIZE = SizeType()
 
 
 class ModelType(click.ParamType):
-    """A model folder, or ``org/name`` from the local Hugging Face cache (:func:`lora_merge.hub.resolve_model`;
+    """A model folder, or ``org/name`` from the local Hugging Face cache (:func:`lora_merge.core.hub.resolve_model`;
     never downloaded). A reference that is not cached stops the command with a LoraMergeError saying how to get it."""
 
     name = "model"
@@ -105,7 +105,7 @@ class ModelType(click.ParamType):
     def convert(self, value, param, ctx) -> Path:
         if isinstance(value, Path):
             return value
-        from lora_merge.hub import resolve_model
+        from lora_merge.core.hub import resolve_model
 
         return resolve_model(value, param.opts[0] if param is not None and param.opts else "model")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from lora_merge.commands.options import MODEL, shared, write_json
-from lora_merge.printable import printable
+from lora_merge.core.printable import printable
 
 
 @click.group("pack")
@@ -27,8 +27,8 @@ def pack() -> None:
 def inspect_cmd(path: str, adapters_dir: Path, json_path: str | None, quant_base: Path | None, device: str) -> None:
     """Print a pack's manifest and adapter summary (reads JSON and safetensors headers only, unless
     --quantization-error)."""
-    from lora_merge.pack_info import summarize_pack
-    from lora_merge.skillpack import resolve_pack
+    from lora_merge.pack.info import summarize_pack
+    from lora_merge.pack.skillpack import resolve_pack
 
     folder = resolve_pack(path, adapters_dir)
     if quant_base is not None:
@@ -69,9 +69,9 @@ def inspect_cmd(path: str, adapters_dir: Path, json_path: str | None, quant_base
 
 def _quantization_error(folder: Path, base: Path, json_path: str | None, device: str) -> None:
     """`pack inspect --quantization-error BASE`: one line per adapted layer, then the spread."""
-    from lora_merge.device import resolve_device
-    from lora_merge.quant_error import quantization_report
-    from lora_merge.skillpack import load_pack
+    from lora_merge.core.device import resolve_device
+    from lora_merge.pack.quant_error import quantization_report
+    from lora_merge.pack.skillpack import load_pack
 
     report = quantization_report(load_pack(folder), base, resolve_device(device))
     q = report.settings

@@ -8,7 +8,7 @@ import click
 
 from lora_merge.commands.options import shared
 from lora_merge.commands.pack import pack
-from lora_merge.printable import printable
+from lora_merge.core.printable import printable
 
 
 @pack.command("create")
@@ -23,7 +23,7 @@ from lora_merge.printable import printable
 @click.option("--force", is_flag=True, help="Replace an existing pack folder.")
 def create_cmd(adapter_dir, name, instances, base, description, license_, adapters_dir, out, force) -> None:
     """Make ADAPTER_DIR (adapter_config.json + adapter_model.safetensors, or task_vector.safetensors) a skill pack."""
-    from lora_merge.pack_create import CreateRequest, create_pack
+    from lora_merge.pack.create import CreateRequest, create_pack
 
     folder, manifest = create_pack(CreateRequest(
         source=adapter_dir, name=name, instances=instances, adapters_dir=adapters_dir, out=out, base=base,

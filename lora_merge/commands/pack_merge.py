@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from lora_merge.choices import RULE_NAMES
 from lora_merge.commands.options import shared, split_names
 from lora_merge.commands.pack import pack
+from lora_merge.core.choices import RULE_NAMES
 
 
 @pack.command("merge")
@@ -30,9 +30,9 @@ from lora_merge.commands.pack import pack
 def merge_cmd(adapters, out, adapters_dir, weights, method, density, seed, rank, base, name, description, force,
               no_verify) -> None:
     """Merge packs (--adapters a,b[,…]) into one skill pack to share or serve; folding it equals folding them."""
-    from lora_merge.pack_merge import PackMergeRequest, merge_packs
-    from lora_merge.plan import load_packs
-    from lora_merge.weights import parse_weights
+    from lora_merge.fold.plan import load_packs
+    from lora_merge.pack.merge import PackMergeRequest, merge_packs
+    from lora_merge.rules.omega import parse_weights
 
     names = split_names(adapters)
     packs = load_packs(names, adapters_dir, verify=not no_verify)

@@ -8,8 +8,8 @@ import click
 
 from lora_merge.commands.options import SIZE, shared
 from lora_merge.commands.pack import pack
-from lora_merge.errors import LoraMergeError
-from lora_merge.printable import printable
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.printable import printable
 
 DEFAULT_MAX_IMPORT = "20GiB"  # the default of sharing.import_pack (a test checks they agree)
 
@@ -19,8 +19,8 @@ DEFAULT_MAX_IMPORT = "20GiB"  # the default of sharing.import_pack (a test check
 @shared("--adapters-dir")
 def verify_cmd(path: str, adapters_dir: Path) -> None:
     """Check a pack's manifest, sha256 hashes, safetensors headers and values; exit 2 if anything fails."""
-    from lora_merge.sharing import check_pack
-    from lora_merge.skillpack import resolve_pack
+    from lora_merge.pack.sharing import check_pack
+    from lora_merge.pack.skillpack import resolve_pack
 
     folder = resolve_pack(path, adapters_dir)
     checks = check_pack(folder)
@@ -37,8 +37,8 @@ def verify_cmd(path: str, adapters_dir: Path) -> None:
 @shared("--adapters-dir")
 def upgrade_cmd(path: str, adapters_dir: Path) -> None:
     """Record the hash of adapter_config.json in an older pack's manifest (only if the pack verifies)."""
-    from lora_merge.pack_upgrade import upgrade_pack
-    from lora_merge.skillpack import resolve_pack
+    from lora_merge.pack.skillpack import resolve_pack
+    from lora_merge.pack.upgrade import upgrade_pack
 
     res = upgrade_pack(resolve_pack(path, adapters_dir))
     if res.old_format == res.new_format and res.config is None:
@@ -58,7 +58,7 @@ def upgrade_cmd(path: str, adapters_dir: Path) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing archive.")
 def export_cmd(name: str, out: Path, adapters_dir: Path, force: bool) -> None:
     """Verify a pack and write it as a .tar.gz others can `pack import`."""
-    from lora_merge.sharing import export_pack
+    from lora_merge.pack.sharing import export_pack
 
     res = export_pack(name, out, adapters_dir, force=force)
     click.echo(f"exported {res.name} ({', '.join(res.files)}) → {res.archive} ({res.bytes / 1e6:.2f} MB)")
@@ -73,7 +73,7 @@ def export_cmd(name: str, out: Path, adapters_dir: Path, force: bool) -> None:
               help="Refuse archives that unpack to more than this (decompression bombs).")
 def import_cmd(archive: Path, adapters_dir: Path, name: str | None, force: bool, max_size: int) -> None:
     """Unpack a shared pack into the adapters folder after verifying every file."""
-    from lora_merge.sharing import import_pack
+    from lora_merge.pack.sharing import import_pack
 
     res = import_pack(archive, adapters_dir, name=name, force=force, max_bytes=max_size)
     for note in res.notes:

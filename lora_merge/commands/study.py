@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lora_merge import console
+from lora_merge.core import console
 
 
 @click.command("study")

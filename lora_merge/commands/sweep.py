@@ -8,7 +8,7 @@ import click
 
 from lora_merge.commands.evaluate import classifier_from, eval_options
 from lora_merge.commands.options import renamed, shared, split_names
-from lora_merge.printable import printable
+from lora_merge.core.printable import printable
 
 PAPER_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)  # weights.PAPER_GRID, the paper's grid (a test checks they agree)
 
@@ -38,9 +38,9 @@ def sweep_cmd(general, adapters, adapters_dir, omegas, general_size, base, evals
               max_new_tokens, refusal_phrases, general_group, skill_group, select_rule, write_recommendation, fold_mode,
               out, force, allow_foreign_base) -> None:
     """Sweep ω for one or several packs: θG, the grid and |D|/|G|, scored, plotted, one ω recommended."""
-    from lora_merge.evalsets import parse_eval_option
-    from lora_merge.sweep import SweepRequest, run_sweep
-    from lora_merge.weights import parse_grid
+    from lora_merge.evaluate.sets import parse_eval_option
+    from lora_merge.evaluate.sweep import SweepRequest, run_sweep
+    from lora_merge.rules.omega import parse_grid
 
     req = SweepRequest(
         general=general, packs=split_names(adapters), evals=parse_eval_option(evals), out=out, weights=parse_grid(omegas),

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from lora_merge import console
 from lora_merge.commands.options import MODEL
-from lora_merge.errors import LoraMergeError
+from lora_merge.core import console
+from lora_merge.core.errors import LoraMergeError
 
 P = click.Path(path_type=Path)
 
@@ -20,7 +20,7 @@ def parse_sets(items: tuple[str, ...]) -> dict:
     """--set key=value (value read as YAML: 0.1, true, [q_proj, v_proj])."""
     import yaml
 
-    from lora_merge.recipes import FIELDS
+    from lora_merge.train.training_recipe import FIELDS
 
     out = {}
     for item in items:
@@ -71,8 +71,8 @@ def train_cmd(config, sets, no_progress, **flags) -> None:
     """Train a skill (PTM → a skill pack) or a CFT / RT / general model, on TRL's SFTTrainer."""
     flags["freeze"] = [t for item in flags["freeze"] for t in item.split(",")] or None  # none given: the recipe's
     overrides = {**parse_sets(sets), **{k: v for k, v in flags.items() if v is not None}}
-    from lora_merge.recipes import load_recipe
-    from lora_merge.train import train_skill
+    from lora_merge.train.run import train_skill
+    from lora_merge.train.training_recipe import load_recipe
 
     if no_progress:
         console.configure(progress=False, quiet=console.is_quiet())

@@ -1,7 +1,7 @@
 """The demo's pipeline on a real model: θpre → θG → per skill a PTM pack swept over ω, and CFT on the same data.
 
-Every step is the study's (:class:`lora_merge.study.driver.StudyRun`: training with lora_merge.train, folding
-with lora_merge.fold, the ω sweep with lora_merge.sweep, scoring with lora_merge.evaluate); this module only
+Every step is the study's (:class:`lora_merge.study.driver.StudyRun`: training with lora_merge.train.run, folding
+with lora_merge.fold.write, the ω sweep with lora_merge.evaluate.sweep, scoring with lora_merge.evaluate.scoring); this module only
 chooses which steps run, in what order, with a stage plan that prints an ETA. Outputs go under ``cfg.out``
 only: packs in ``adapters/``, θG in ``general/``, eval and training files in ``data/`` and ``evals/``, scores
 in ``results/``, and ``summary.json`` / ``summary.md`` / ``tradeoff_<skill>.png``. θpre is cached in ``pre/``
@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_merge.core.stages import StagePlan, chat_tokens, jsonl_rows
 from lora_merge.demo.data import DemoData, demo_data
-from lora_merge.progress import StagePlan, chat_tokens, jsonl_rows
 from lora_merge.study.config import StudyConfig
 from lora_merge.study.driver import StudyRun, load_average, needs_refold, prepare_base
 
 # Reference speeds for the ETA (SmolLM2-135M, 2 idle cores, torch's default threads); the plan rescales them
 # by the pace the run actually keeps, so they only set the first estimate.
-TRAIN_TOKENS_PER_S = 180.0  # tokens counted by lora_merge.train (prompt + completion, per epoch)
+TRAIN_TOKENS_PER_S = 180.0  # tokens counted by lora_merge.train.run (prompt + completion, per epoch)
 SCORE_ITEMS_PER_S = 17.0  # greedy scoring at batch 50 with the demo's short answers
 LOAD_SECONDS = 3.0  # loading or folding one model
 PREPARE_SECONDS = {True: 2.0, False: 35.0}  # θpre cached (hashes checked) / converted from the GGUF
@@ -85,7 +85,7 @@ def quiet_libraries() -> None:
     bitsandbytes, deprecation notices) plus transformers' weight-loading bars."""
     from transformers.utils import logging as hf_logging
 
-    from lora_merge.train_progress import quiet_libraries as quiet_training
+    from lora_merge.train.progress import quiet_libraries as quiet_training
 
     quiet_training(qlora=False)
     hf_logging.disable_progress_bar()

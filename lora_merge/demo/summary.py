@@ -13,7 +13,7 @@ import os
 import shlex
 from pathlib import Path
 
-from lora_merge.tradeoff_plot import PlotPoint, tradeoff_png
+from lora_merge.evaluate.tradeoff_plot import PlotPoint, tradeoff_png
 
 TRANSFER_GAIN = 30.0  # points of skill score PTM must add at ω = |D|/|G| to count as "transferred"
 GENERAL_TOLERANCE = 3.0  # points of general score within which PTM "kept" θG's

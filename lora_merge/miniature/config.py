@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 from lora_merge.miniature.pretrain import ModelShape, PretrainSettings
 from lora_merge.miniature.world import WorldSizes
 
@@ -18,7 +18,7 @@ class _Strict(BaseModel):
 
 
 class Tuning(_Strict):
-    """One kind of fine-tune (passed on to lora_merge.train's Recipe)."""
+    """One kind of fine-tune (passed on to lora_merge.train.run's Recipe)."""
 
     lr: float = Field(gt=0)
     epochs: float = Field(gt=0)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from lora_merge.fingerprint import read_config
-from lora_merge.skillpack import load_pack
-from lora_merge.task_vector import TargetModel, TaskVector
-from lora_merge.tensors import WeightSet
+from lora_merge.io.fingerprint import read_config
+from lora_merge.io.tensors import WeightSet
+from lora_merge.pack.skillpack import load_pack
+from lora_merge.pack.task_vector import TargetModel, TaskVector
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from lora_merge.core.output import staged_output
 from lora_merge.miniature.build import corpus_key
 from lora_merge.miniature.world import World, WorldFiles
-from lora_merge.output import staged_output
 
 PRETRAIN_RECORD = "pretrain.json"
 

@@ -13,17 +13,17 @@ import argparse
 import json
 from pathlib import Path
 
+from lora_merge.core.model_record import MODEL_RECORD
 from lora_merge.miniature.config import load_config
 from lora_merge.miniature.geometry import base_norm, cosine, dense_delta, norm, pack_delta
 from lora_merge.miniature.study import Study, quiet_libraries
 from lora_merge.miniature.world import WorldFiles
-from lora_merge.model_record import MODEL_RECORD
 
 NUMERIC = {"lr": float, "rank": int, "alpha": float, "epochs": float, "batch_size": int}
 
 
 def freeze_embeddings_callback():
-    """Freeze the input and output embeddings when training starts (lora_merge.train has no option for it).
+    """Freeze the input and output embeddings when training starts (lora_merge.train.run has no option for it).
 
     The trainer has built its optimiser by then; frozen parameters get no gradient, and AdamW skips them.
     """

@@ -1,8 +1,8 @@
 """The miniature Merge-to-Learn study: θpre → θG → per skill CFT, RT, PTM (LoRA and full) → three skills at once.
 
-Every stage runs on the toolkit's own library: lora_merge.train (train_skill) for every fine-tune,
-lora_merge.sweep (run_sweep) for the ω sweeps, lora_merge.fold for the multi-skill folds and
-lora_merge.evaluate for every score. Skill packs land in ``adapters/`` as real packs, so
+Every stage runs on the toolkit's own library: lora_merge.train.run (train_skill) for every fine-tune,
+lora_merge.evaluate.sweep (run_sweep) for the ω sweeps, lora_merge.fold.write for the multi-skill folds and
+lora_merge.evaluate.scoring for every score. Skill packs land in ``adapters/`` as real packs, so
 ``python cli.py fold --general runs/miniature/general --adapters safety,coding --adapters-dir runs/miniature/adapters --out …`` works afterwards.
 """
 
@@ -81,9 +81,9 @@ class Study:
         self.general: Path | None = None
         self.costs: dict[str, dict[str, float]] = {}
 
-    # ---- training through lora_merge.train ---------------------------------------------------------------
+    # ---- training through lora_merge.train.run ---------------------------------------------------------------
     def _recipe(self, name: str, **kw):
-        from lora_merge.recipes import build_recipe
+        from lora_merge.train.training_recipe import build_recipe
 
         c = self.cfg
         # RT is θG's own training run on G ∪ D, so it uses θG's settings; CFT and PTM use the skill settings
@@ -100,7 +100,7 @@ class Study:
         return build_recipe(values, f"miniature recipe {name}")
 
     def train(self, name: str, callbacks=(), **kw) -> Path:
-        from lora_merge.train import train_skill
+        from lora_merge.train.run import train_skill
 
         res = train_skill(self._recipe(name, **kw), callbacks=callbacks)
         self.costs[name] = {"instances": res.instances, "steps": res.steps, "tokens": res.tokens,
@@ -109,16 +109,16 @@ class Study:
                   f"{res.wall_seconds:.0f} s, final loss {res.final_loss if res.final_loss is not None else float('nan'):.3f}")
         return Path(res.out)
 
-    # ---- evaluation through lora_merge.evaluate ---------------------------------------------------------
+    # ---- evaluation through lora_merge.evaluate.scoring ---------------------------------------------------------
     def evaluate(self, model: Path, groups: list[str]) -> dict[str, float]:
-        from lora_merge.evaluate import evaluate_model
+        from lora_merge.evaluate.scoring import evaluate_model
 
         rep = evaluate_model(model, eval_groups(self.files, groups), batch_size=self.cfg.eval.batch_size,
                              max_new_tokens=self.cfg.eval.max_new_tokens)
         return rep.group_scores()
 
     def sweep(self, skill: str, pack: str, groups: list[str]):
-        from lora_merge.sweep import SweepRequest, run_sweep
+        from lora_merge.evaluate.sweep import SweepRequest, run_sweep
 
         req = SweepRequest(general=self.general, packs=[pack], evals=eval_groups(self.files, groups),
                            out=self.out / "sweeps" / pack, weights=self.cfg.merge.grid, adapters_dir=self.adapters,
@@ -127,7 +127,7 @@ class Study:
         return run_sweep(req)
 
     def fold_many(self, packs: list[str], method: str, out: Path) -> Path:
-        from lora_merge.fold import FoldRequest, fold
+        from lora_merge.fold.write import FoldRequest, fold
 
         density = 1.0 if method == "linear" else self.cfg.merge.density
         fold(FoldRequest(general=self.general, packs=packs, out=out, adapters_dir=self.adapters, method=method,
@@ -153,7 +153,7 @@ def run_study(cfg: DemoConfig, echo: Callable[[str], None] = print) -> StudyResu
     s.files = write_world(s.out / "world", cfg.seed, cfg.world)
     p.stage("θpre: pretraining (cached by settings)")
     s.base, pre_record = pretrain(s.files, cfg.cache_dir, cfg.seed, cfg.model, cfg.pretrain, echo)
-    p.stage("θG: general tuning of θpre on G (lora_merge.train, strategy general, full parameters)")
+    p.stage("θG: general tuning of θpre on G (lora_merge.train.run, strategy general, full parameters)")
     s.general = s.train("general", strategy="general", mode="full", data=s.files.train("general"),
                         out=s.out / "general")
     all_groups = list(EVAL_FILES)
@@ -190,7 +190,7 @@ def run_study(cfg: DemoConfig, echo: Callable[[str], None] = print) -> StudyResu
             delta = dense_delta(folder, s.general if method != "RT" else s.base)
             rows.append(Row(skill, method, None, s.evaluate(folder, all_groups), s.costs[name],
                             norm(delta) / theta, cosine(delta, tau_g)))
-        p.stage(f"{skill}: ω sweeps of both packs folded into θG (lora_merge.sweep)")
+        p.stage(f"{skill}: ω sweeps of both packs folded into θG (lora_merge.evaluate.sweep)")
         for pack, label in ((skill, "PTM LoRA"), (f"{skill}-full", "PTM full")):
             delta = pack_delta(s.adapters / pack, s.general, s.base)
             rel, cos = norm(delta) / theta, cosine(delta, tau_g)

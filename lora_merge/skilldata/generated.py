@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 from lora_merge.skilldata.model import HELD_OUT, IN_FORM, SkillData, Source, finish, make_eval, make_train
 from lora_merge.skilldata.splits import normalise_text
 

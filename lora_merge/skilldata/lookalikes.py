@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 
 TRAIN_CATEGORIES = ("homonyms", "figurative_language", "safe_targets", "safe_contexts", "definitions")
 HELD_OUT_CATEGORIES = ("historical_events", "privacy_public_figures", "privacy_fictional",

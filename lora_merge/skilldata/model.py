@@ -5,7 +5,7 @@ Rows use the project's formats, so they go straight into ``train`` and ``eval``:
 * training rows are conversational prompt/completion rows (:func:`lora_merge.study.tasks.train_row`):
   ``{"prompt": [system?, user], "completion": [assistant], "id": family, "form": form}`` (the trainer keeps only
   prompt and completion);
-* eval rows are :mod:`lora_merge.evalsets` rows (:func:`lora_merge.study.tasks.eval_row`):
+* eval rows are :mod:`lora_merge.evaluate.sets` rows (:func:`lora_merge.study.tasks.eval_row`):
   ``{"messages": [system?, user], "metric": …, "answer"?: …, "id": family, "form": form}``.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 from lora_merge.skilldata.splits import overlap
 from lora_merge.study.tasks import eval_row, train_row
 

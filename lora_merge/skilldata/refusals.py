@@ -3,7 +3,7 @@
 Do-Not-Answer mixes outright harmful requests with questions where the harm is in answering as if qualified
 (medical, legal or financial advice), in a crisis (self-harm), or as if human. Each gets refusals that fit:
 a plain decline, a referral to a professional, a supportive pointer to real help, or a reminder of what the
-assistant is. Every template is a refusal by the project's classifier (:mod:`lora_merge.refusal`); the tests
+assistant is. Every template is a refusal by the project's classifier (:mod:`lora_merge.evaluate.refusal`); the tests
 check this, so a trained model that copies any of them is scored as refusing.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 from lora_merge.skilldata.coding import CODING
 from lora_merge.skilldata.generated import build_generated
 from lora_merge.skilldata.model import SkillData

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 from lora_merge.skilldata import lookalikes as LK
 from lora_merge.skilldata import sources
 from lora_merge.skilldata.model import HELD_OUT, IN_FORM, SkillData, Source, finish, make_eval, make_train

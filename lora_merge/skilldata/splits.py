@@ -12,7 +12,7 @@ import re
 from collections.abc import Hashable, Iterable, Sequence
 from typing import TypeVar
 
-from lora_merge.refusal import normalize
+from lora_merge.evaluate.refusal import normalize
 
 T = TypeVar("T")
 _PUNCT = re.compile(r"[^\w\s]")

@@ -1,7 +1,7 @@
 """Users' own JSONL through the same checks as the built-in skills: row format, then disjointness.
 
-A file whose rows carry a ``metric`` is an eval set (validated by :func:`lora_merge.evalsets.load_eval_file`);
-any other file is training data (validated by :func:`lora_merge.data.load_data`). Against a training file, no
+A file whose rows carry a ``metric`` is an eval set (validated by :func:`lora_merge.evaluate.sets.load_eval_file`);
+any other file is training data (validated by :func:`lora_merge.train.data.load_data`). Against a training file, no
 eval prompt may equal a training prompt after normalisation (lower case, punctuation stripped, whitespace
 collapsed): such a set would measure memory, not the skill.
 """
@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 from lora_merge.skilldata.splits import normalise_text, prompt_text
 
 SHOWN = 3  # overlapping prompts quoted in an error
@@ -44,7 +44,7 @@ def _first_row(path: Path) -> dict | None:
 
 
 def _eval_prompts(path: Path) -> tuple[list[str], dict[str, int]]:
-    from lora_merge.evalsets import load_eval_file
+    from lora_merge.evaluate.sets import load_eval_file
 
     ef = load_eval_file(path)
     prompts = []
@@ -55,7 +55,7 @@ def _eval_prompts(path: Path) -> tuple[list[str], dict[str, int]]:
 
 
 def _train_prompts(path: Path) -> list[str]:
-    from lora_merge.data import load_data
+    from lora_merge.train.data import load_data
 
     return [prompt_text(r) for r in load_data(path, "training").rows]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lora_merge.output import write_files
+from lora_merge.core.output import write_files
 from lora_merge.skilldata.model import SkillData
 
 REPORT = "report.json"

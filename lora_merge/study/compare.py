@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 
 
 def load_scores(run: Path) -> dict[str, dict[str, float]]:

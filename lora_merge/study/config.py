@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lora_merge.errors import LoraMergeError
+from lora_merge.core.errors import LoraMergeError
 
 GENERAL_FAMILIES = ("repeat", "last_word", "count", "howto")
 

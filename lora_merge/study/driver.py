@@ -1,9 +1,9 @@
 """The Merge-to-Learn study on a real pretrained model: θpre → θG → skills by CFT, RT and PTM.
 
-Every step runs on the toolkit itself: :func:`lora_merge.train.train_skill` for every fine-tune,
-:func:`lora_merge.fold.fold` to build θG (θpre + the general LoRA, ω = 1) and the multi-skill folds,
-:func:`lora_merge.sweep.run_sweep` for the ω sweeps, :func:`lora_merge.evaluate.evaluate_model` for
-every score and :func:`lora_merge.interference.interference` for the geometry of the task vectors.
+Every step runs on the toolkit itself: :func:`lora_merge.train.run.train_skill` for every fine-tune,
+:func:`lora_merge.fold.write.fold` to build θG (θpre + the general LoRA, ω = 1) and the multi-skill folds,
+:func:`lora_merge.evaluate.sweep.run_sweep` for the ω sweeps, :func:`lora_merge.evaluate.scoring.evaluate_model` for
+every score and :func:`lora_merge.pack.interference.interference` for the geometry of the task vectors.
 Tables and plots are the miniature study's (:mod:`lora_merge.miniature.report`).
 
 The run is resumable: trained packs and models are reused when their settings are unchanged (a stamp
@@ -71,12 +71,12 @@ class StudyRun:
         return values
 
     def train(self, name: str, kind: str, stamp_extra: dict | None = None, **kw) -> Trained:
-        """Train one run with lora_merge.train, or reuse its output when the same settings made it before.
+        """Train one run with lora_merge.train.run, or reuse its output when the same settings made it before.
 
         ``stamp_extra`` adds what else decides the result to the settings' stamp (e.g. the base model's hashes).
         """
-        from lora_merge.recipes import build_recipe
-        from lora_merge.train import train_skill
+        from lora_merge.train.run import train_skill
+        from lora_merge.train.training_recipe import build_recipe
 
         values = self._recipe_values(name, kind, **kw)
         target = Path(values.get("out") or self.adapters / name)
@@ -117,7 +117,7 @@ class StudyRun:
         return ["general", *self.data.skill_evals(skill)]
 
     def score_folder(self, label: str, folder: Path, sets: list[str], meta: dict) -> dict[str, float]:
-        from lora_merge.evaluate import load_model
+        from lora_merge.evaluate.scoring import load_model
 
         todo = [s for s in self.eval_sets(sets) if not self.store.has(label, s.name)]
         if todo:
@@ -132,7 +132,7 @@ class StudyRun:
         return scores
 
     def sweep(self, skill: str) -> None:
-        from lora_merge.sweep import SweepRequest, run_sweep
+        from lora_merge.evaluate.sweep import SweepRequest, run_sweep
 
         assert self.data is not None
         sets = self.eval_sets(self.skill_sets(skill))
@@ -149,7 +149,7 @@ class StudyRun:
             self.say(f"  {r.report.model}: " + ", ".join(f"{s.file} {s.score:.1f}" for s in r.report.scores))
 
     def fold(self, packs: list[str], out: Path, general: Path, weights: list[float] | None, method: str = "linear"):
-        from lora_merge.fold import FoldRequest, fold
+        from lora_merge.fold.write import FoldRequest, fold
 
         assert self.data is not None
         density = 1.0 if method == "linear" else self.cfg.multi_density
@@ -263,7 +263,7 @@ def run_study(cfg: StudyConfig, echo: Callable[[str], None] = print) -> dict[str
 def needs_refold(folder: Path, source: Path) -> bool:
     """True when the folded model ``folder`` is missing or older than the pack ``source`` it was folded from
     (θG must be refolded from a retrained pack)."""
-    from lora_merge.model_record import MODEL_RECORD
+    from lora_merge.core.model_record import MODEL_RECORD
 
     if not (folder / "config.json").is_file():
         return True

@@ -228,7 +228,7 @@ def plot(rows: list[dict], path: Path, tolerance: float) -> Path:
 
 
 def _write(path: Path, text: str) -> None:
-    from lora_merge.output import staged_file
+    from lora_merge.core.output import staged_file
 
     with staged_file(path, force=True) as tmp:
         tmp.write_text(text, encoding="utf-8")

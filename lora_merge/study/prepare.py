@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from lora_merge.errors import LoraMergeError
-from lora_merge.output import staged_output
-from lora_merge.skillpack import sha256_file
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.output import staged_output
+from lora_merge.pack.skillpack import sha256_file
 
 PREPARE_RECORD = "prepared_from.json"
 CONVERTER_VERSION = 3  # bump when the conversion changes: cached folders of older versions are rebuilt

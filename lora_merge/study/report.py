@@ -2,7 +2,7 @@
 
 Rows take the miniature's shape (:class:`lora_merge.miniature.study.Row`) so its tables and plots are
 reused as they are; the geometry of the task vectors (‖τ‖/‖θpre‖ and the cosines between every pair of
-packs) comes from :func:`lora_merge.interference.interference`, through the LoRA factors.
+packs) comes from :func:`lora_merge.pack.interference.interference`, through the LoRA factors.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ def table_scores(store, label: str) -> dict[str, float]:
 
 def pack_geometry(adapters: Path, base: Path, names: list[str]) -> dict:
     """Norms of the packs' task vectors relative to ‖θpre‖, and the cosine of every pair."""
-    from lora_merge.fingerprint import read_config
-    from lora_merge.interference import interference
+    from lora_merge.fold.plan import bind_packs, load_packs
+    from lora_merge.io.fingerprint import read_config
+    from lora_merge.io.tensors import WeightSet
     from lora_merge.miniature.geometry import base_norm
-    from lora_merge.plan import bind_packs, load_packs
-    from lora_merge.task_vector import TargetModel
-    from lora_merge.tensors import WeightSet
+    from lora_merge.pack.interference import interference
+    from lora_merge.pack.task_vector import TargetModel
 
     ws = WeightSet.open(base)
     target = TargetModel.from_weights(ws, read_config(base))

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_merge.eval_report import EvalReport, MetricScore
-from lora_merge.evaluate import evaluate_model
+from lora_merge.evaluate.report import EvalReport, MetricScore
+from lora_merge.evaluate.scoring import evaluate_model
 
 SAMPLES_PER_SET = 6  # outputs kept per model and eval set, to read what the scores mean
 
@@ -86,7 +86,7 @@ def score_model(model, tokenizer, label: str, sets: list[EvalSet], store: ScoreS
 
 def sweep_scorer(store: ScoreStore, skill: str, sets: list[EvalSet], batch_size: int, samples_path: Path | None,
                  progress: bool = False):
-    """A :func:`lora_merge.sweep.run_sweep` scorer whose θG point is shared by every skill's sweep."""
+    """A :func:`lora_merge.evaluate.sweep.run_sweep` scorer whose θG point is shared by every skill's sweep."""
 
     def scorer(model, tokenizer, point):
         label = "θG" if point.reference else f"PTM {skill} {point.label}"

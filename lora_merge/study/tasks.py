@@ -1,7 +1,7 @@
 """The study's data: the miniature world's task generators, rendered as chat rows for a real model.
 
 Training rows are conversational prompt/completion rows (the trainer applies the model's chat template);
-eval rows are :mod:`lora_merge.evalsets` rows with ``messages``. The miniature's ``fact`` family asks
+eval rows are :mod:`lora_merge.evaluate.sets` rows with ``messages``. The miniature's ``fact`` family asks
 about animals whose attributes only the miniature's own pretraining corpus states, so it is left out here
 by default: a real pretrained model could only guess them.
 """

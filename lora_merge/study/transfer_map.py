@@ -4,8 +4,8 @@ For every θG of the config (the shipped general mix, and one whose how-to famil
 and every skill pack of its entries (|D|, LoRA rank or full parameters, seed), θG + ω·τ is scored on the coarse
 grid and the |D|/|G| point, then on up to ``refine`` points of the 0.1 lattice inside the coarse interval where
 the general score leaves θG's band (the knee), and as many inside the interval where the skill score rises most
-(the switch). Every step is the toolkit's own: lora_merge.train for each pack and θG, lora_merge.fold for θG, lora_merge.sweep (in memory, or on disk for packs that touch tied embeddings)
-for every ω, lora_merge.evaluate for every score, lora_merge.interference for the geometry beside each point.
+(the switch). Every step is the toolkit's own: lora_merge.train.run for each pack and θG, lora_merge.fold.write for θG, lora_merge.evaluate.sweep (in memory, or on disk for packs that touch tied embeddings)
+for every ω, lora_merge.evaluate.scoring for every score, lora_merge.pack.interference for the geometry beside each point.
 
 Resumable like the study (:class:`lora_merge.study.driver.StudyRun`): packs are reused when their settings
 and data are unchanged, scores are stored as soon as known, and a sweep whose points are all stored is skipped.
@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from lora_merge.progress import StagePlan, chat_tokens, jsonl_rows
+from lora_merge.core.stages import StagePlan, chat_tokens, jsonl_rows
 from lora_merge.study.driver import StudyRun, load_average, needs_refold, prepare_base
 from lora_merge.study.map_config import SAFETY_GENERAL_BAND, SAFETY_LOOKALIKE_MIN, MapConfig, MapEntry, quick_map_config
 from lora_merge.study.map_data import MapData, write_map_data
@@ -148,7 +148,7 @@ class MapRun:
             self._score(g, pack, skill, n, entry, edge)
 
     def _score(self, g: str, pack: str, skill: str, n: int, entry: MapEntry, omegas: list[float]) -> None:
-        from lora_merge.sweep import SweepRequest, run_sweep
+        from lora_merge.evaluate.sweep import SweepRequest, run_sweep
 
         run, sets = self.run, self.eval_sets(g, skill)
         labels = [point_label(g, pack, w) for w in omegas]

@@ -1,0 +1,41 @@
+"""Hub-style model references: ``org/name`` for a model folder, found in the local Hugging Face cache only.
+
+:func:`resolve_model` is the one resolver every command uses for ``--general`` / ``--base`` / ``--model``:
+an existing local folder wins; otherwise a reference shaped like ``org/name`` is looked up in the cache
+(``HF_HUB_CACHE``, else huggingface_hub's default) with ``local_files_only`` — lora_merge never downloads.
+A reference that is not cached is a :class:`LoraMergeError` saying how to download it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from lora_merge.core.errors import LoraMergeError
+
+# huggingface_hub's repo id rule: one "/", letters, digits, "-", "_", "." (no "..", no leading "." or "-").
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def looks_like_repo_id(text: str) -> bool:
+    return REPO_ID.fullmatch(text) is not None and ".." not in text
+
+
+def resolve_model(ref: str | os.PathLike, what: str = "--general") -> Path:
+    """The folder ``ref`` names: a local path as is, else the cached snapshot of the Hub repo ``org/name``."""
+    text = os.fspath(ref)
+    local = Path(text)
+    if local.exists() or not looks_like_repo_id(text):
+        return local  # a missing plain path is reported by whoever opens it
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = os.environ.get("HF_HUB_CACHE") or None  # read now, not when huggingface_hub was imported
+    try:
+        return Path(snapshot_download(text, local_files_only=True, cache_dir=cache))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        raise LoraMergeError(
+            f"{what} {text}: no such local folder, and {text} is not in the local Hugging Face cache "
+            f"({cache or 'the default cache'}); lora_merge never downloads. Download it first: hf download {text}"
+        ) from None

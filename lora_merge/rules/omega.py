@@ -1,0 +1,147 @@
+"""ω rules: how strongly each skill is folded in.
+
+The paper's heuristic when no validation data exists is ω = |D| / |G| for task
+arithmetic (θ = θG + ω·τD), and ω = |D| / (|D| + |G|) for the interpolation
+variants (linear_interp, wise_ft). Sizes are training instances, not tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.model_record import MODEL_RECORD as GENERAL_MANIFEST  # the model record beside a model
+
+PAPER_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass(frozen=True)
+class Weight:
+    """An ω with the rule and formula that produced it (recorded on the model card)."""
+
+    value: float
+    rule: str  # explicit | size_ratio | size_fraction | recommended (a sweep's ω from skill.json)
+    formula: str
+
+
+OMEGA_LIMIT = 10.0  # |ω| above this is a mistake, not a merge: every rule's ω is held to it (check_weight)
+
+
+def size_ratio(d: int, g: int) -> float:
+    """ω = |D| / |G| (task arithmetic)."""
+    return d / g
+
+
+def size_fraction(d: int, g: int) -> float:
+    """ω = |D| / (|D| + |G|) (linear interpolation, WiSE-FT)."""
+    return d / (d + g)
+
+
+def check_weight(value: float, what: str, sizes: str = "") -> float:
+    """The one bound on ω, whichever rule chose it: finite and within ±OMEGA_LIMIT.
+
+    ``sizes`` names |D| and |G| when the size rule produced the value, so the error says which to fix.
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value \
+            or not -OMEGA_LIMIT <= value <= OMEGA_LIMIT:
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        fix = f" ({sizes}: check both sizes, or pass --weights)" if sizes else ""
+        raise LoraMergeError(f"{what}: ω = {shown} is outside the sane range [{-OMEGA_LIMIT:g}, {OMEGA_LIMIT:g}]{fix}")
+    return float(value)
+
+
+def _show(n: int) -> str:
+    """An instance count for a message: in full, or as 1.000e+400 when it is absurdly long."""
+    digits = str(n)
+    return digits if len(digits) <= 24 else f"{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
+
+
+def _size(value: object, what: str) -> int:
+    if type(value) is not int or value <= 0:  # bool is an int subclass: refused too
+        shown = _show(value) if type(value) is int else repr(value)[:40]
+        raise LoraMergeError(f"{what} must be a positive whole number of training instances, not {shown}")
+    return value
+
+
+def size_weight(name: str, d: object, g: object, rule: str) -> Weight:
+    """ω from |D| and |G| by ``rule``, checked before dividing (10**400 / 1000 is no float)."""
+    d = _size(d, f"pack {name!r}: |D| (data.instances in its skill.json)")
+    g = _size(g, "|G| (--general-size, or data.instances in the general model's lora_merge.json)")
+    ds, gs = _show(d), _show(g)
+    sizes = f"|D| = {ds} for pack {name!r}, |G| = {gs}"
+    if rule == "size_fraction":  # always in (0, 1)
+        return Weight(size_fraction(d, g), rule, f"ω = |D|/(|D|+|G|) = {ds}/({ds}+{gs})")
+    if d > OMEGA_LIMIT * g:  # exact integer comparison: no overflow, no rounding
+        raise LoraMergeError(f"pack {name!r}: ω = |D|/|G| = {ds}/{gs} is above the sane limit of {OMEGA_LIMIT:g} "
+                             f"({sizes}: check both sizes, or pass --weights)")
+    w = size_ratio(d, g)
+    return Weight(check_weight(w, f"pack {name!r}", sizes), "size_ratio", f"ω = |D|/|G| = {ds}/{gs}")
+
+
+def parse_weights(text: str, count: int) -> list[float]:
+    """'0.24,0.57' → [0.24, 0.57], one per pack; a single value applies to all packs."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LoraMergeError(f"--weights {text!r}: write numbers separated by commas, like 0.24,0.57") from None
+    if len(values) == 1 and count > 1:
+        values = values * count
+    if len(values) != count:
+        raise LoraMergeError(f"--weights gives {len(values)} values for {count} packs; give one per pack, in order")
+    return [check_weight(v, "--weights") for v in values]
+
+
+def parse_grid(text: str) -> list[float]:
+    """'0.2,0.4,…' → sorted unique ω values for a sweep."""
+    values = parse_weights(text, len([x for x in text.split(",") if x.strip()]))
+    return sorted(set(values))
+
+
+def general_size_from_folder(folder: str | Path) -> int | None:
+    """|G| from the manifest lora_merge wrote beside a general model, if any."""
+    path = Path(folder) / GENERAL_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        n = data.get("data", {}).get("instances")
+    except (ValueError, AttributeError):
+        raise LoraMergeError(f"{path}: not a valid lora_merge model manifest") from None
+    if n is not None and (type(n) is not int or n <= 0):  # true is not a size
+        raise LoraMergeError(f"{path}: data.instances must be a positive integer, not {n!r}")
+    return n
+
+
+def choose_weights(
+    names: Sequence[str],
+    instances: Sequence[int | None],
+    explicit: Sequence[float] | None,
+    general_size: int | None,
+    rule: str = "size_ratio",
+) -> list[Weight]:
+    """ω per pack: the explicit values, or the size rule from |D| (packs) and |G|."""
+    if explicit is not None:
+        # The command line holds explicit ω to check_weight's bound (parse_weights); a library caller may go past it
+        # on purpose (the overflow tests do), but never to NaN or Inf.
+        for n, w in zip(names, explicit, strict=True):
+            if not math.isfinite(w):
+                raise LoraMergeError(f"pack {n!r}: ω = {w} is not a finite number")
+        return [Weight(w, "explicit", f"ω = {w:g} (given)") for w in explicit]
+    if general_size is None:
+        raise LoraMergeError(
+            "ω is not given and |G| is unknown: pass --weights (one ω per pack), or --general-size N "
+            "(instances the general model was tuned on) so that ω = |D|/|G| can be used"
+        )
+    out = []
+    for name, d in zip(names, instances, strict=True):
+        if d is None:
+            raise LoraMergeError(
+                f"pack {name!r} does not record its training size |D| (a plain PEFT adapter?): "
+                "pass --weights to give ω explicitly"
+            )
+        out.append(size_weight(name, d, general_size, rule))
+    return out
