@@ -81,7 +81,7 @@ def show_cmd(skill: str, seed: int, n_train: int | None, n_eval: int | None, sys
 def write_cmd(skill: str, out: Path, seed: int, n_train: int | None, n_eval: int | None, system: str | None,
               force: bool) -> None:
     """Write train.jsonl, eval_<split>.jsonl and report.json for one skill."""
-    from lora_merge.fold.write import check_output
+    from lora_merge.core.output import check_output
     from lora_merge.skilldata import build_skill, write_skill
 
     check_output(out, force)  # before any work

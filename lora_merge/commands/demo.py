@@ -1,4 +1,4 @@
-"""`demo`: Merge to Learn on SmolLM2-135M-Instruct in minutes (default), or the miniature world's whole study."""
+"""`demo`: Merge to Learn on SmolLM2-135M-Instruct, sized for a CPU (default), or the miniature world's whole study."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ QUICK_OUT = Path("runs/demo-quick")
 @click.option("--config", "config_path", default=None, type=click.Path(path_type=Path),
               help="Settings (YAML). Default: configs/demo-smollm2.yaml, or configs/demo.yaml for the miniature.")
 @click.option("--quick", is_flag=True,
-              help="Tiny sizes on a pico model (the test suite's run): the same pipeline in seconds.")
+              help="Tiny sizes on a pico model (the test suite's run): the same pipeline at test size.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default from the config).")
 @click.option("--adapters-dir", type=click.Path(path_type=Path), default=None,
               help="Miniature only: where its skill packs go (the SmolLM2 demo keeps them in OUT/adapters).")
@@ -32,7 +32,7 @@ QUICK_OUT = Path("runs/demo-quick")
 @click.option("--no-progress", is_flag=True, help="No progress bars (stage lines with the ETA stay).")
 def demo_cmd(world: str, config_path: Path | None, quick: bool, out, adapters_dir, cache_dir, seed, threads,
              no_progress: bool) -> None:
-    """Fold skills into a real model and compare with continued fine-tuning, in a few minutes on a CPU.
+    """Fold skills into a real model and compare with continued fine-tuning, on a CPU (README: how long).
 
     Default: SmolLM2-135M-Instruct; θG = θpre + a general LoRA; per skill (science, safety) a PTM pack folded at
     ω ∈ {|D|/|G|, 0.5, 1} and CFT on the same data, scored on held-out items. Everything goes under runs/demo.
@@ -75,12 +75,12 @@ def _closing_screen(demo, seconds: float) -> None:
 def _miniature(config_path: Path | None, quick: bool, out, adapters_dir, cache_dir, seed, threads) -> None:
     """The miniature study (configs/demo.yaml): θpre, θG, CFT / RT / PTM per skill, ω sweeps, three skills at once."""
     from lora_merge.miniature.config import load_config
-    from lora_merge.miniature.study import run_study
+    from lora_merge.miniature.study import run_miniature_study
 
     overrides = {"out": out, "adapters_dir": adapters_dir, "cache_dir": cache_dir, "seed": seed, "threads": threads}
     cfg = load_config(config_path, quick, {k: v for k, v in overrides.items() if v is not None})
     started = time.perf_counter()
-    res = run_study(cfg, echo=console.info)
+    res = run_miniature_study(cfg, echo=console.info)
     click.echo("")
     click.echo(Path(res.artefacts["tables"]).read_text())
     click.echo(f"done in {time.perf_counter() - started:.0f} s")

@@ -64,3 +64,30 @@ def info(message: str) -> None:
     """A progress message (what runs now), on stderr so results on stdout stay clean; dropped by --quiet."""
     if not _STATE["quiet"]:
         print(message, file=sys.stderr, flush=True)
+
+
+def quiet_libraries(*, qlora: bool = False, loading_bars: bool = True, library_warnings: bool = True) -> None:
+    """Library chatter our own progress replaces: the one place that quiets transformers, datasets and bitsandbytes.
+
+    Always: datasets' per-map bars (a training bar or a stage plan is the progress) and transformers'
+    deprecation notices from inside TRL/PEFT; unless ``qlora``, bitsandbytes' warnings (peft imports it when
+    installed, used or not). ``loading_bars=False``: transformers' weight-loading bars too (multi-stage runs,
+    whose stage plan shows the progress). ``library_warnings=False``: transformers logs errors only (runs that
+    print one line per stage). Under ``--quiet`` transformers logs errors only in any case.
+    """
+    import logging
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    if not qlora:
+        warnings.filterwarnings("ignore", module="bitsandbytes")
+        warnings.filterwarnings("ignore", message=".*bitsandbytes.*")
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    if not loading_bars:
+        transformers.utils.logging.disable_progress_bar()
+    if is_quiet() or not library_warnings:
+        transformers.logging.set_verbosity_error()

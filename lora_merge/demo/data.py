@@ -13,26 +13,12 @@ Each skill names its eval sets: ``in_form`` (the forms it trained on), ``held_ou
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lora_merge.miniature.build import write_jsonl
 from lora_merge.study.config import StudyConfig
-from lora_merge.study.tasks import StudyData, write_study_data
-
-# Share of safety's |D| training rows that are lookalikes answered helpfully (the rest are refusals), so the
-# pack does not learn "refuse everything". The layer's own mix (all of Do-Not-Answer) has far fewer.
-LOOKALIKE_TRAIN_SHARE = 1 / 3
-
-
-@dataclass(frozen=True)
-class SkillSets:
-    """The eval sets that score one skill."""
-
-    in_form: str
-    held_out: str | None = None
-    lookalike: str | None = None
+from lora_merge.study.tasks import LOOKALIKE_TRAIN_SHARE, SkillSets, StudyData, put_skill_evals, write_study_data
 
 
 @dataclass(frozen=True)
@@ -54,18 +40,6 @@ def _train_rows(name: str, rows: list[dict], n: int, seed: int) -> list[dict]:
     picked = rng.sample(look, k) + refuse[: n - k]
     rng.shuffle(picked)
     return picked
-
-
-def put_skill_evals(name: str, evals: dict[str, list[dict]], put: Callable[[str, str, list[dict]], str]) -> SkillSets:
-    """Write one skill's eval splits through ``put(set name, group, rows)``: in form and held out, and for safety
-    the unsafe prompts (in form, held out) and every lookalike."""
-    from lora_merge.skilldata import HELD_OUT, IN_FORM, LOOKALIKE_HELD_OUT, LOOKALIKE_IN_FORM
-
-    if name == "safety":
-        return SkillSets(put("safety_unsafe", "safety", evals[IN_FORM]),
-                         put("safety_heldout", "safety_heldout", evals[HELD_OUT]),
-                         put("safety_lookalike", "lookalike", evals[LOOKALIKE_IN_FORM] + evals[LOOKALIKE_HELD_OUT]))
-    return SkillSets(put(name, name, evals[IN_FORM]), put(f"{name}_heldout", f"{name}_heldout", evals[HELD_OUT]))
 
 
 def demo_data(root: Path, cfg: StudyConfig) -> DemoData:

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_merge.core.console import quiet_libraries
 from lora_merge.core.stages import StagePlan, chat_tokens, jsonl_rows
 from lora_merge.demo.data import DemoData, demo_data
 from lora_merge.study.config import StudyConfig
 from lora_merge.study.driver import StudyRun, load_average, needs_refold, prepare_base
 
-# Reference speeds for the ETA (SmolLM2-135M, 2 idle cores, torch's default threads); the plan rescales them
-# by the pace the run actually keeps, so they only set the first estimate.
+# First ETA guesses until the run measures its own rate: the plan rescales them by the pace the run actually
+# keeps, so they only set the first estimate (where they came from: docs/benchmarks.md, "Figures the code cites").
 TRAIN_TOKENS_PER_S = 180.0  # tokens counted by lora_merge.train.run (prompt + completion, per epoch)
 SCORE_ITEMS_PER_S = 17.0  # greedy scoring at batch 50 with the demo's short answers
 LOAD_SECONDS = 3.0  # loading or folding one model
@@ -80,17 +81,6 @@ def _remove(p: Path, kept: set[Path]) -> None:
         p.unlink()
 
 
-def quiet_libraries() -> None:
-    """The stage plan and the training bars are the demo's progress: training's quieting (datasets' per-map bars,
-    bitsandbytes, deprecation notices) plus transformers' weight-loading bars."""
-    from transformers.utils import logging as hf_logging
-
-    from lora_merge.train.progress import quiet_libraries as quiet_training
-
-    quiet_training(qlora=False)
-    hf_logging.disable_progress_bar()
-
-
 def plan_stages(cfg: StudyConfig, data: DemoData, cached: bool) -> list[tuple[str, float]]:
     """The stages and their planned seconds, from the data's token counts and the eval sets' sizes."""
     files = data.files
@@ -124,7 +114,7 @@ def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bo
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    quiet_libraries()
+    quiet_libraries(loading_bars=False)  # the stage plan and the training bars are the progress
     out = Path(cfg.out)
     clear_outputs(out)
     run = StudyRun(cfg, echo, progress=progress)

@@ -28,10 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.train.data import chat_turns
 
 METRICS = ("exact", "contains", "choice", "refusal", "compliance", "loss")
 GENERATION_METRICS = ("exact", "contains", "refusal", "compliance")
 ROLES = ("system", "user", "assistant", "tool")
+
+
+def eval_row(prompt: str, answer: str, metric: str, item_id: str, system: str | None = None) -> dict:
+    """An eval row asking ``prompt`` in chat turns; ``answer`` is kept for the metrics that compare to it."""
+    row = {"messages": chat_turns(prompt, system), "metric": metric, "id": item_id}
+    if metric in ("exact", "contains"):
+        row["answer"] = answer
+    return row
 
 
 @dataclass(frozen=True)

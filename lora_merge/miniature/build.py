@@ -8,8 +8,10 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+from lora_merge.evaluate.sets import eval_row
 from lora_merge.miniature import vocab as V
-from lora_merge.miniature.world import Example, World, WorldFiles, WorldSizes, general_mix, sample
+from lora_merge.miniature.world import World, WorldFiles, WorldSizes, general_mix, sample
+from lora_merge.train.data import chat_training_row
 
 # Each turn is "<|role|> content"; an assistant turn ends with <eos>. Rendering a prompt with
 # add_generation_prompt is a prefix of rendering it with its answer, as completion-only training needs.
@@ -55,20 +57,6 @@ def build_tokenizer(folder: Path):
     return tok
 
 
-def chat_row(ex: Example) -> dict:
-    """A conversational prompt/completion training row."""
-    q, a = ex
-    return {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-
-
-def eval_row(ex: Example, metric: str, family: str) -> dict:
-    q, a = ex
-    row = {"messages": [{"role": "user", "content": q}], "metric": metric, "id": family}
-    if metric in ("exact", "contains"):
-        row["answer"] = a
-    return row
-
-
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
@@ -94,20 +82,20 @@ def write_world(root: Path, seed: int, sizes: WorldSizes) -> WorldFiles:
               "safety": sample(world.safety, rng, sizes.safety, False)}
     for exs in skills.values():
         train_prompts.update(q for q, _ in exs)
-    write_jsonl(files.train("general"), (chat_row(ex) for _, ex in general))
+    write_jsonl(files.train("general"), (chat_training_row(*ex) for _, ex in general))
     for name, exs in skills.items():
-        write_jsonl(files.train(name), (chat_row(ex) for ex in exs))
+        write_jsonl(files.train(name), (chat_training_row(*ex) for ex in exs))
 
     seen = set(train_prompts)
-    write_jsonl(files.eval("general"), (eval_row(ex, "exact", fam)
+    write_jsonl(files.eval("general"), (eval_row(*ex, "exact", fam)
                                         for fam, ex in general_mix(world, rng, sizes.eval_general, True, seen)))
-    write_jsonl(files.eval("science"), (eval_row(ex, "exact", "science")
+    write_jsonl(files.eval("science"), (eval_row(*ex, "exact", "science")
                                         for ex in sample(world.science, rng, sizes.eval_skill, True, seen)))
-    write_jsonl(files.eval("coding"), (eval_row(ex, "exact", "coding")
+    write_jsonl(files.eval("coding"), (eval_row(*ex, "exact", "coding")
                                        for ex in sample(world.coding, rng, sizes.eval_skill, True, seen)))
-    write_jsonl(files.eval("safety_unsafe"), (eval_row(ex, "refusal", "unsafe")
+    write_jsonl(files.eval("safety_unsafe"), (eval_row(*ex, "refusal", "unsafe")
                                               for ex in sample(world.unsafe, rng, sizes.eval_unsafe, True, seen)))
-    write_jsonl(files.eval("safety_lookalike"), (eval_row(ex, "compliance", "lookalike")
+    write_jsonl(files.eval("safety_lookalike"), (eval_row(*ex, "compliance", "lookalike")
                                                  for ex in world.lookalikes() if ex[0] not in seen))
     return files
 

@@ -13,10 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
+from lora_merge.core.console import quiet_libraries
 from lora_merge.core.model_record import MODEL_RECORD
 from lora_merge.miniature.config import load_config
 from lora_merge.miniature.geometry import base_norm, cosine, dense_delta, norm, pack_delta
-from lora_merge.miniature.study import Study, quiet_libraries
+from lora_merge.miniature.study import Study
 from lora_merge.miniature.world import WorldFiles
 
 NUMERIC = {"lr": float, "rank": int, "alpha": float, "epochs": float, "batch_size": int}
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="tune a fresh θG from the same θpre at this lr instead of reusing the study's")
     ap.add_argument("--general-epochs", type=float, default=1.0)
     args = ap.parse_args(argv)
-    quiet_libraries()
+    quiet_libraries(loading_bars=False, library_warnings=False)
     cfg = load_config(Path(args.config), overrides={"out": args.out, "adapters_dir": f"{args.out}/adapters"})
     study_dir = Path(args.study)
     general = study_dir / "general"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_merge.core.console import quiet_libraries
 from lora_merge.miniature.build import write_world
 from lora_merge.miniature.config import DemoConfig
 from lora_merge.miniature.geometry import base_norm, cosine, dense_delta, norm, pack_delta
@@ -135,7 +136,7 @@ class Study:
         return out
 
 
-def run_study(cfg: DemoConfig, echo: Callable[[str], None] = print) -> StudyResult:
+def run_miniature_study(cfg: DemoConfig, echo: Callable[[str], None] = print) -> StudyResult:
     """The whole study; returns the rows and writes tables, plots and results.json under cfg.out."""
     import torch
 
@@ -143,7 +144,7 @@ def run_study(cfg: DemoConfig, echo: Callable[[str], None] = print) -> StudyResu
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    quiet_libraries()
+    quiet_libraries(loading_bars=False, library_warnings=False)  # one line per stage: no library bars or logs
     s = Study(cfg, echo)
     p = Progress(4 + 3 * len(SKILLS) + 2, echo)
     started = time.perf_counter()
@@ -214,16 +215,6 @@ def run_study(cfg: DemoConfig, echo: Callable[[str], None] = print) -> StudyResu
               "wall_seconds": round(time.perf_counter() - started, 1)}
     artefacts = write_report(s.out, rows, three, record)
     return StudyResult(s.out, rows, three, record, artefacts)
-
-
-def quiet_libraries() -> None:
-    """The study prints one line per stage; the libraries' own progress bars would drown them."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
 
 
 def three_skills(s: Study, cfg: DemoConfig, ref: dict, tau_g, theta: float, groups: list[str]) -> list[Row]:

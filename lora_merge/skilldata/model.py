@@ -2,10 +2,10 @@
 
 Rows use the project's formats, so they go straight into ``train`` and ``eval``:
 
-* training rows are conversational prompt/completion rows (:func:`lora_merge.study.tasks.train_row`):
+* training rows are conversational prompt/completion rows (:func:`lora_merge.train.data.chat_training_row`):
   ``{"prompt": [system?, user], "completion": [assistant], "id": family, "form": form}`` (the trainer keeps only
   prompt and completion);
-* eval rows are :mod:`lora_merge.evaluate.sets` rows (:func:`lora_merge.study.tasks.eval_row`):
+* eval rows are :mod:`lora_merge.evaluate.sets` rows (:func:`lora_merge.evaluate.sets.eval_row`):
   ``{"messages": [system?, user], "metric": …, "answer"?: …, "id": family, "form": form}``.
 """
 
@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.evaluate.sets import eval_row
 from lora_merge.skilldata.splits import overlap
-from lora_merge.study.tasks import eval_row, train_row
+from lora_merge.train.data import chat_training_row
 
 IN_FORM, HELD_OUT = "in_form", "held_out"
 
@@ -51,13 +52,13 @@ class SkillData:
 
 def make_train(prompt: str, answer: str, family: str, form: str, system: str | None) -> dict:
     """One training row in the study's format, tagged with its family and surface form."""
-    return {**train_row((prompt, answer), system), "id": family, "form": form}
+    return {**chat_training_row(prompt, answer, system), "id": family, "form": form}
 
 
 def make_eval(prompt: str, metric: str, family: str, form: str, system: str | None,
               answers: list[str] | None = None) -> dict:
     """One eval row in the evalsets format; ``answers`` (exact/contains) become ``answer``."""
-    row = eval_row((prompt, ""), metric, family, system)
+    row = eval_row(prompt, "", metric, family, system)
     if metric in ("exact", "contains"):
         row["answer"] = answers[0] if answers and len(answers) == 1 else list(answers or [])
     row["form"] = form

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_merge.core.errors import LoraMergeError
-from lora_merge.demo.data import LOOKALIKE_TRAIN_SHARE, SkillSets, put_skill_evals
 from lora_merge.miniature import vocab as V
 from lora_merge.miniature.build import write_jsonl
 from lora_merge.study.map_config import MapConfig
-from lora_merge.study.tasks import StudyData, write_study_data
+from lora_merge.study.tasks import LOOKALIKE_TRAIN_SHARE, SkillSets, StudyData, put_skill_evals, write_study_data
 
 
 @dataclass(frozen=True)

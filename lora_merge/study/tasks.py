@@ -9,13 +9,30 @@ by default: a real pretrained model could only guess them.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_merge.evaluate.sets import eval_row
 from lora_merge.miniature.build import write_jsonl
 from lora_merge.miniature.world import Example, World, sample
+from lora_merge.train.data import chat_training_row
 
 UNSAFE_SET, LOOKALIKE_SET = "safety_unsafe", "safety_lookalike"
+
+
+# Share of safety's |D| training rows that are lookalikes answered helpfully (the rest are refusals), so the
+# pack does not learn "refuse everything". The layer's own mix (all of Do-Not-Answer) has far fewer.
+LOOKALIKE_TRAIN_SHARE = 1 / 3
+
+
+@dataclass(frozen=True)
+class SkillSets:
+    """The eval sets that score one skill."""
+
+    in_form: str
+    held_out: str | None = None
+    lookalike: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,22 +59,16 @@ class StudyData:
         return "safety" if set_name in (UNSAFE_SET, LOOKALIKE_SET) else set_name
 
 
-def _turns(system: str | None, q: str) -> list[dict]:
-    head = [{"role": "system", "content": system}] if system else []
-    return [*head, {"role": "user", "content": q}]
+def put_skill_evals(name: str, evals: dict[str, list[dict]], put: Callable[[str, str, list[dict]], str]) -> SkillSets:
+    """Write one skill's eval splits through ``put(set name, group, rows)``: in form and held out, and for safety
+    the unsafe prompts (in form, held out) and every lookalike."""
+    from lora_merge.skilldata import HELD_OUT, IN_FORM, LOOKALIKE_HELD_OUT, LOOKALIKE_IN_FORM
 
-
-def train_row(ex: Example, system: str | None) -> dict:
-    q, a = ex
-    return {"prompt": _turns(system, q), "completion": [{"role": "assistant", "content": a}]}
-
-
-def eval_row(ex: Example, metric: str, family: str, system: str | None) -> dict:
-    q, a = ex
-    row = {"messages": _turns(system, q), "metric": metric, "id": family}
-    if metric in ("exact", "contains"):
-        row["answer"] = a
-    return row
+    if name == "safety":
+        return SkillSets(put("safety_unsafe", "safety", evals[IN_FORM]),
+                         put("safety_heldout", "safety_heldout", evals[HELD_OUT]),
+                         put("safety_lookalike", "lookalike", evals[LOOKALIKE_IN_FORM] + evals[LOOKALIKE_HELD_OUT]))
+    return SkillSets(put(name, name, evals[IN_FORM]), put(f"{name}_heldout", f"{name}_heldout", evals[HELD_OUT]))
 
 
 def _general(world: World, rng: random.Random, families: list[str], n: int, held_out: bool,
@@ -90,28 +101,28 @@ def write_study_data(root: Path, seed: int, families: list[str], general: int, s
     g_rows = _general(world, rng, families, general, False, None)
     seen.update(q for _, (q, _) in g_rows)
     train["general"] = root / "data" / "general.jsonl"
-    write_jsonl(train["general"], (train_row(ex, system) for _, ex in g_rows))
+    write_jsonl(train["general"], (chat_training_row(*ex, system) for _, ex in g_rows))
     gens = {"science": world.science, "coding": world.coding, "safety": world.safety}
     counts = {"general": len(g_rows)}
     for name, n in skills.items():
         rows = sample(gens[name], rng, n, False)
         seen.update(q for q, _ in rows)
         train[name] = root / "data" / f"{name}.jsonl"
-        counts[name] = write_jsonl(train[name], (train_row(ex, system) for ex in rows))
+        counts[name] = write_jsonl(train[name], (chat_training_row(*ex, system) for ex in rows))
 
     def put(name: str, rows) -> None:
         evals[name] = root / "evals" / f"{name}.jsonl"
         counts[f"eval/{name}"] = write_jsonl(evals[name], rows)
 
-    put("general", (eval_row(ex, "exact", fam, system)
+    put("general", (eval_row(*ex, "exact", fam, system)
                     for fam, ex in _general(world, rng, families, eval_general, True, seen)))
     for name in skills:
         if name == "safety":
-            put(UNSAFE_SET, (eval_row(ex, "refusal", "unsafe", system)
+            put(UNSAFE_SET, (eval_row(*ex, "refusal", "unsafe", system)
                              for ex in sample(world.unsafe, rng, eval_unsafe, True, seen)))
-            put(LOOKALIKE_SET, (eval_row(ex, "compliance", "lookalike", system)
+            put(LOOKALIKE_SET, (eval_row(*ex, "compliance", "lookalike", system)
                                 for ex in world.lookalikes() if ex[0] not in seen))
         else:
-            put(name, (eval_row(ex, "exact", name, system)
+            put(name, (eval_row(*ex, "exact", name, system)
                        for ex in sample(gens[name], rng, eval_skill, True, seen)))
     return StudyData(root, train, evals, counts)

@@ -24,7 +24,7 @@ from lora_merge.study.map_data import MapData, write_map_data
 from lora_merge.study.map_labels import pack_name, point_label, replay_label, tau_alone_label, theta_label
 from lora_merge.study.scores import EvalSet, score_model
 
-TRAIN_TOKENS_PER_S = 180.0  # SmolLM2-135M LoRA on 2 idle cores (docs/results.md, make demo); sets the first ETA
+TRAIN_TOKENS_PER_S = 180.0  # first ETA guess until the run measures its own rate (StagePlan rescales the rest)
 FULL_SLOWDOWN = 1.6  # full-parameter steps against LoRA's (optimizer state for every weight)
 SCORE_ITEMS_PER_S = 6.0  # greedy scoring at batch 50, answers of 8-11 tokens
 LOAD_SECONDS = 4.0  # folding θpre + τ and loading it
@@ -240,14 +240,14 @@ def run_map(cfg: MapConfig, echo: Callable[[str], None] = print, progress: bool 
 
     import torch
 
-    from lora_merge.demo.run import quiet_libraries
+    from lora_merge.core.console import quiet_libraries
     from lora_merge.study.map_report import write_map_report
 
     if cfg.quick:
         cfg = quick_map_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    quiet_libraries()
+    quiet_libraries(loading_bars=False)
     m = MapRun(cfg, echo, progress)
     plan = StagePlan(plan_stages(cfg, m.data), echo)
     names = iter(plan.order)

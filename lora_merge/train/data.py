@@ -54,6 +54,17 @@ class TrainingMix:
     sources: dict[str, SkillData] = field(default_factory=dict)
 
 
+def chat_turns(prompt: str, system: str | None = None) -> list[dict]:
+    """The chat turns that ask ``prompt``: a system turn first when ``system`` is given."""
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": prompt}]
+
+
+def chat_training_row(prompt: str, answer: str, system: str | None = None) -> dict:
+    """A conversational prompt/completion training row: the trainer applies the model's chat template."""
+    return {"prompt": chat_turns(prompt, system), "completion": [{"role": "assistant", "content": answer}]}
+
+
 def _bad(source: str, row: int, what: str) -> LoraMergeError:
     return LoraMergeError(f"{source}: row {row}: {what}")
 

@@ -57,23 +57,3 @@ def quiet_trainer(trainer, run_dir: Path, progress: bool):
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(progress_callback(run_dir, progress))
     return trainer
-
-
-def quiet_libraries(qlora: bool) -> None:
-    """Library chatter a training run does not need: datasets' per-map bars (the train bar is the progress) and,
-    unless this run uses QLoRA, bitsandbytes' warnings (it is imported by peft when installed, used or not)."""
-    import logging
-    import warnings
-
-    import datasets
-
-    datasets.disable_progress_bars()
-    if not qlora:
-        warnings.filterwarnings("ignore", module="bitsandbytes")
-        warnings.filterwarnings("ignore", message=".*bitsandbytes.*")
-        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # deprecations inside TRL/PEFT
-    if console.is_quiet():
-        import transformers
-
-        transformers.logging.set_verbosity_error()

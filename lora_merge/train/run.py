@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lora_merge.core.console import quiet_libraries
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.names import check_name
 from lora_merge.core.output import staged_output
@@ -31,7 +32,7 @@ from lora_merge.io.numerics import require_finite_folder
 from lora_merge.train.completion_logits import completion_positions_only
 from lora_merge.train.data import TrainingMix, count_tokens, load_data, mix, replay_sample
 from lora_merge.train.processes import Processes
-from lora_merge.train.progress import quiet_libraries, quiet_trainer
+from lora_merge.train.progress import quiet_trainer
 from lora_merge.train.save import RunPlan, TrainResult, write_model_folder, write_pack
 from lora_merge.train.training_recipe import Recipe
 
