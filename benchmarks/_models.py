@@ -91,7 +91,8 @@ def _weights(shape: Shape, name: str, role: str) -> torch.Tensor:
     dims = shape.tensors()[name]
     if name.endswith("norm.weight"):
         return torch.ones(dims, dtype=torch.bfloat16)
-    if shape.params() > 3e9:  # 7B: a random 16M-value block repeated at a per-tensor offset (minutes, not an hour)
+    if shape.params() > 3e9:  # 7B: a random 16M-value block repeated at a per-tensor offset (drawing every value
+        # would make building the model take far longer than the benchmark's own runs)
         block = _BLOCK.setdefault("b", (torch.randn(1 << 24, generator=_gen("block")) * 0.02).to(torch.bfloat16))
         n, shift = _numel(dims), zlib.crc32(name.encode()) % (1 << 24)
         reps = -(-(n + shift) // block.numel())

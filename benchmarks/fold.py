@@ -76,9 +76,10 @@ class Bench:
     def interleaved(self, size: str, jobs: list[tuple[str, list[str]]], repeat: int = 1, before=None) -> list[Row]:
         """Measure every (label, cmd) ``repeat`` times, round-robin; each row keeps its fastest run and notes all.
 
-        Writing a fresh 2 GB file into the page cache here takes 0.5 s or 5 s depending on what the VM's memory
-        was doing just before (same bytes, same file): this guest's balloon reports free pages to the host
-        (VIRTIO_BALLOON_F_REPORTING), and a page the host took back costs a fault on its next first touch. So
+        Writing the same bytes into the page cache can cost several times more or less depending on what a VM's
+        memory was doing just before: a guest whose balloon reports free pages to the host
+        (VIRTIO_BALLOON_F_REPORTING) pays a fault on the next first touch of each page the host took back
+        (docs/benchmarks.md, "Session 3", has the spread measured on the development VM). So
         one sample of a row is noise; every row that a target divides is timed several times and its best kept,
         and rows that a ratio compares are timed in turns, so that each sees the machine in the same states.
         """

@@ -90,6 +90,3 @@ def _miniature(config_path: Path | None, quick: bool, out, adapters_dir, cache_d
     click.echo(f"  {'skill packs':<16} {cfg.adapters_dir}/{{science,coding,safety}} (LoRA), …-full (dense)")
     click.echo(f"try: python cli.py fold --general {res.record['general']} --adapters safety,coding "
                f"--adapters-dir {cfg.adapters_dir} --out {res.out / 'merged' / 'safety+coding'}")
-
-
-COMMANDS = [demo_cmd]

@@ -13,14 +13,14 @@ from lora_merge.core import console
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="Study settings (YAML), e.g. configs/study-smollm2.yaml.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: the config's out).")
-@click.option("--quick", is_flag=True, default=False, help="Pico model and tiny sets: the pipeline in seconds.")
+@click.option("--quick", is_flag=True, default=False, help="Pico model and tiny sets: the whole pipeline at test size.")
 @click.option("--threads", type=int, default=None, help="torch threads (default: the config's, else torch's).")
 @click.option("--seed", type=int, default=None,
               help="Seed of the data draw and of every training run (default: the config's); use with --out.")
 @click.option("--cft-replay", is_flag=True, default=None,
-              help="Also CFT with G replayed, per skill (adds ≈ 9 minutes on 2 CPU cores).")
+              help="Also CFT with G replayed, per skill: one more training run and scoring each (README: how long).")
 @click.option("--rt-per-skill", is_flag=True, default=None,
-              help="Also RT on G ∪ D for each skill alone (adds ≈ 11 minutes on 2 CPU cores).")
+              help="Also RT on G ∪ D for each skill alone: θpre retrained and scored per skill (README: how long).")
 def study(config_path: Path, out: Path | None, quick: bool, threads: int | None, seed: int | None,
           cft_replay: bool | None, rt_per_skill: bool | None) -> None:
     """Prepare θpre, tune θG, train skills (PTM, CFT, RT), sweep ω, fold several skills; write tables and plots."""
@@ -55,7 +55,7 @@ def study_compare(runs: tuple[Path, ...], out: Path | None) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="Map settings (YAML), e.g. configs/study-map.yaml.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: the config's out).")
-@click.option("--quick", is_flag=True, default=False, help="Pico model and tiny sets: the pipeline in seconds.")
+@click.option("--quick", is_flag=True, default=False, help="Pico model and tiny sets: the whole pipeline at test size.")
 @click.option("--threads", type=int, default=None, help="torch threads (default: the config's, else torch's).")
 def study_map(config_path: Path, out: Path | None, quick: bool, threads: int | None) -> None:
     """When does PTM transfer? Packs at several |D|, ranks and full parameters, on two θG, swept finely over ω.
@@ -69,6 +69,3 @@ def study_map(config_path: Path, out: Path | None, quick: bool, threads: int | N
     artefacts = run_map(cfg, echo=console.info)
     for name, path in artefacts.items():
         click.echo(f"{name}: {path}")
-
-
-COMMANDS = [study, study_compare, study_map]

@@ -1,5 +1,5 @@
 """The names options accept (merge rules, paper variants, float dtypes), torch-free so the command line can list
-them in --help without importing the modules that implement them (`combine.py`, `fold.py`, `extract.py`; a test
+them in --help without importing the modules that implement them (`rules/combine.py`, `fold/write.py`, `pack/extract.py`; a test
 checks the two lists agree)."""
 
 from __future__ import annotations

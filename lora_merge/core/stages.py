@@ -1,7 +1,7 @@
 """Progress with an ETA for multi-stage runs: a stage plan for the whole run.
 
-A :class:`StagePlan` knows every stage's planned cost up front (seconds on the reference machine, estimated
-from token counts); after each finished stage it rescales what is left by how fast the run has actually
+A :class:`StagePlan` knows every stage's planned cost up front (seconds at the caller's reference rates, a first
+guess estimated from token counts); after each finished stage it rescales what is left by how fast the run has actually
 gone so far, so the ETA follows the machine it runs on (a busy shared CPU, or a faster one). Each training
 run shows its own bar (steps, loss, ETA: :mod:`lora_merge.train.progress`).
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 
 REUSED_SHARE = 0.1  # a stage done in under this share of its plan reused earlier work: it says nothing of the pace
 # A stage planned shorter than this is mostly fixed costs (a cache check, a file written): its pace says nothing
-# of the training and scoring that follow (a 2 s hash check done in 1 s had halved a 9-minute ETA).
+# of the training and scoring that follow (a cache check that ran at twice its planned pace once halved the whole
+# run's ETA: docs/benchmarks.md, "Figures the code cites").
 PACE_MIN_PLANNED_S = 5.0
 
 

@@ -1,1 +1,1 @@
-"""`make demo`: Merge to Learn on SmolLM2-135M-Instruct in minutes, built from the study's pieces."""
+"""`make demo`: Merge to Learn on SmolLM2-135M-Instruct, sized for a CPU, built from the study's pieces."""

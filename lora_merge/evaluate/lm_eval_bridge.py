@@ -59,8 +59,8 @@ def run_lm_eval(
 
     if include_path is not None and not Path(include_path).is_dir():
         raise LoraMergeError(f"--lm-eval-include {include_path}: no such folder of task YAMLs")
-    # Indexing lm-eval's thousands of built-in task YAMLs takes tens of seconds: skip it when the local
-    # folder defines every task asked for.
+    # Indexing lm-eval's thousands of built-in task YAMLs is slow (docs/benchmarks.md, "Figures the code
+    # cites"): skip it when the local folder defines every task asked for.
     manager = None
     if include_path is not None:
         manager = TaskManager(include_path=str(include_path), include_defaults=False)

@@ -3,8 +3,8 @@
 Every output tensor has a known place in the output shards before the fold
 starts (:class:`lora_merge.io.placed.PlacedWriter`), so each merge worker takes the
 next tensor, merges it and writes it to its place itself; nothing is handed to a
-single writer thread (on 2 cores, copying 2 GB into the page cache from one
-thread took longer than all the arithmetic).
+single writer thread (one thread copying every output byte into the page cache
+was the fold's bottleneck: docs/benchmarks.md, "Session 3", "Profiled first").
 
 - Tensors no pack touches and whose dtype stays are never converted: their
   bytes go from θG's file into the shard kernel-side (``copy_file_range``).
@@ -52,8 +52,8 @@ TILE_ELEMENTS = 1 << 18
 # so tiles are multiples of this and the last tile absorbs the remainder.
 TILE_QUANTUM = 64
 # Merge workers, each single-threaded. Small tiles under torch's own intra-op threads spend
-# more time in thread hand-offs than in arithmetic (30× slower on a loaded 2-core machine),
-# so the parallelism is across tensors instead.
+# more time in thread hand-offs than in arithmetic, worst on a loaded machine (docs/benchmarks.md,
+# "Figures the code cites"), so the parallelism is across tensors instead.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 POLL_S = 0.1  # how often the waiting thread looks whether a worker died
 

@@ -4,7 +4,8 @@ The safetensors layout is fixed by the tensors' names, dtypes and shapes alone,
 so :class:`PlacedWriter` writes every shard's header first and then lets any
 thread write any tensor's bytes straight to their offset (``pwrite``), in any
 order and in pieces: the fold's merge workers write their own tiles, with no
-hand-off to a single writer thread (on 2 cores that thread was the bottleneck).
+hand-off to a single writer thread (that thread was the fold's bottleneck:
+docs/benchmarks.md, "Session 3", "Profiled first").
 :meth:`finish` refuses to call a file complete unless every planned byte arrived.
 """
 

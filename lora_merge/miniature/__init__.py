@@ -1,4 +1,4 @@
-"""The miniature Merge-to-Learn study that `make demo` runs on a CPU in minutes.
+"""The miniature Merge-to-Learn study (`python cli.py demo --world miniature`), sized to run on a CPU.
 
 world.py builds a deterministic synthetic world (tokenizer, pretraining corpus,
 general mix G, three skills, eval sets); pretrain.py makes θpre (cached under

@@ -1,7 +1,7 @@
 """Pretrain θpre on the world's corpus (a plain causal-LM loop), cached under runs/ by a hash of its settings.
 
-A fresh machine builds the base once (a few minutes on a CPU); later runs with the same world and
-model settings reuse the cached folder. The folder is a normal Hugging Face model folder with the
+A fresh machine builds the base once (its record keeps how many seconds that took); later runs with the
+same world and model settings reuse the cached folder. The folder is a normal Hugging Face model folder with the
 world's tokenizer and chat template, written to a temporary name and renamed into place when done.
 """
 

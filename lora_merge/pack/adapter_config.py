@@ -99,7 +99,8 @@ def _check_patterns(patterns: Mapping[str, object], what: str) -> list[str]:
     for key in patterns:
         if not key or len(key) > MAX_PATTERN_CHARS:
             raise LoraMergeError(f"{what}: key {key[:40]!r} must be 1 to {MAX_PATTERN_CHARS} characters")
-        import regex  # only when a pack has pattern keys: 10 ms of start-up that `pack inspect` need not pay
+        # only when a pack has pattern keys: start-up `pack inspect` need not pay (docs/benchmarks.md, "Start-up")
+        import regex
 
         try:
             re.compile(rf"(.*\.)?({key})$")  # PEFT's syntax: what PEFT cannot compile is refused here too

@@ -83,7 +83,7 @@ def create_pack(req: CreateRequest) -> tuple[Path, Manifest]:
                     listed = "; ".join(f"{k}: {d}" for k, d in bad[:3])
                     raise LoraMergeError(f"{source / fname} holds non-finite values ({listed}); it cannot be folded")
         if req.base is not None:
-            sketch_pack(tmp, Path(req.base))  # θpre sampled where the pack touches it (provenance.py)
+            sketch_pack(tmp, Path(req.base))  # θpre sampled where the pack touches it (pack/provenance.py)
         manifest = write_manifest(tmp, Manifest(
             name=req.name, kind=pack.kind, description=req.description,
             base_model=base_fingerprint(req.base, pack), data=DataInfo(instances=req.instances),

@@ -186,7 +186,7 @@ def extract_pack(req: ExtractRequest) -> ExtractResult:
             result = _write_dense(req, model, base, names, tmp, dtype, device)
         else:
             result = _write_lora(req, model, base, names, tmp, dtype, device)
-        sketch_pack(tmp, Path(req.base))  # θpre sampled where the pack touches it (provenance.py)
+        sketch_pack(tmp, Path(req.base))  # θpre sampled where the pack touches it (pack/provenance.py)
         training = TrainingInfo(method="full", rank=req.rank, alpha=float(req.rank) if req.rank else None,
                                 extracted_from=str(req.model), svd_relative_error=result.overall_error)
         write_manifest(tmp, Manifest(

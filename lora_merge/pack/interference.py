@@ -7,7 +7,8 @@ vector's norm.
 
 Inner products of LoRA terms go through the factors, never through ΔW:
 ⟨B1A1, B2A2⟩_F = tr((B1ᵀB2)(A2A1ᵀ)), two r×r products per pair, so the cosines
-of a 7B model's packs take seconds. Sign conflicts need the entries
+cost the adapters' size, not the model's (docs/benchmarks.md, "pack
+interference … low-rank route only"). Sign conflicts need the entries
 themselves: each vector's dense delta is formed for one tensor at a time (and
 only when ``signs`` is on), never for the whole model.
 """

@@ -50,7 +50,7 @@ class DataInfo(BaseModel):
     """What the skill was trained on: |D| is what the ω = |D|/|G| rule uses."""
 
     model_config = ConfigDict(extra="forbid")
-    # Strict: "100" or true is not a size. Bounds on ω = |D|/|G| are checked where ω is chosen (weights.py).
+    # Strict: "100" or true is not a size. Bounds on ω = |D|/|G| are checked where ω is chosen (rules/omega.py).
     instances: StrictInt | None = Field(default=None, gt=0, description="|D|: training instances after filtering")
     tokens: StrictInt | None = Field(default=None, ge=0)
     sha256: str | None = None

@@ -75,9 +75,9 @@ def keep_top_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
     if k == 0:
         return torch.zeros_like(delta)
     magnitude = delta.abs()
-    # The k-th largest magnitude as a threshold: the same entries as PEFT's top-k mask, 4× faster than
-    # torch.topk on large tensors. Entries tied exactly at the threshold are all kept (top-k would keep
-    # an arbitrary subset of them).
+    # The k-th largest magnitude as a threshold: the same entries as PEFT's top-k mask without sorting out
+    # k indices, which made torch.topk the slow step on large tensors (docs/benchmarks.md, "Figures the code
+    # cites"). Entries tied exactly at the threshold are all kept (top-k would keep an arbitrary subset of them).
     threshold = kth_smallest(magnitude.reshape(-1).float(), delta.numel() - k + 1)
     return delta * (magnitude >= threshold)
 
@@ -89,8 +89,8 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th smallest (1-based) of a 1-D tensor of non-negative float32 values, exactly.
 
     Non-negative floats order like their bit patterns read as integers, so one counting pass over the top
-    16 bits finds the bucket that holds the k-th value, and kthvalue runs on that bucket alone: half the
-    time of kthvalue on the whole tensor for a 5632 × 2048 delta.
+    16 bits finds the bucket that holds the k-th value, and kthvalue runs on that bucket alone instead of on
+    the whole tensor (docs/benchmarks.md, "Session 3", has the timing).
     """
     if values.numel() < RADIX_MIN:
         return torch.kthvalue(values, k).values
@@ -113,8 +113,9 @@ class KeepDraws:
     ``torch.bernoulli(torch.full(shape, p), generator=gen)`` draws one 32-bit word per entry from ``gen`` (an
     MT19937 stream) and keeps the entry when the word's low 24 bits, read as a fraction, are below p (float32).
     The same stream runs here in a compiled loop (:mod:`lora_merge.rules.kernels`) that tests each word as it makes
-    it: ≈ 0.6 ns a draw against bernoulli's 12, and any number of draws per call lands where bernoulli's would
-    (tests/test_combine.py compares them).
+    it, in one pass with no float tensors (bernoulli reads a float tensor of p and writes floats; the cost per
+    draw of each way: docs/benchmarks.md, "Session 4" and "Session 8"), and any number of draws per call lands
+    where bernoulli's would (tests/test_combine.py compares them).
     """
 
     def __init__(self, seed: int, density: float):

@@ -5,9 +5,10 @@ In torch each of these is a chain of whole-array operations (TIES' election alon
 tile), while one loop does the same arithmetic in a single pass over data that stays in the L1 cache. Every loop
 computes what :mod:`lora_merge.rules.combine` states, operation for operation in the same order, so the oracle tests
 against PEFT's merge_utils hold them as they held the torch code. All release the GIL, so the fold's merge
-workers run them side by side. Only the pruning rules import this module: numba takes ≈ 0.25 s to import and
-≈ 0.3 s to load the compiled loops from its cache (compiling them takes ≈ 5 s: `make` does it once), which
-the linear fold and the light commands never pay.
+workers run them side by side. Only the pruning rules import this module: importing numba and loading the
+compiled loops from its cache is a start-up cost the linear fold and the light commands never pay, and compiling
+them is slower still, so `make` does it once (`python -m lora_merge.rules.kernels`). The figures are in
+docs/benchmarks.md, "Session 8 (issue 21): the pruning rules' hot loops compiled".
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def draw_keeps(words, position, bound, keep):
             _regenerate(words)
             p = 0
         m = min(_N - p, n - i)
-        block, out = words[p:p + m], keep[i:i + m]  # slices: the loop below is then vectorised (4x faster)
+        # slices, not words[p + j]: numba then vectorises the loop below (docs/benchmarks.md, "Figures the code cites")
+        block, out = words[p:p + m], keep[i:i + m]
         for j in range(m):
             y = block[j]
             y ^= y >> np.uint32(11)

