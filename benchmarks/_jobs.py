@@ -53,7 +53,8 @@ def job_arithmetic(args: list[str]) -> None:
     one thread, no file I/O beyond θG's page-cached map: the arithmetic floor one merge worker cannot go under."""
     import torch
 
-    from lora_merge.fold.plan import FoldRequest, plan_fold
+    from lora_merge.fold.plan import plan_fold
+    from lora_merge.fold.request import FoldRequest
     from lora_merge.fold.stream import merge_terms, merged_tiles, tile_elements
     from lora_merge.io.numerics import all_finite
 

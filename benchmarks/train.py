@@ -41,9 +41,9 @@ def build(folder: Path, model: str) -> Path:
 
 def run_ours(base: Path, data: list[dict], steps: int, work: Path) -> int:
     from lora_merge.train.run import train_skill
-    from lora_merge.train.training_recipe import load_recipe
+    from lora_merge.train.training_recipe import load_training_recipe
 
-    r = load_recipe(None, dict(base=base, data=data, name="bench", mode="lora", max_steps=steps,
+    r = load_training_recipe(None, dict(base=base, data=data, name="bench", mode="lora", max_steps=steps,
                                adapters_dir=work / "adapters", run_dir=work / "run", save_steps=10**6,
                                progress=False, logging_steps=10**6, **SETTINGS))
     res = train_skill(r)

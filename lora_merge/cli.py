@@ -11,7 +11,6 @@ transformers (tests/test_startup.py).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -19,12 +18,23 @@ import sys
 import click
 
 from lora_merge import __version__
+from lora_merge.commands.data import data
+from lora_merge.commands.demo import demo_cmd
+from lora_merge.commands.evaluate import eval_cmd
+from lora_merge.commands.extract import extract_cmd
+from lora_merge.commands.fold import fold_cmd
+from lora_merge.commands.interference import interference_cmd
+from lora_merge.commands.pack import inspect_cmd, pack
+from lora_merge.commands.pack_create import create_cmd
+from lora_merge.commands.pack_merge import merge_cmd
+from lora_merge.commands.share import export_cmd, import_cmd, upgrade_cmd, verify_cmd
+from lora_merge.commands.study import study, study_compare, study_map
+from lora_merge.commands.sweep import sweep_cmd
+from lora_merge.commands.train import train_cmd
+from lora_merge.commands.walkthrough import walkthrough_cmd
 from lora_merge.core import console
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.printable import printable
-
-# Modules under lora_merge.commands that add commands to the group (each exposes COMMANDS).
-COMMAND_MODULES = ["fold", "pack", "share", "pack_merge", "pack_create", "walkthrough", "extract", "interference", "evaluate", "sweep", "train", "demo", "study", "data"]
 
 
 class FriendlyGroup(click.Group):
@@ -54,18 +64,20 @@ def main(quiet: bool, no_progress: bool) -> None:
     console.configure(progress=not no_progress, quiet=quiet)
 
 
-for _name in COMMAND_MODULES:
-    _module = importlib.import_module(f"lora_merge.commands.{_name}")
-    for _cmd in _module.COMMANDS:
-        main.add_command(_cmd)
+# Every command is added here and only here: a command module defines its commands and registers nothing.
+for _cmd in (inspect_cmd, verify_cmd, upgrade_cmd, export_cmd, import_cmd, merge_cmd, create_cmd, interference_cmd):
+    pack.add_command(_cmd)
+for _cmd in (fold_cmd, pack, walkthrough_cmd, extract_cmd, eval_cmd, sweep_cmd, train_cmd, demo_cmd, study,
+             study_compare, study_map, data):
+    main.add_command(_cmd)
 
 
 def run() -> None:
     """The `python cli.py` / `lora-merge` entry point: :func:`main`, then a quick exit.
 
-    Once torch is imported, tearing the interpreter down after the command costs ≈ 0.3 s (module finalisers)
-    and does nothing a user needs: by then every output is written, closed and renamed into place. So the
-    process flushes stdout, stderr and logging and leaves with ``os._exit``. Not in a distributed run (torchrun
+    Once torch is imported, tearing the interpreter down after the command adds a wait to every command (module
+    finalisers; docs/benchmarks.md, "Start-up") and does nothing a user needs: by then every output is written,
+    closed and renamed into place. So the process flushes stdout, stderr and logging and leaves with ``os._exit``. Not in a distributed run (torchrun
     and accelerate want an orderly exit), and not when :func:`main` is called from Python (tests call it), nor
     when a command ends in an exception other than a plain exit (its traceback prints as usual).
     """

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,9 @@ import yaml
 from click.testing import CliRunner
 
 from lora_merge.cli import main
-from lora_merge.fold.merge_recipe import RECIPE_NAME
+from lora_merge.fold.merge_recipe import MergeRecipe
+from lora_merge.fold.request import PATH_FIELDS, FoldRequest, fold_request
+from lora_merge.fold.resolved_recipe import RECIPE_NAME
 from lora_merge.pico import make_lora_pack, state_of
 
 
@@ -93,3 +97,89 @@ def test_bad_recipes_are_one_clear_line(world, body, needle):
     assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
     assert not (tmp / "o").exists()
 
+
+
+def error_lines(res) -> list[str]:
+    return [ln for ln in res.output.strip().splitlines() if ln.startswith("error:")]
+
+
+def unlabelled(line: str) -> str:
+    """An error line without "error:" and the label saying where the bad value was written."""
+    return re.sub(r"^error: (--weights|merge recipe):? ", "", line)
+
+
+def test_request_path_fields_are_paths_whatever_was_passed(world, tmp_path):
+    tmp, reg, gen_dir = world
+    req = FoldRequest(general=str(gen_dir), packs=["safety"], out=str(tmp / "o"), adapters_dir=str(reg),
+                      base=tmp / "b", cft="c")
+    fields = {k: getattr(req, k) for k in PATH_FIELDS}
+    assert fields == {"general": gen_dir, "out": tmp / "o", "adapters_dir": reg, "base": tmp / "b", "cft": Path("c")}
+    assert all(isinstance(v, Path) for v in fields.values())
+    assert isinstance(replace(req, out=str(tmp / "p")).out, Path)  # a sweep's reweighted request too
+    recipe = MergeRecipe.model_validate({"general": str(gen_dir), "adapters": [{"pack": "safety"}],
+                                         "adapters_dir": str(reg), "base": str(gen_dir), "out": str(tmp / "o")})
+    built = fold_request(recipe, {"cft": tmp / "cft"})
+    assert all(isinstance(getattr(built, k), Path) for k in PATH_FIELDS), built
+
+
+@pytest.mark.parametrize("weights, recipe_weights, message", [
+    ("nan", [float("nan")], "ω = nan is outside the sane range [-10, 10]"),
+    ("inf", [float("inf")], "ω = inf is outside the sane range [-10, 10]"),
+    ("-inf", [float("-inf")], "ω = -inf is outside the sane range [-10, 10]"),
+    ("0.1,0.2,0.3", None, "gives 3 value(s) for 2 packs; give one per pack, in order"),
+])
+def test_a_bad_omega_reads_the_same_from_the_command_line_and_a_recipe(world, weights, recipe_weights, message):
+    tmp, reg, gen_dir = world
+    packs = ["safety"] if recipe_weights else ["safety", "coding"]
+    cli = run("fold", "--general", gen_dir, "--adapters-dir", reg, "--adapters", ",".join(packs),
+              "--weights", weights, "--out", tmp / "o")
+    cfg = tmp / "merge.yml"
+    adapters = [{"pack": p} | ({"weight": w} if recipe_weights else {})
+                for p, w in zip(packs, recipe_weights or [None] * len(packs), strict=True)]
+    cfg.write_text(yaml.safe_dump({"general": str(gen_dir), "adapters_dir": str(reg), "adapters": adapters}))
+    # ω in the recipe, or --weights laid over the recipe's packs: the same check, the same words
+    from_recipe = run("fold", "--config", cfg, "--out", tmp / "o", *([] if recipe_weights else ["--weights", weights]))
+    for res in (cli, from_recipe):
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert len(error_lines(res)) == 1 and message in error_lines(res)[0], res.output
+    # one message, its label naming where ω was written
+    assert [unlabelled(error_lines(r)[0]) for r in (cli, from_recipe)] == [message] * 2
+    assert not (tmp / "o").exists()
+
+
+def test_a_recipe_cft_weight_is_held_to_the_same_check(world):
+    tmp, reg, gen_dir = world
+    cfg = tmp / "merge.yml"
+    cfg.write_text(yaml.safe_dump({"general": str(gen_dir), "adapters_dir": str(reg), "cft_weight": 12.0,
+                                   "adapters": [{"pack": "safety"}]}))
+    res = run("fold", "--config", cfg, "--out", tmp / "o")
+    assert res.exit_code == 2 and error_lines(res) == [
+        "error: merge recipe: ω = 12 is outside the sane range [-10, 10]"], res.output
+
+
+def test_options_given_override_the_recipe(world):
+    tmp, reg, gen_dir = world
+    cfg = tmp / "merge.yml"
+    cfg.write_text(yaml.safe_dump({
+        "general": str(gen_dir), "adapters_dir": str(reg), "out": str(tmp / "from-file"), "method": "dare_linear",
+        "density": 0.5, "seed": 3, "adapters": [{"pack": "safety", "weight": 0.2, "sha256": {"x": "0" * 64}}]}))
+    res = run("fold", "--config", cfg, "--adapters", "coding", "--weights", "0.7", "--method", "linear",
+              "--out", tmp / "given")
+    assert res.exit_code == 0, res.output  # the recipe's hashes went with its adapters
+    record = json.loads((tmp / "given" / "lora_merge.json").read_text())
+    assert [(p["name"], p["weight"]) for p in record["packs"]] == [("coding", 0.7)]
+    assert (record["method"], record["density"], record["seed"]) == ("linear", 0.5, 3)  # the rest from the recipe
+    assert not (tmp / "from-file").exists()
+    recipe = MergeRecipe.model_validate(yaml.safe_load(cfg.read_text()))
+    req = fold_request(recipe, {"adapters": "coding", "no_verify": True, "seed": 0, "out": tmp / "o"})
+    assert (req.packs, req.weights, req.expected_sha256, req.verify, req.seed, req.density, req.method) == (
+        ["coding"], None, None, False, 0, 0.5, "dare_linear")
+    assert fold_request(recipe, {}).weights == [0.2] and fold_request(recipe, {}).out == tmp / "from-file"
+
+
+def test_fold_request_errors_without_general_or_out(world):
+    tmp, reg, gen_dir = world
+    res = run("fold", "--adapters", "safety", "--out", tmp / "o")
+    assert error_lines(res) == ["error: --general is required (or a merge recipe: --config merge.yml)"], res.output
+    res = run("fold", "--general", gen_dir, "--adapters-dir", reg, "--adapters", "safety")
+    assert error_lines(res) == ["error: no output folder: pass --out DIR (or `out:` in the recipe)"], res.output

@@ -44,12 +44,14 @@ def pack_dir(tmp_path_factory):
 def test_light_commands_import_no_torch(pack_dir):
     ad = ["--adapters-dir", str(pack_dir / "adapters")]
     for args in (["--help"], ["fold", "--help"], ["sweep", "--help"], ["train", "--help"], ["data", "list"],
+                 ["data", "write", "science", "--out", str(pack_dir / "science")],
                  ["pack", "inspect", "skill", *ad], ["pack", "verify", "skill", *ad],
                  ["pack", "export", "skill", *ad, "--out", str(pack_dir / "skill.tar.gz")],
                  ["pack", "import", str(pack_dir / "skill.tar.gz"), "--adapters-dir", str(pack_dir / "imported")],
                  ["pack", "upgrade", "skill", *ad]):
         assert imported(args) == [], args
     assert (pack_dir / "imported" / "skill" / "skill.json").is_file()  # the import did run
+    assert (pack_dir / "science" / "train.jsonl").is_file()  # so did the data write
 
 
 def test_fold_imports_torch_only(pack_dir, pico_dirs):

@@ -11,7 +11,7 @@ import torch
 
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.pack.skillpack import load_pack
-from lora_merge.train.training_recipe import load_recipe
+from lora_merge.train.training_recipe import load_training_recipe
 
 PROMPTS = [(f"add {i} and {i + 3}: ", f"{2 * i + 3}!") for i in range(24)]
 
@@ -34,7 +34,7 @@ def recipe(world, tmp_path, **kw):
     values = dict(base=pre, data=data, name="adder", adapters_dir=tmp_path / "adapters", run_dir=tmp_path / "run",
                   max_steps=4, batch_size=8, lr=2e-2, rank=4, alpha=8, dropout=0.0, logging_steps=1, progress=False)
     values.update(kw)
-    return load_recipe(None, values)
+    return load_training_recipe(None, values)
 
 
 def test_lora_pack_loads_in_peft_changes_logits_and_folds_like_merge_and_unload(world, tmp_path):

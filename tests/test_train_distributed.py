@@ -58,7 +58,7 @@ def test_shipped_accelerate_configs_load_and_give_a_runnable_command():
 
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from lora_merge.train.training_recipe import load_recipe
+    from lora_merge.train.training_recipe import load_training_recipe
 
     assert [p.name for p in ACCELERATE_CONFIGS] == ["fsdp-full.yaml"]
     for path in ACCELERATE_CONFIGS:
@@ -72,7 +72,7 @@ def test_shipped_accelerate_configs_load_and_give_a_runnable_command():
         assert words[4:6] == ["cli.py", "train"]
         recipe_path = ROOT / words[words.index("--config") + 1]
         sets = dict(w.split("=", 1) for w in words[words.index("--set") + 1:][:1])
-        recipe = load_recipe(recipe_path, {"gradient_checkpointing": sets["gradient_checkpointing"] == "true"})
+        recipe = load_training_recipe(recipe_path, {"gradient_checkpointing": sets["gradient_checkpointing"] == "true"})
         # FSDP checkpoints activations itself; the trainer's own checkpointing on top would all-gather twice
         assert recipe.mode == "full" and not recipe.gradient_checkpointing
         assert cfg.fsdp_config["fsdp_activation_checkpointing"] is True

@@ -1,4 +1,4 @@
-"""Recipe key ``freeze``: full-parameter training that keeps the embeddings (and/or the output head) at θpre."""
+"""Training recipe key ``freeze``: full-parameter training that keeps the embeddings (and/or the output head) at θpre."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.pack.skillpack import load_pack
-from lora_merge.train.training_recipe import load_recipe
+from lora_merge.train.training_recipe import load_training_recipe
 
 ROWS = [{"prompt": f"add {i} and {i + 3}: ", "completion": f"{2 * i + 3}!"} for i in range(16)]
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -37,7 +37,7 @@ def recipe(bases, tmp_path, tie=False, **kw):
                   run_dir=tmp_path / "run", max_steps=3, batch_size=8, lr=1e-2, weight_decay=0.1, logging_steps=1,
                   progress=False)
     values.update(kw)
-    return load_recipe(None, values)
+    return load_training_recipe(None, values)
 
 
 class Capture:

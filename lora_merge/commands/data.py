@@ -106,6 +106,3 @@ def validate_cmd(file: Path, against: Path | None) -> None:
     click.echo(f"{v.path}: {v.rows} valid {v.kind} rows{metrics}")
     if v.against is not None:
         click.echo(f"no prompt repeats {v.against}")
-
-
-COMMANDS = [data]

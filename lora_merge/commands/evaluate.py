@@ -64,6 +64,3 @@ def eval_cmd(model, evals, batch_size, device, limit, max_new_tokens, refusal_ph
     if out is not None:
         report.write(out, force=force)
         click.echo(f"wrote {out}/scores.md, scores.json, scores.csv, samples.jsonl")
-
-
-COMMANDS = [eval_cmd]

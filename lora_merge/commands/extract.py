@@ -40,6 +40,3 @@ def extract_cmd(model, base, name, out, adapters_dir, rank, instances, descripti
             what = f"rank {e.rank}" if e.rank else "dropped (not a LoRA target)"
             click.echo(f"  {e.name:<48} {str(e.shape):<14} {what:<28} {e.relative:.4f}")
         click.echo(f"overall relative error: {res.overall_error:.4f}")
-
-
-COMMANDS = [extract_cmd]

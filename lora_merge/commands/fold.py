@@ -6,16 +6,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from click.core import ParameterSource
 
-from lora_merge.commands.options import SIZE, shared, split_names
+from lora_merge.commands.options import SIZE, given_options, shared
 from lora_merge.core.choices import FLOAT_DTYPE_NAMES, METHOD_NAMES
-from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.printable import printable
 
 if TYPE_CHECKING:
-    from lora_merge.fold.merge_recipe import MergeRecipe
-    from lora_merge.fold.plan import FoldRequest
+    from lora_merge.fold.request import FoldRequest
+    from lora_merge.fold.write import FoldResult
 
 
 @click.command("fold")
@@ -45,17 +43,21 @@ if TYPE_CHECKING:
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of pack weights (not recommended).")
 @shared("--allow-foreign-base")
 @click.pass_context
-def fold_cmd(ctx, config, general, adapters, adapters_dir, weights, weight_rule, general_size, base, method, cft,
-             density, seed, dtype, device, max_shard_size, out, force, no_verify, allow_foreign_base) -> None:
+def fold_cmd(ctx: click.Context, config: Path | None, no_verify: bool, **_options: object) -> None:
     """Fold one or several skill packs into a general model (every output holds lora_merge_recipe.yml to rerun it)."""
     from lora_merge.fold.merge_recipe import load_merge_recipe
+    from lora_merge.fold.request import fold_request
     from lora_merge.fold.write import fold
 
     if no_verify:
         click.secho("warning: --no-verify: pack weights are NOT checked against their manifest hashes", fg="yellow", err=True)
-    given = {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-    req = build_request(load_merge_recipe(config) if config else None, given)
-    res = fold(req)
+    # the rest of the options reach the request only where the user gave them, so a recipe's values stand otherwise
+    req = fold_request(load_merge_recipe(config) if config else None, given_options(ctx))
+    report(req, fold(req))
+
+
+def report(req: FoldRequest, res: FoldResult) -> None:
+    """The fold's notes and warnings (stderr), then what was folded at which ω, and where it went."""
     for note in res.notices:
         click.echo(f"note: {printable(note)}", err=True)
     for w in res.warnings:
@@ -65,37 +67,3 @@ def fold_cmd(ctx, config, general, adapters, adapters_dir, weights, weight_rule,
         click.echo(f"  {printable(p.name):<16} ω = {p.weight.value:.4g}  ({p.weight.formula}; {p.tensors} tensors)")
     click.echo(f"  {res.tensors_changed}/{res.tensors_total} tensors changed, {res.bytes_written / 1e6:.1f} MB "
                f"in {len(res.shards)} shard(s), {res.seconds:.1f} s; recipe: {res.out / 'lora_merge_recipe.yml'}")
-
-
-# command-line option → FoldRequest field (the rest share their name)
-FIELD = {"adapters": "packs", "no_verify": "verify"}
-
-
-def build_request(recipe: MergeRecipe | None, given: dict) -> FoldRequest:
-    """The request from the recipe (if any) with the options given on the command line on top."""
-    from lora_merge.core.hub import resolve_model
-    from lora_merge.fold.merge_recipe import MergeRecipe, recipe_request
-    from lora_merge.rules.omega import parse_weights
-
-    opts = {FIELD.get(k, k): v for k, v in given.items() if k != "config"}
-    if "verify" in opts:
-        opts["verify"] = not opts["verify"]
-    method = opts.get("method", recipe.method if recipe else "linear")
-    if "packs" in opts:
-        opts["packs"] = split_names(opts["packs"])
-    if "weights" in opts:
-        count = len(opts["packs"]) if "packs" in opts else (len(recipe.adapters) if recipe else 0)
-        opts["weights"] = parse_weights(opts["weights"], count or 1)  # wise_ft takes one ω for its --cft model
-    if recipe is None:
-        if not opts.get("general"):
-            raise LoraMergeError("--general is required (or a merge recipe: --config merge.yml)")
-        if "packs" not in opts and method != "wise_ft":
-            opts["packs"] = split_names("")  # the usual "--adapters needs at least one pack" error
-        recipe = MergeRecipe(general=opts["general"])
-    req = recipe_request(recipe, **opts)
-    req.general = resolve_model(req.general, "--general")
-    req.base = resolve_model(req.base, "--base") if req.base is not None else None
-    return req
-
-
-COMMANDS = [fold_cmd]

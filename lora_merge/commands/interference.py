@@ -7,11 +7,10 @@ from pathlib import Path
 import click
 
 from lora_merge.commands.options import shared, split_names, write_json
-from lora_merge.commands.pack import pack
 from lora_merge.core.printable import printable
 
 
-@pack.command("interference")
+@click.command("interference")
 @shared("--adapters", "packs", required=True)
 @shared("--adapters-dir")
 @shared("--base", extra="The layout to read packs against, and θpre for replaced tensors.")
@@ -45,6 +44,3 @@ def interference_cmd(packs, adapters_dir, base, out, json_path, signs, device, n
         write_json(report_json(report), json_path)
     if json_path != "-":
         click.echo(f"heatmap → {heatmap}")
-
-
-COMMANDS: list = []  # `pack interference` is attached to the pack group above

@@ -6,10 +6,13 @@ Torch-free: every command module imports this at start-up.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.names import split_names  # noqa: F401  (re-exported: the commands import it from here)
 
 # The help of each shared option; a command may add a sentence after it, never change its meaning.
 SHARED_HELP = {
@@ -41,12 +44,11 @@ def shared(name: str, *decls: str, extra: str = "", **kw):
     return click.option(name, *decls, **{**defaults, **kw}, help=help_text)
 
 
-def split_names(text: str) -> list[str]:
-    """'safety, coding' → ['safety', 'coding']."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise LoraMergeError("--adapters needs at least one pack name or path")
-    return names
+def given_options(ctx: click.Context) -> dict[str, Any]:
+    """The options the user gave on the command line, by name, as click converted them: defaults are left out,
+    so whatever else the command reads (a merge recipe) stands where the user said nothing."""
+    return {name: value for name, value in ctx.params.items()
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
 
 
 def write_json(value, path: str, echo_note: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""`pack …`: look at skill packs (inspect; other modules add verify, export, import …)."""
+"""`pack …`: the group and `pack inspect`; lora_merge/cli.py adds every sub-command (verify, export, import …)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def pack() -> None:
     """Inspect and manage skill packs."""
 
 
-@pack.command("inspect")
+@click.command("inspect")
 @click.argument("path")
 @shared("--adapters-dir")
 @shared("--json", "json_path", extra="Here: the manifest (skill.json); with --quantization-error, the per-layer ratios.")
@@ -100,6 +100,3 @@ def _modules(targets: list[str] | str | None) -> str:
         return str(targets)
     kinds = sorted({t.split(".")[-1] for t in targets})
     return f"{', '.join(kinds)} ({len(targets)} modules)" if len(kinds) < len(targets) else ", ".join(kinds)
-
-
-COMMANDS = [pack]

@@ -7,11 +7,10 @@ from pathlib import Path
 import click
 
 from lora_merge.commands.options import shared
-from lora_merge.commands.pack import pack
 from lora_merge.core.printable import printable
 
 
-@pack.command("create")
+@click.command("create")
 @click.argument("adapter_dir", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Pack name (a plain folder name).")
 @click.option("--instances", required=True, type=int, help="|D|: training instances the adapter was trained on.")
@@ -30,6 +29,3 @@ def create_cmd(adapter_dir, name, instances, base, description, license_, adapte
         description=description, license=license_, force=force))
     click.echo(f"created {manifest.kind} pack {printable(manifest.name)} in {folder} (|D| = {instances}; "
                f"base {printable(manifest.base_model.name_or_path or 'unknown')})")
-
-
-COMMANDS: list = []  # adds `create` to the `pack` group

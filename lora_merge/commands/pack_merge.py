@@ -7,11 +7,10 @@ from pathlib import Path
 import click
 
 from lora_merge.commands.options import shared, split_names
-from lora_merge.commands.pack import pack
 from lora_merge.core.choices import RULE_NAMES
 
 
-@pack.command("merge")
+@click.command("merge")
 @shared("--adapters", required=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder of the merged pack.")
 @shared("--adapters-dir")
@@ -50,6 +49,3 @@ def merge_cmd(adapters, out, adapters_dir, weights, method, density, seed, rank,
                    f"worst {worst.relative:.3%} ({worst.name})")
     if res.weights[0].rule == "data_share":
         click.echo("  fold it with ω = |D|/|G| (its |D| is Σ|D|) to get what folding the sources at |Dk|/|G| gives")
-
-
-COMMANDS: list = []  # `merge` joins the `pack` group above

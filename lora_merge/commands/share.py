@@ -7,14 +7,13 @@ from pathlib import Path
 import click
 
 from lora_merge.commands.options import SIZE, shared
-from lora_merge.commands.pack import pack
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.printable import printable
 
 DEFAULT_MAX_IMPORT = "20GiB"  # the default of sharing.import_pack (a test checks they agree)
 
 
-@pack.command("verify")
+@click.command("verify")
 @click.argument("path")
 @shared("--adapters-dir")
 def verify_cmd(path: str, adapters_dir: Path) -> None:
@@ -32,7 +31,7 @@ def verify_cmd(path: str, adapters_dir: Path) -> None:
     click.echo(f"{folder}: all {len(checks)} checks hold")
 
 
-@pack.command("upgrade")
+@click.command("upgrade")
 @click.argument("path")
 @shared("--adapters-dir")
 def upgrade_cmd(path: str, adapters_dir: Path) -> None:
@@ -51,7 +50,7 @@ def upgrade_cmd(path: str, adapters_dir: Path) -> None:
                    "author set")
 
 
-@pack.command("export")
+@click.command("export")
 @click.argument("name")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Archive to write, e.g. NAME.tar.gz.")
 @shared("--adapters-dir")
@@ -64,7 +63,7 @@ def export_cmd(name: str, out: Path, adapters_dir: Path, force: bool) -> None:
     click.echo(f"exported {res.name} ({', '.join(res.files)}) → {res.archive} ({res.bytes / 1e6:.2f} MB)")
 
 
-@pack.command("import")
+@click.command("import")
 @click.argument("archive", type=click.Path(path_type=Path))
 @shared("--adapters-dir")
 @click.option("--name", default=None, help="Folder name under --adapters-dir (default: the archive's).")
@@ -79,6 +78,3 @@ def import_cmd(archive: Path, adapters_dir: Path, name: str | None, force: bool,
     for note in res.notes:
         click.secho(f"note: {note}", fg="yellow", err=True)
     click.echo(f"imported {res.name} ({', '.join(res.files)}, {res.bytes / 1e6:.2f} MB, verified) → {res.path}")
-
-
-COMMANDS: list = []  # the sub-commands attach to the `pack` group, which commands/pack.py registers

@@ -58,6 +58,3 @@ def sweep_cmd(general, adapters, adapters_dir, omegas, general_size, base, evals
     if write_recommendation:
         click.echo(printable("written into skill.json of " + ", ".join(rec.weights)))
     click.echo(f"wrote {res.out}/results.csv, results.json, results.md, tradeoff.png ({res.mode} folds)")
-
-
-COMMANDS = [sweep_cmd]

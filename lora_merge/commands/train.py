@@ -72,13 +72,13 @@ def train_cmd(config, sets, no_progress, **flags) -> None:
     flags["freeze"] = [t for item in flags["freeze"] for t in item.split(",")] or None  # none given: the recipe's
     overrides = {**parse_sets(sets), **{k: v for k, v in flags.items() if v is not None}}
     from lora_merge.train.run import train_skill
-    from lora_merge.train.training_recipe import load_recipe
+    from lora_merge.train.training_recipe import load_training_recipe
 
     if no_progress:
         console.configure(progress=False, quiet=console.is_quiet())
     if not console.progress_enabled():
         overrides["progress"] = False
-    recipe = load_recipe(config, overrides)
+    recipe = load_training_recipe(config, overrides)
     res = train_skill(recipe)
     if not res.main_process:
         return  # the main process of a multi-process launch reports for all of them
@@ -90,6 +90,3 @@ def train_cmd(config, sets, no_progress, **flags) -> None:
                f"{res.epochs:.2f} epochs, {res.wall_seconds:.1f} s, final loss {res.final_loss}")
     if res.resumed_from_step is not None:
         click.echo(f"  resumed from step {res.resumed_from_step}")
-
-
-COMMANDS = [train_cmd]

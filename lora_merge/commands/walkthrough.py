@@ -15,6 +15,3 @@ def walkthrough_cmd(workdir: Path) -> None:
     from lora_merge.walkthrough import run_walkthrough
 
     run_walkthrough(workdir, echo=click.echo)
-
-
-COMMANDS = [walkthrough_cmd]

@@ -24,3 +24,11 @@ def check_name(name: object, what: str) -> str:
     if not is_plain_name(name):
         raise LoraMergeError(f"{what}: {name!r} is not a plain name ({RULE_TEXT}); it names a folder")
     return name  # type: ignore[return-value]
+
+
+def split_names(text: str) -> list[str]:
+    """'safety, coding' → ['safety', 'coding']."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise LoraMergeError("--adapters needs at least one pack name or path")
+    return names

@@ -31,7 +31,8 @@ from lora_merge.evaluate.scoring import check_device, evaluate_model, file_names
 from lora_merge.evaluate.sets import EvalFile, load_groups
 from lora_merge.evaluate.sweep_select import Candidate, Rule, parse_rule, select
 from lora_merge.evaluate.tradeoff_plot import PlotPoint, tradeoff_png
-from lora_merge.fold.plan import FoldPlan, FoldRequest, plan_fold
+from lora_merge.fold.plan import FoldPlan, plan_fold
+from lora_merge.fold.request import FoldRequest
 from lora_merge.fold.write import fold_plan
 from lora_merge.io.numerics import check_folded
 from lora_merge.io.tensors import WeightSet
@@ -170,7 +171,7 @@ def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
     file_names_unique(groups)
     skill = skill_group_of(groups, req.general_group, req.skill_group)
     check_device(req.device)
-    plan = plan_fold(FoldRequest(general=Path(req.general), packs=req.packs, out=out, adapters_dir=Path(req.adapters_dir),
+    plan = plan_fold(FoldRequest(general=req.general, packs=req.packs, out=out, adapters_dir=req.adapters_dir,
                                  general_size=req.general_size, base=req.base, device=req.device, force=req.force,
                                  verify=req.verify, progress=False, weight_rule="size",
                                  allow_foreign_base=req.allow_foreign_base),
@@ -286,7 +287,7 @@ def _sweep_in_memory(req: SweepRequest, plan: FoldPlan, points: Sequence[SweepPo
 
 def _sweep_on_disk(plan: FoldPlan, points: Sequence[SweepPoint], scorer: Scorer) -> list[PointResult]:
     """Each point folded by the streamed fold into a scratch folder beside the output, evaluated, removed."""
-    scratch = new_temp_folder(Path(plan.request.out), kind="folds")  # a killed sweep's is cleaned by the next run
+    scratch = new_temp_folder(plan.request.out, kind="folds")  # a killed sweep's is cleaned by the next run
     results = []
     try:
         for i, point in enumerate(points):

@@ -13,52 +13,25 @@ their first read, whichever caller reads them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.printable import printable
+from lora_merge.fold.request import FoldRequest
 from lora_merge.fold.variants import LINEAR_INTERP_FORMULA, WISE_FT_FORMULA, model_difference
 from lora_merge.io.fingerprint import fingerprint_model, read_config
 from lora_merge.io.numerics import guard_pack_reads
 from lora_merge.io.tensors import WeightSet
 from lora_merge.pack.provenance import check_base
 from lora_merge.pack.quant_error import fold_warnings as quant_fold_warnings
-from lora_merge.pack.skillpack import DEFAULT_REGISTRY, HASHED_FILES, SkillPack, load_pack, resolve_pack, sha256_file
+from lora_merge.pack.skillpack import HASHED_FILES, SkillPack, load_pack, resolve_pack, sha256_file
 from lora_merge.pack.task_vector import TargetModel, TaskVector
 from lora_merge.rules.combine import VARIANT_METHODS, RuleOptions, get_rule
-from lora_merge.rules.omega import Weight, choose_weights, general_size_from_folder
+from lora_merge.rules.omega import Weight, check_weights, choose_weights, general_size_from_folder
 
 LINEAR_FORMULA = "θ = θG + Σk ωk·τk"
-
-
-@dataclass
-class FoldRequest:
-    """Everything `cli.py fold` can say, as one typed value."""
-
-    general: Path
-    packs: Sequence[str]
-    out: Path
-    adapters_dir: Path = DEFAULT_REGISTRY
-    weights: Sequence[float] | None = None
-    weight_rule: str = "auto"  # auto: --weights, else a pack's recommended ω, else |D|/|G|; size: never the recommendation
-    general_size: int | None = None
-    base: Path | None = None
-    cft: Path | None = None  # wise_ft: θG continued on D
-    method: str = "linear"
-    density: float = 1.0
-    seed: int = 0
-    dtype: str = "auto"
-    device: str = "cpu"
-    max_shard_size: str | int = "5GB"
-    force: bool = False
-    verify: bool = True
-    progress: bool = True
-    fsync: bool = True  # shards reach the disk before the folder is renamed into place
-    expected_sha256: Sequence[dict[str, str] | None] | None = None  # per pack, from a recipe: refused if changed
-    allow_foreign_base: bool = False  # fold packs whose base θG does not descend from (provenance.py)
 
 
 @dataclass(frozen=True)
@@ -121,17 +94,8 @@ class FoldPlan:
 
 def request_inputs(req: FoldRequest) -> list[Path]:
     """The folders a request names as inputs (packs given by name are added once the plan resolves them)."""
-    named = [Path(req.general), req.base, req.cft] + ([Path(req.adapters_dir)] if req.packs else [])
-    return [Path(p) for p in named if p is not None]
-
-
-def check_weights(values: Sequence[float], count: int) -> None:
-    """One finite ω per term: a shorter or longer list is an error, never silently cut."""
-    if len(values) != count:
-        raise LoraMergeError(f"--weights gives {len(values)} value(s) for {count} packs; give one per pack, in order")
-    for v in values:
-        if not math.isfinite(v):
-            raise LoraMergeError(f"--weights: ω = {v} is not a finite number")
+    named = [req.general, req.base, req.cft] + ([req.adapters_dir] if req.packs else [])
+    return [p for p in named if p is not None]
 
 
 def load_packs(names: Sequence[str], adapters_dir: Path, verify: bool = True) -> list[SkillPack]:
@@ -199,8 +163,7 @@ def pack_weights(packs: Sequence[SkillPack], explicit: Sequence[float] | None, g
     else the size rule. A sweep's ω is a task-arithmetic ω, so the interpolation rule never takes it."""
     if choose not in WEIGHT_RULES:
         raise LoraMergeError(f"--rule {choose!r}: choose auto (a pack's recommended ω, else |D|/|G|) or size")
-    if explicit is not None:
-        check_weights(explicit, len(packs))
+    if explicit is not None:  # checked there: one finite ω per pack
         return choose_weights([p.name for p in packs], [p.instances for p in packs], explicit, general_size, rule=rule)
     use_rec = choose == "auto" and rule == "size_ratio"
     recs = [p.manifest.recommended_weight if use_rec and p.manifest else None for p in packs]
@@ -229,7 +192,7 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
                              "θ = θpre + ω·τD + (1 − ω)·τG with τG = θG − θpre")
     general = WeightSet.open(req.general)
     base = WeightSet.open(req.base) if req.base else None
-    packs = load_packs(req.packs, Path(req.adapters_dir), verify=req.verify)
+    packs = load_packs(req.packs, req.adapters_dir, verify=req.verify)
     if req.expected_sha256 is not None:
         check_recorded_hashes(packs, req.expected_sha256, req.verify)
     g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
@@ -242,8 +205,8 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
             raise
         chosen = False
         weights = [Weight(0.0, "unknown", "ω unknown: |G| or the pack's |D| is not recorded")] * len(packs)
-    target = TargetModel.from_weights(general, read_config(Path(req.general)))
-    warnings = compatibility_warnings(packs, Path(req.general), general)  # before binding: the clearer error
+    target = TargetModel.from_weights(general, read_config(req.general))
+    warnings = compatibility_warnings(packs, req.general, general)  # before binding: the clearer error
     if rule == "size_fraction" and req.weights is None and req.weight_rule == "auto":
         warnings += [f"pack {p.name!r} recommends ω = {p.manifest.recommended_weight.value:g} for task arithmetic "
                      "(a sweep's ω); linear_interp uses ω = |D|/(|D|+|G|) instead (or pass --weights)"
@@ -265,7 +228,7 @@ def checked_bases(packs: Sequence[SkillPack], terms: list[PlanTerm], general: We
     and notices; a θG that does not descend from a pack's base is refused unless ``req.allow_foreign_base``."""
     checked, warnings, notices = [], [], []
     for p, t in zip(packs, terms, strict=True):
-        check = check_base(p, general, target, Path(req.general), req.allow_foreign_base)
+        check = check_base(p, general, target, req.general, req.allow_foreign_base)
         checked.append(replace(t, base_check=check.status, base_distance=check.distance, base_cosine=check.cosine))
         warnings += check.warnings
         notices += check.notices
@@ -281,7 +244,7 @@ def _general_difference_term(plan: FoldPlan, base: WeightSet) -> PlanTerm:
     tau_g = model_difference("τG = θG − θpre", plan.general, base, target, names,
                              ("the general model", "the base model"))
     total = sum(t.weight.value for t in plan.terms)
-    base_dir = Path(plan.request.base)
+    base_dir = plan.request.base
     return PlanTerm(f"model-difference:{base_dir.resolve()}", "τG = θG − θpre", "τG = θG − θpre", str(base_dir),
                     "model-difference", Weight(-total, "derived", f"−Σω = {-total:.4g} (from (1 − Σω)·τG − τG)"),
                     tau_g)
@@ -298,23 +261,22 @@ def _plan_wise_ft(req: FoldRequest) -> FoldPlan:
     if req.weights is not None:
         if len(req.weights) != 1:
             raise LoraMergeError(f"--weights gives {len(req.weights)} values; wise_ft takes one ω")
-        check_weights(req.weights, 1)
     general, cft = WeightSet.open(req.general), WeightSet.open(req.cft)
     g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
-    label = Path(req.cft).name
+    label = req.cft.name
     try:
         d_size = general_size_from_folder(req.cft)
     except LoraMergeError:
         d_size = None
     weight = choose_weights([label], [d_size], req.weights, g_size, rule="size_fraction")[0]
-    target = TargetModel.from_weights(general, read_config(Path(req.general)))
+    target = TargetModel.from_weights(general, read_config(req.general))
     names = [n for n in target.shapes if n not in target.virtual or n in cft]
     diff = model_difference(f"θCFT − θG ({label})", cft, general, target, names, ("the CFT model", "the general model"))
     extra = [k for k in cft.keys() if k not in target.shapes]
     if extra:
         raise LoraMergeError(f"the CFT model {req.cft} has weights the general model lacks ({', '.join(extra[:3])}); "
                              "it must be θG continued on D, with the same architecture")
-    term = PlanTerm(f"cft:{Path(req.cft).resolve()}", label, label, str(req.cft), "cft-model", weight, diff, d_size)
+    term = PlanTerm(f"cft:{req.cft.resolve()}", label, label, str(req.cft), "cft-model", weight, diff, d_size)
     return FoldPlan(req, general, target, [term], g_size, [], WISE_FT_FORMULA)
 
 

@@ -26,8 +26,9 @@ from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.leftovers import reports_disk_full
 from lora_merge.core.model_record import MODEL_RECORD, DataRecord, FoldedPackRecord, ModelRecord, write_model_record
 from lora_merge.core.output import check_output, staged_output
-from lora_merge.fold.merge_recipe import RECIPE_NAME, rerun_command, resolved_recipe, write_recipe
-from lora_merge.fold.plan import FoldPlan, FoldRequest, PlanTerm, plan_fold, request_inputs
+from lora_merge.fold.plan import FoldPlan, PlanTerm, plan_fold, request_inputs
+from lora_merge.fold.request import FoldRequest
+from lora_merge.fold.resolved_recipe import RECIPE_NAME, rerun_command, resolved_recipe, write_recipe
 from lora_merge.fold.stream import stream_fold
 from lora_merge.io.numerics import check_folded
 from lora_merge.io.placed import PlacedWriter
@@ -64,17 +65,17 @@ def output_dtype(requested: str, stored: torch.dtype) -> torch.dtype:
 
 def fold(req: FoldRequest) -> FoldResult:
     """Fold skill packs into a general model and write the merged model folder."""
-    check_output(Path(req.out), req.force, request_inputs(req))  # refused before any pack is read
+    check_output(req.out, req.force, request_inputs(req))  # refused before any pack is read
     return fold_plan(plan_fold(req))
 
 
-@reports_disk_full(lambda plan, *args, **kwargs: Path(plan.request.out).parent)
+@reports_disk_full(lambda plan, *args, **kwargs: plan.request.out.parent)
 def fold_plan(plan: FoldPlan) -> FoldResult:
     """The streamed core: θG + rule(ω1·τ1, …, ωk·τk) of a plan, written atomically to its request's ``out``."""
     req, general, target = plan.request, plan.general, plan.target
     warnings = list(plan.warnings)
     started = time.perf_counter()
-    out = Path(req.out)
+    out = req.out
     device = resolve_device(req.device)
     rule = get_rule(req.method)
     opts = RuleOptions(density=req.density, seed=req.seed)
@@ -99,7 +100,7 @@ def fold_plan(plan: FoldPlan) -> FoldResult:
         except BaseException:
             writer.abort()
             raise
-        copy_model_files(Path(req.general), tmp)
+        copy_model_files(req.general, tmp)
         edit_config(tmp / "config.json", untie=untie, dtype=None if req.dtype == "auto" else req.dtype)
         if untie:
             warnings.append("a pack changes one side of the tied input/output embeddings: the output unties them "
@@ -140,7 +141,7 @@ def copy_model_files(src: Path, dst: Path) -> None:
 def write_merge_records(folder: Path, plan: FoldPlan, res: FoldResult) -> None:
     """lora_merge.json (the model record) and the README card describing the merge."""
     req = plan.request
-    recipe, command = resolved_recipe(plan), rerun_command(Path(req.out).absolute())
+    recipe, command = resolved_recipe(plan), rerun_command(req.out.absolute())
     record = ModelRecord(
         format_version=1, role="merged", tool_version=__version__, general_model=str(req.general),
         base_model=str(req.base) if req.base else None, method=req.method, density=req.density, seed=req.seed,
@@ -148,7 +149,7 @@ def write_merge_records(folder: Path, plan: FoldPlan, res: FoldResult) -> None:
         packs=[FoldedPackRecord(name=p.name, path=p.path, kind=p.kind, weight=p.weight.value, rule=p.weight.rule,
                                 weight_formula=p.weight.formula, instances=p.instances, sha256=p.sha256,
                                 tensors=p.tensors, **provenance_fields(p)) for p in res.packs],
-        warnings=res.warnings, license=card_license(Path(req.general)), recipe=recipe,
+        warnings=res.warnings, license=card_license(req.general), recipe=recipe,
         command=command,
     )
     write_model_record(folder, record)

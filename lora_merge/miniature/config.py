@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.yaml_model import known_keys, load_yaml_model, validate_model
 from lora_merge.miniature.pretrain import ModelShape, PretrainSettings
 from lora_merge.miniature.world import WorldSizes
 
@@ -18,13 +19,13 @@ class _Strict(BaseModel):
 
 
 class Tuning(_Strict):
-    """One kind of fine-tune (passed on to lora_merge.train.run's Recipe)."""
+    """One kind of fine-tune (passed on to lora_merge.train.training_recipe.TrainingRecipe)."""
 
     lr: float = Field(gt=0)
     epochs: float = Field(gt=0)
     batch_size: int = Field(default=16, ge=1)
     warmup: float = Field(default=0.05, ge=0)
-    # Recipe key ``freeze`` for this section's full-parameter fine-tunes (LoRA packs train no embeddings anyway).
+    # Training recipe key ``freeze`` for this section's full-parameter fine-tunes (LoRA packs train no embeddings anyway).
     freeze: list[Literal["embeddings", "lm_head"]] = []
 
 
@@ -63,15 +64,17 @@ class DemoConfig(_Strict):
     eval: EvalSettings = EvalSettings()
 
 
-def _dataclass_fields(values: dict[str, Any]) -> dict[str, Any]:
+def _dataclass_fields(values: dict[str, Any], where: str) -> dict[str, Any]:
     """YAML mappings for the world/model/pretrain sections become their frozen dataclasses."""
     out = dict(values)
     for key, cls in (("world", WorldSizes), ("model", ModelShape), ("pretrain", PretrainSettings)):
         if key in out and isinstance(out[key], dict):
-            try:
-                out[key] = cls(**out[key])
-            except TypeError as e:
-                raise LoraMergeError(f"configs: section {key!r}: {e}") from None
+            known = [f.name for f in dataclasses.fields(cls)]
+            unknown = [k for k in out[key] if k not in known]
+            if unknown:  # worded as the validation of every other section words it
+                raise LoraMergeError(f"{where}: " + "; ".join(f"{key}.{k}: unknown key" for k in unknown)
+                                     + f" ({known_keys(known, key)})")
+            out[key] = cls(**out[key])
     return out
 
 
@@ -84,23 +87,14 @@ def _deep_update(base: dict, extra: dict) -> dict:
 
 def load_config(path: Path | None, quick: bool = False, overrides: dict[str, Any] | None = None) -> DemoConfig:
     """Read configs/demo.yaml (or defaults), apply its ``quick:`` section when asked, then ``overrides``."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise LoraMergeError(f"config {path} does not exist")
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise LoraMergeError(f"config {path}: not valid YAML ({e})") from None
-        if not isinstance(raw, dict):
-            raise LoraMergeError(f"config {path}: must be a mapping")
-    quick_section = raw.pop("quick", {}) or {}
-    if quick:
-        raw = _deep_update(raw, quick_section)
-    raw = _deep_update(raw, overrides or {})
-    try:
-        return DemoConfig.model_validate(_dataclass_fields(raw))
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise LoraMergeError(f"config {path}: {where}: {first['msg']}") from None
+    where = f"miniature config {path}" if path is not None else "miniature settings"
+
+    def prepare(raw: dict[str, Any]) -> dict[str, Any]:
+        quick_section = raw.pop("quick", {}) or {}
+        if quick:
+            raw = _deep_update(raw, quick_section)
+        return _dataclass_fields(_deep_update(raw, overrides or {}), where)
+
+    if path is None:
+        return validate_model(prepare({}), DemoConfig, where)
+    return load_yaml_model(path, DemoConfig, "miniature config", prepare)

@@ -84,7 +84,7 @@ class Study:
 
     # ---- training through lora_merge.train.run ---------------------------------------------------------------
     def _recipe(self, name: str, **kw):
-        from lora_merge.train.training_recipe import build_recipe
+        from lora_merge.train.training_recipe import build_training_recipe
 
         c = self.cfg
         # RT is θG's own training run on G ∪ D, so it uses θG's settings; CFT and PTM use the skill settings
@@ -98,7 +98,7 @@ class Study:
         values.update(kw)
         if values.get("mode") == "full" and "freeze" not in kw:
             values["freeze"] = tune.freeze
-        return build_recipe(values, f"miniature recipe {name}")
+        return build_training_recipe(values, f"miniature recipe {name}")
 
     def train(self, name: str, callbacks=(), **kw) -> Path:
         from lora_merge.train.run import train_skill

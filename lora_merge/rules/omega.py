@@ -82,6 +82,22 @@ def size_weight(name: str, d: object, g: object, rule: str) -> Weight:
     return Weight(check_weight(w, f"pack {name!r}", sizes), "size_ratio", f"ω = |D|/|G| = {ds}/{gs}")
 
 
+def check_weights(values: Sequence[float], count: int, what: str = "--weights", *, bounded: bool = False) -> list[float]:
+    """The one check of a list of explicit ω: exactly one per pack, in order (never silently cut), each finite.
+
+    ``bounded`` (ω a user wrote: --weights, a merge recipe) also holds each to :func:`check_weight`'s bound; a
+    library caller may go past it on purpose (the overflow tests do), but never to NaN or Inf.
+    """
+    if len(values) != count:
+        raise LoraMergeError(f"{what} gives {len(values)} value(s) for {count} packs; give one per pack, in order")
+    if bounded:
+        return [check_weight(v, what) for v in values]
+    for v in values:
+        if not math.isfinite(v):
+            raise LoraMergeError(f"{what}: ω = {v} is not a finite number")
+    return [float(v) for v in values]
+
+
 def parse_weights(text: str, count: int) -> list[float]:
     """'0.24,0.57' → [0.24, 0.57], one per pack; a single value applies to all packs."""
     try:
@@ -90,9 +106,7 @@ def parse_weights(text: str, count: int) -> list[float]:
         raise LoraMergeError(f"--weights {text!r}: write numbers separated by commas, like 0.24,0.57") from None
     if len(values) == 1 and count > 1:
         values = values * count
-    if len(values) != count:
-        raise LoraMergeError(f"--weights gives {len(values)} values for {count} packs; give one per pack, in order")
-    return [check_weight(v, "--weights") for v in values]
+    return check_weights(values, count, "--weights", bounded=True)
 
 
 def parse_grid(text: str) -> list[float]:
@@ -125,12 +139,7 @@ def choose_weights(
 ) -> list[Weight]:
     """ω per pack: the explicit values, or the size rule from |D| (packs) and |G|."""
     if explicit is not None:
-        # The command line holds explicit ω to check_weight's bound (parse_weights); a library caller may go past it
-        # on purpose (the overflow tests do), but never to NaN or Inf.
-        for n, w in zip(names, explicit, strict=True):
-            if not math.isfinite(w):
-                raise LoraMergeError(f"pack {n!r}: ω = {w} is not a finite number")
-        return [Weight(w, "explicit", f"ω = {w:g} (given)") for w in explicit]
+        return [Weight(w, "explicit", f"ω = {w:g} (given)") for w in check_weights(explicit, len(names))]
     if general_size is None:
         raise LoraMergeError(
             "ω is not given and |G| is unknown: pass --weights (one ω per pack), or --general-size N "

@@ -1,18 +1,19 @@
 """The study's settings: one YAML file (configs/study-smollm2.yaml), validated by a typed model.
 
 Quick mode (``quick: true``) swaps the real model for a pico Llama built on the spot and shrinks every
-set, so the whole driver runs end to end in seconds in the tests.
+set, so the whole driver runs end to end in the tests.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.yaml_model import Prepare, load_yaml_model
 
 GENERAL_FAMILIES = ("repeat", "last_word", "count", "howto")
 
@@ -105,30 +106,15 @@ class StudyConfig(BaseModel):
         return [] if which is False else [s for s in which if s in self.sizes.skills]
 
 
-def load_yaml_config(path: str | os.PathLike, model: type[BaseModel], what: str, overrides: dict | None = None):
-    """A YAML settings file validated by ``model``, with top-level overrides (None values ignored) on top; every
-    mistake (missing file, bad YAML, a wrong field) is a LoraMergeError naming the file and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise LoraMergeError(f"{what} {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise LoraMergeError(f"{what} {path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise LoraMergeError(f"{what} {path}: must be a mapping of key: value")
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "config"
-        raise LoraMergeError(f"{what} {path}: {where}: {first['msg']}") from None
+def with_overrides(overrides: dict[str, Any] | None) -> Prepare:
+    """A ``prepare`` step for :func:`load_yaml_model`: top-level ``overrides`` (None values ignored) on top."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return lambda raw: {**raw, **given}
 
 
 def load_study_config(path: str | os.PathLike, overrides: dict | None = None) -> StudyConfig:
     """The validated config from a YAML file, with top-level overrides (None values ignored) on top."""
-    cfg = load_yaml_config(path, StudyConfig, "study config", overrides)
+    cfg = load_yaml_model(path, StudyConfig, "study config", with_overrides(overrides))
     unknown = set(cfg.general_families) - set(GENERAL_FAMILIES)
     if unknown:
         raise LoraMergeError(f"study config {path}: unknown general families {sorted(unknown)}; "

@@ -76,7 +76,7 @@ class StudyRun:
         ``stamp_extra`` adds what else decides the result to the settings' stamp (e.g. the base model's hashes).
         """
         from lora_merge.train.run import train_skill
-        from lora_merge.train.training_recipe import build_recipe
+        from lora_merge.train.training_recipe import build_training_recipe
 
         values = self._recipe_values(name, kind, **kw)
         target = Path(values.get("out") or self.adapters / name)
@@ -89,7 +89,7 @@ class StudyRun:
                 self.costs[name] = saved["cost"]
                 self.say(f"{name}: reusing {target} (same settings)")
                 return Trained(target, saved["cost"])
-        res = train_skill(build_recipe(values, f"study recipe {name}"))  # its own bar: steps, loss, ETA
+        res = train_skill(build_training_recipe(values, f"study recipe {name}"))  # its own bar: steps, loss, ETA
         cost = {"instances": res.instances, "steps": res.steps, "tokens": res.tokens,
                 "seconds": round(res.wall_seconds, 1), "final_loss": res.final_loss}
         stamp_path.parent.mkdir(parents=True, exist_ok=True)

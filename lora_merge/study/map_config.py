@@ -15,7 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lora_merge.study.config import GENERAL_FAMILIES, Evaluation, ModelSource, StudyConfig, Training, load_yaml_config
+from lora_merge.core.yaml_model import load_yaml_model
+from lora_merge.study.config import GENERAL_FAMILIES, Evaluation, ModelSource, StudyConfig, Training, with_overrides
 
 G_VARIANTS = ("shipped", "disjoint")  # disjoint: the how-to family without the safety set's verbs and objects
 SKILLS = ("science", "coding", "safety")
@@ -124,4 +125,4 @@ def quick_map_config(cfg: MapConfig) -> MapConfig:
 
 def load_map_config(path: str | os.PathLike, overrides: dict | None = None) -> MapConfig:
     """The validated map config from a YAML file, with top-level overrides (None values ignored) on top."""
-    return load_yaml_config(path, MapConfig, "map config", overrides)
+    return load_yaml_model(path, MapConfig, "map config", with_overrides(overrides))

@@ -34,7 +34,7 @@ from lora_merge.train.data import TrainingMix, count_tokens, load_data, mix, rep
 from lora_merge.train.processes import Processes
 from lora_merge.train.progress import quiet_trainer
 from lora_merge.train.save import RunPlan, TrainResult, write_model_folder, write_pack
-from lora_merge.train.training_recipe import Recipe
+from lora_merge.train.training_recipe import TrainingRecipe
 
 MODEL_STRATEGIES = ("cft", "rt", "general")
 
@@ -50,7 +50,7 @@ def _model_folder(path: Path | None, what: str, flag: str) -> Path:
     return path
 
 
-def plan_run(r: Recipe) -> RunPlan:
+def plan_run(r: TrainingRecipe) -> RunPlan:
     """Resolve and check the run's inputs and outputs (cheap, before anything is loaded or written)."""
     name = r.name or (r.data.stem if isinstance(r.data, Path) else None)
     if not name:
@@ -80,7 +80,7 @@ def plan_run(r: Recipe) -> RunPlan:
     return RunPlan(name, start, base, target, run_dir, produces)
 
 
-def assemble(r: Recipe) -> TrainingMix:
+def assemble(r: TrainingRecipe) -> TrainingMix:
     """The rows this run trains on, with a count per source."""
     skill = load_data(r.data, "data")
     if r.strategy == "rt":
@@ -120,7 +120,7 @@ class Hardware:
     warnings: list[str]
 
 
-def hardware(r: Recipe) -> Hardware:
+def hardware(r: TrainingRecipe) -> Hardware:
     """What this machine can honour of the recipe (a GPU recipe still runs, in float32, on a CPU)."""
     cuda = torch.cuda.is_available()
     warnings, precision, optim = [], r.precision, r.optim
@@ -134,7 +134,7 @@ def hardware(r: Recipe) -> Hardware:
     return Hardware(cuda, dtype, precision, optim, warnings)
 
 
-def load_model(r: Recipe, start: Path, hw: Hardware):
+def load_model(r: TrainingRecipe, start: Path, hw: Hardware):
     """The start model: plain, or 4-bit for QLoRA (bitsandbytes; runs on CPU too, slowly)."""
     from transformers import AutoModelForCausalLM
 
@@ -165,14 +165,14 @@ def load_model(r: Recipe, start: Path, hw: Hardware):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=r.gradient_checkpointing)
 
 
-def lora_config(r: Recipe):
+def lora_config(r: TrainingRecipe):
     from peft import LoraConfig
 
     return LoraConfig(r=r.rank, lora_alpha=r.alpha, lora_dropout=r.dropout, target_modules=r.target_modules,
                       use_rslora=r.rslora, bias="none", task_type="CAUSAL_LM")
 
 
-def sft_config(r: Recipe, run_dir: Path, hw: Hardware):
+def sft_config(r: TrainingRecipe, run_dir: Path, hw: Hardware):
     from trl import SFTConfig
 
     return SFTConfig(
@@ -187,7 +187,7 @@ def sft_config(r: Recipe, run_dir: Path, hw: Hardware):
     )
 
 
-def build_trainer(r: Recipe, plan: RunPlan, data: TrainingMix, hw: Hardware, callbacks=()):
+def build_trainer(r: TrainingRecipe, plan: RunPlan, data: TrainingMix, hw: Hardware, callbacks=()):
     """The SFTTrainer for this run (exposed so tests can look at the collated batches)."""
     from datasets import Dataset
     from trl import SFTTrainer
@@ -264,7 +264,7 @@ class _Interrupt:
         return SaveAndStop()
 
 
-def checkpoint_to_resume(r: Recipe, run_dir: Path, clear: bool = True) -> tuple[str | None, int | None]:
+def checkpoint_to_resume(r: TrainingRecipe, run_dir: Path, clear: bool = True) -> tuple[str | None, int | None]:
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
@@ -290,7 +290,7 @@ def final_loss(log_history: list[dict]) -> float | None:
     return float(done[-1]) if done else None
 
 
-def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
+def train_skill(recipe: TrainingRecipe, callbacks=()) -> TrainResult:
     """Train one run as the recipe says and write its pack or model folder (see the module docstring)."""
     plan = plan_run(recipe)
     data = assemble(recipe)
@@ -328,7 +328,7 @@ def train_skill(recipe: Recipe, callbacks=()) -> TrainResult:
     return result
 
 
-def gathered_state(recipe: Recipe, trainer, processes: Processes) -> dict | None:
+def gathered_state(recipe: TrainingRecipe, trainer, processes: Processes) -> dict | None:
     """Full-parameter weights gathered from every process (FSDP and DeepSpeed shard them); None when the
     model in this process already holds them all (one process, or a LoRA adapter, which DDP replicates)."""
     if processes.count < 2 or recipe.mode != "full":

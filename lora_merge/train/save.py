@@ -25,7 +25,7 @@ from lora_merge.pack.provenance import sketch_of, touched_base_weights, write_sk
 from lora_merge.pack.quant_error import quantization_of_model, recorded_residuals
 from lora_merge.pack.skillpack import DENSE_WEIGHTS, DataInfo, Manifest, TrainingInfo, load_pack, write_manifest
 from lora_merge.train.data import TrainingMix
-from lora_merge.train.training_recipe import Recipe
+from lora_merge.train.training_recipe import TrainingRecipe
 
 
 @dataclass
@@ -76,7 +76,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def training_info(r: Recipe, res: TrainResult, quantization: str | None) -> TrainingInfo:
+def training_info(r: TrainingRecipe, res: TrainResult, quantization: str | None) -> TrainingInfo:
     lora = r.mode != "full"
     return TrainingInfo(
         method=r.mode, strategy=r.strategy, quantization=quantization, rank=r.rank if lora else None,
@@ -90,7 +90,7 @@ def training_info(r: Recipe, res: TrainResult, quantization: str | None) -> Trai
     )
 
 
-def quantization_of(r: Recipe) -> str | None:
+def quantization_of(r: TrainingRecipe) -> str | None:
     if r.mode != "qlora":
         return None
     return f"bnb-4bit-{r.quant_type}" + ("-double" if r.double_quant else "")
@@ -118,7 +118,7 @@ def data_info(data: TrainingMix, res: TrainResult) -> DataInfo:
                     path=only.path if only else None)
 
 
-def pack_manifest(r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, kind: str) -> Manifest:
+def pack_manifest(r: TrainingRecipe, plan: RunPlan, data: TrainingMix, res: TrainResult, kind: str) -> Manifest:
     return Manifest(name=plan.name, description=r.description, kind=kind, base_model=fingerprint_model(plan.start),
                     data=data_info(data, res), training=training_info(r, res, quantization_of(r)), license=r.license)
 
@@ -131,7 +131,7 @@ def start_role(folder: Path) -> str | None:
         return None
 
 
-def write_pack(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer,
+def write_pack(tmp: Path, r: TrainingRecipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer,
                state: dict | None = None) -> dict:
     """PTM: a LoRA pack (the PEFT adapter as saved by PEFT) or a dense pack (θD − θpre), with the sketch of θpre
     where the pack touches it and, for QLoRA, the 4-bit settings and residuals the adapter was trained against."""
@@ -152,7 +152,7 @@ def write_pack(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: Trai
     return write_manifest(tmp, manifest).model_dump(mode="json")
 
 
-def write_model_folder(tmp: Path, r: Recipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer,
+def write_model_folder(tmp: Path, r: TrainingRecipe, plan: RunPlan, data: TrainingMix, res: TrainResult, trainer,
                        state: dict | None = None) -> dict:
     """CFT / RT / general: a full model folder (LoRA merged into the start model) and its lora_merge.json."""
     from transformers import AutoModelForCausalLM

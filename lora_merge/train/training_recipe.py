@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.yaml_model import load_yaml_model, read_yaml_mapping, validate_model
 
 Rows = list[dict[str, Any]]
 
@@ -22,7 +22,7 @@ Rows = list[dict[str, Any]]
 FREEZE_TARGETS = ("embeddings", "lm_head")
 
 
-class Recipe(BaseModel):
+class TrainingRecipe(BaseModel):
     """Everything one training run needs. Paths are relative to the working directory."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)  # .nan is no setting
@@ -107,53 +107,35 @@ class Recipe(BaseModel):
         return out
 
 
-FIELDS = tuple(Recipe.model_fields)
+FIELDS = tuple(TrainingRecipe.model_fields)
 
 
-def _describe(e: ValidationError, where: str) -> LoraMergeError:
-    problems = []
-    for err in e.errors()[:6]:
-        key = ".".join(str(x) for x in err["loc"] if not isinstance(x, int)) or "(root)"
-        key = key.split(".")[0] if err["type"] != "extra_forbidden" else key
-        if err["type"] == "extra_forbidden":
-            problems.append(f"unknown key {key!r}")
-        else:
-            problems.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
-    hint = "" if not any(p.startswith("unknown key") for p in problems) else f" (known keys: {', '.join(FIELDS)})"
-    return LoraMergeError(f"{where}: {'; '.join(problems)}{hint}")
-
-
-def read_recipe_file(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The merged key/value mapping of a recipe file and the recipes it extends."""
-    path = Path(path)
-    if not path.is_file():
-        raise LoraMergeError(f"recipe {path} does not exist")
-    if path.resolve() in _seen:
-        raise LoraMergeError(f"recipe {path}: 'extends' loops back to itself")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LoraMergeError(f"recipe {path}: not valid YAML ({e})") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise LoraMergeError(f"recipe {path}: must be a mapping of key: value")
+def _with_parents(path: Path, raw: dict[str, Any], seen: tuple[Path, ...]) -> dict[str, Any]:
+    """``raw`` (the mapping of recipe ``path``) on top of the recipe its ``extends:`` names, if any."""
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
     if not isinstance(parent, str):
         raise LoraMergeError(f"recipe {path}: 'extends' must be a path to another recipe")
-    return {**read_recipe_file(path.parent / parent, (*_seen, path.resolve())), **raw}
+    return {**read_training_recipe_file(path.parent / parent, (*seen, path.resolve())), **raw}
 
 
-def build_recipe(values: dict[str, Any], where: str = "recipe") -> Recipe:
-    try:
-        return Recipe.model_validate(values)
-    except ValidationError as e:
-        raise _describe(e, where) from None
+def read_training_recipe_file(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The merged key/value mapping of a recipe file and the recipes it extends."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise LoraMergeError(f"recipe {path}: 'extends' loops back to itself")
+    return _with_parents(path, read_yaml_mapping(path, "recipe", FIELDS), _seen)
 
 
-def load_recipe(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
+def build_training_recipe(values: dict[str, Any], where: str = "recipe") -> TrainingRecipe:
+    """A recipe from key/value settings; a mistake is one LoraMergeError starting with ``where``."""
+    return validate_model(values, TrainingRecipe, where)
+
+
+def load_training_recipe(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> TrainingRecipe:
     """A recipe from a YAML file (or none), with the given overrides (None values are ignored) applied on top."""
-    values = read_recipe_file(path) if path is not None else {}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build_recipe(values, f"recipe {path}" if path else "training settings")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if path is None:
+        return build_training_recipe(given, "training settings")
+    return load_yaml_model(path, TrainingRecipe, "recipe", lambda raw: {**_with_parents(Path(path), raw, ()), **given})
