@@ -6,7 +6,7 @@ calls one library function. A :class:`LoraMergeError` is printed as one line
 
 Start-up stays light: the command modules import click and torch-free helpers only, and import the library
 inside each command, so `--help`, `pack inspect` or `data list` never load torch, and `fold` never loads
-transformers (tests/test_startup.py).
+transformers (tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def run() -> None:
 
     Once torch is imported, tearing the interpreter down after the command adds a wait to every command (module
     finalisers; docs/benchmarks.md, "Start-up") and does nothing a user needs: by then every output is written,
-    closed and renamed into place. So the process flushes stdout, stderr and logging and leaves with ``os._exit``. Not in a distributed run (torchrun
-    and accelerate want an orderly exit), and not when :func:`main` is called from Python (tests call it), nor
-    when a command ends in an exception other than a plain exit (its traceback prints as usual).
+    closed and renamed into place. So the process flushes stdout, stderr and logging and leaves with ``os._exit``.
+    Not in a distributed run (torchrun and accelerate want an orderly exit), and not when :func:`main` is called
+    from Python (tests call it), nor when a command ends in an exception other than a plain exit (its traceback prints as usual).
     """
     try:
         main()

@@ -210,3 +210,11 @@ def test_architecture_doc_names_every_module_and_links_only_inside_the_repo():
     for name in sections:
         assert name == "lora_merge" or (PACKAGE / name).is_dir(), f"docs/architecture.md names a package that is gone: {name}/"
     assert "../" not in doc, "docs/architecture.md links outside the repository"
+
+
+def test_test_files_are_named_by_the_floor_they_test():
+    """tests/test_<floor>[_<topic>].py, so the tests of a floor sort together (benchmarks: the benchmark scripts)."""
+    floors = (*FLOORS, "benchmarks")
+    strays = [p.name for p in sorted((ROOT / "tests").glob("test_*.py")) if p.name != "test_architecture.py"
+              and not any(p.stem == f"test_{f}" or p.stem.startswith(f"test_{f}_") for f in floors)]
+    assert not strays, f"name these test_<floor>_…py, floors {floors}: {strays}"

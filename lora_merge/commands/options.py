@@ -1,4 +1,4 @@
-"""Options shared by the commands: one name, one meaning, one help text (tests/test_cli_options.py checks it).
+"""Options shared by the commands: one name, one meaning, one help text (tests/test_commands_options.py checks it).
 
 Torch-free: every command module imports this at start-up.
 """

@@ -1,9 +1,9 @@
 """TIES, DARE and magnitude pruning by row tiles: the fold's CPU path for the pruning rules.
 
-:mod:`lora_merge.rules.combine` states each rule on whole deltas, and tests/test_combine.py holds it to PEFT's
+:mod:`lora_merge.rules.combine` states each rule on whole deltas, and tests/test_rules_combine.py holds it to PEFT's
 merge_utils. This module applies the same arithmetic one row tile at a time to each pack's
 :class:`~lora_merge.fold.delta_rows.DeltaRows`, so no pack's delta is ever held whole and every step runs on
-cache-sized blocks (tests/test_tiled_rules.py holds it to PEFT's merge_utils too):
+cache-sized blocks (tests/test_fold_tiled_rules.py holds it to PEFT's merge_utils too):
 
 - **The deltas** are ω·Δ with ω folded into B as the linear kernel folds it, and for DARE 1/density as well,
   so each pack's tile is one matmul: equal to TaskVector.delta's, and to what PEFT multiplies, up to float

@@ -115,7 +115,7 @@ class KeepDraws:
     The same stream runs here in a compiled loop (:mod:`lora_merge.rules.kernels`) that tests each word as it makes
     it, in one pass with no float tensors (bernoulli reads a float tensor of p and writes floats; the cost per
     draw of each way: docs/benchmarks.md, "Session 4" and "Session 8"), and any number of draws per call lands
-    where bernoulli's would (tests/test_combine.py compares them).
+    where bernoulli's would (tests/test_rules_combine.py compares them).
     """
 
     def __init__(self, seed: int, density: float):
@@ -205,7 +205,7 @@ VARIANT_METHODS: dict[str, Rule] = {"linear_interp": linear, "wise_ft": linear}
 
 # Rules that are the plain sum of the ω-scaled deltas. For these the streamed fold does not call the rule on whole
 # deltas: it computes θG + Σ ωk·Bk·Ak row tile by row tile (lora_merge.fold.stream.merge_linear, the fast kernel),
-# which is the same sum (tests/test_combine.py checks the kernel against ``linear`` here).
+# which is the same sum (tests/test_rules_combine.py checks the kernel against ``linear`` here).
 SUM_RULES = frozenset({"linear"})
 
 

@@ -5,7 +5,7 @@ the labelled positions (the completion); elsewhere it scores every position and 
 because on XLA-like devices a shape that changes with each batch forces a recompilation. CPU eager mode has no
 such cost, and with a 49k-token vocabulary the head is a third of a training step on the prompt positions alone,
 whose loss is masked anyway. :func:`completion_positions_only` makes TRL take its compact path on CPU: the same
-kernel (so logit scaling and soft-capping stay TRL's), the same loss, less work. tests/test_completion_logits.py
+kernel (so logit scaling and soft-capping stay TRL's), the same loss, less work. tests/test_train_completion_logits.py
 checks the loss and the gradients equal TRL's own path.
 """
 

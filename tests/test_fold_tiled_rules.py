@@ -185,7 +185,7 @@ def test_a_misleading_sample_still_gives_the_exact_threshold(tmp_path, monkeypat
 @pytest.mark.parametrize("method", ["ties", "dare_ties", "magnitude_prune"])
 def test_fold_in_small_tiles_equals_peft(tmp_path, monkeypatch, method):
     """The whole fold (stream + tiled rules) in tiles of 8 rows against PEFT's rule on PEFT's own deltas."""
-    from test_combine import peft_deltas
+    from test_rules_combine import peft_deltas
 
     monkeypatch.setattr(stream_module, "TILE_ELEMENTS", 8 * 48)
     monkeypatch.setattr(stream_module, "TILE_QUANTUM", 8)
