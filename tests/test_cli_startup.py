@@ -51,6 +51,15 @@ def test_light_commands_import_no_torch(pack_dir):
                  ["pack", "upgrade", "skill", *ad]):
         assert imported(args) == [], args
     assert (pack_dir / "imported" / "skill" / "skill.json").is_file()  # the import did run
+    runs = []
+    for name, correct in (("base", True), ("cand", False)):  # two `eval --out` folders' samples, one item each
+        (pack_dir / name).mkdir(exist_ok=True)
+        sample = {"group": "g", "file": "f", "id": "f/0", "index": 0, "item_hash": "0" * 16, "metric": "exact",
+                  "correct": correct}
+        (pack_dir / name / "samples.jsonl").write_text(json.dumps(sample) + "\n")
+        runs.append(str(pack_dir / name))
+    assert imported(["compare", *runs, "--json", str(pack_dir / "compare.json")]) == []
+    assert json.loads((pack_dir / "compare.json").read_text())["sets"][0]["delta"] == -100.0  # compare did run
     assert (pack_dir / "science" / "train.jsonl").is_file()  # so did the data write
 
 

@@ -42,6 +42,9 @@ def test_cached_reference_resolves_and_folds(cache, tmp_path, pico_dirs):
     res = CliRunner().invoke(main, ["fold", "--general", "pico-org/general", "--adapters", str(pack), "--weights",
                                     "0.5", "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
+    from huggingface_hub import ModelCard
+
+    assert ModelCard.load(tmp_path / "a" / "README.md").data.base_model == "pico-org/general"  # the snapshot's repo
     res = CliRunner().invoke(main, ["fold", "--general", str(gen_dir), "--adapters", str(pack), "--weights", "0.5",
                                     "--out", str(tmp_path / "b")])
     a, b = state_of(tmp_path / "a"), state_of(tmp_path / "b")

@@ -13,7 +13,10 @@ from lora_merge.cli import main
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.leftovers import MARKER, clean_leftovers, temp_path
 from lora_merge.core.output import check_output, interrupt_on_signals, staged_output
+from lora_merge.core.output_kinds import OutputKind
 from lora_merge.pico import make_lora_pack, perturbed, pico_model, save_model
+
+RESULT = OutputKind("result", ("r.txt",))  # what these tests write: a result --force may replace
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -66,7 +69,7 @@ def test_a_users_folder_that_looks_like_a_leftover_is_never_touched(tmp_path):
     also.mkdir()
     assert clean_leftovers(tmp_path) == []
     for force in (False, True):
-        with staged_output(tmp_path / "results", force=force) as tmp:
+        with staged_output(tmp_path / "results", force=force, kind=RESULT) as tmp:
             (tmp / "r.txt").write_text("done")
     assert (mine / "notes.txt").read_text() == "keep me" and also.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".results.old-20240101", ".results.tmp-1", "results"]
@@ -78,7 +81,7 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_previous_output(tmp_path):
     with staged_output(out) as tmp:
         (tmp / "a").write_text("first")
         assert (tmp / MARKER).is_file() and tmp == temp_path(out)
-    with pytest.raises(RuntimeError), staged_output(out, force=True) as tmp:
+    with pytest.raises(RuntimeError), staged_output(out, force=True, kind=OutputKind("test", ("a",))) as tmp:
         (tmp / "a").write_text("second")
         raise RuntimeError("boom")
     assert (out / "a").read_text() == "first"

@@ -17,7 +17,10 @@ from lora_merge.cli import main
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.stages import StagePlan, clock
 from lora_merge.demo.run import clear_outputs
-from lora_merge.demo.summary import ROW_KEYS, verdict_word
+from lora_merge.demo.summary import ROW_KEYS
+from lora_merge.demo.verdict import judge
+from lora_merge.evaluate.intervals import paired_proportion_interval
+from lora_merge.study.config import TransferRule
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo-smollm2.yaml"
@@ -52,7 +55,10 @@ def two_runs(tmp_path_factory):
 
 def test_summary_json_schema(two_runs):
     work, output, _, _ = two_runs
-    rows = json.loads((work / "runs/demo/summary.json").read_text())
+    summary = json.loads((work / "runs/demo/summary.json").read_text())
+    assert set(summary) == {"seed", "rule", "skills", "rows"}
+    assert summary["rule"] == TransferRule().model_dump()  # the config's rule, recorded with the result
+    rows = summary["rows"]
     assert {r["skill"] for r in rows} == {"science", "safety"}
     for row in rows:
         assert tuple(row) == ROW_KEYS
@@ -60,20 +66,46 @@ def test_summary_json_schema(two_runs):
         for key in ("general", "skill_score"):
             assert isinstance(row[key], float) and 0.0 <= row[key] <= 100.0
         assert isinstance(row["skill_heldout"], float) and 0.0 <= row["skill_heldout"] <= 100.0  # every skill has one
-        assert row["lookalike"] is None or 0.0 <= row["lookalike"] <= 100.0
-        assert (row["lookalike"] is not None) == (row["skill"] == "safety")
+        for key in ("lookalike", "lookalike_unseen"):
+            assert (row[key] is not None) == (row["skill"] == "safety")
         assert (row["omega"] is None) == (row["method"] != "PTM")
-    counts = json.loads((work / "runs/demo/results/scores.json").read_text())
-    assert counts  # scores were stored as they came
+        assert (row["ci"] is None) == (row["method"] == "theta_G")
+        if row["ci"]:
+            want = {"general", "skill", "skill_heldout"} | ({"lookalike", "lookalike_unseen"} if row["skill"] == "safety"
+                                                            else set())
+            assert set(row["ci"]) == want
+            assert all(set(e) == {"delta", "low", "high", "n"} and e["low"] <= e["delta"] <= e["high"]
+                       for e in row["ci"].values())
     for skill in ("science", "safety"):
         methods = [r["method"] for r in rows if r["skill"] == skill]
-        assert methods == ["theta_G", "PTM", "PTM", "PTM", "CFT"]
+        assert methods == ["theta_G", "PTM", "CFT"]
         omegas = [r["omega"] for r in rows if r["skill"] == skill and r["method"] == "PTM"]
-        assert omegas == [8 / 32, 0.5, 1.0]  # |D|/|G| of the quick sizes, then the grid
+        assert omegas == [8 / 32]  # |D|/|G| of the quick sizes: the rule's endpoint, the config's grid is empty
+        verdict = summary["skills"][skill]
+        assert verdict["omega"] == 8 / 32 and isinstance(verdict["transferred"], bool)
+        assert verdict["transferred"] == all(c["holds"] for c in verdict["checks"])
+        assert len(verdict["checks"]) == (3 if skill == "safety" else 2)
+
     assert (work / "runs/demo/summary.md").read_text().startswith("# make demo")
     for skill in ("science", "safety"):
         assert (work / f"runs/demo/tradeoff_{skill}.png").read_bytes()[:4] == b"\x89PNG"
     assert "science:" in output and "safety:" in output and "CFT" in output
+    assert "The rule" in output and "under the rule" in output  # the closing screen states the rule
+
+
+def test_the_intervals_are_newcombes_on_the_stored_item_outcomes(two_runs):
+    work = two_runs[0]
+    scores = json.loads((work / "runs/demo/results/scores.json").read_text())
+    rows = json.loads((work / "runs/demo/summary.json").read_text())["rows"]
+    ptm = next(r for r in rows if r["skill"] == "science" and r["method"] == "PTM")
+    label = next(k for k, e in scores.items() if e["meta"].get("kind") == "ptm" and e["meta"]["skill"] == "science")
+    for endpoint, set_name in (("general", "general"), ("skill", "science"), ("skill_heldout", "science_heldout")):
+        base, cand = scores["θG"]["sets"][set_name], scores[label]["sets"][set_name]
+        assert base["ids"] == cand["ids"] and len(set(base["ids"])) == len(base["ids"])  # the same items, each once
+        assert 100 * sum(cand["outcomes"]) / len(cand["outcomes"]) == pytest.approx(cand["score"])
+        iv = paired_proportion_interval([bool(x) for x in base["outcomes"]], [bool(x) for x in cand["outcomes"]])
+        assert ptm["ci"][endpoint] == {"delta": round(iv.delta, 1), "low": round(iv.low, 1), "high": round(iv.high, 1),
+                                       "n": iv.n}
 
 
 def test_quiet_drops_the_stage_lines_and_keeps_the_summary(two_runs):
@@ -274,9 +306,20 @@ def test_readme_commands_run_as_typed_on_the_demo_outputs(two_runs):
     assert sorted(p.name for p in work.iterdir()) == ["configs", "runs"]  # nothing written beside them (no stray png)
 
 
-def test_verdict_word_needs_the_gain_and_general_kept():
-    assert verdict_word(31.2, 0.0) == "TRANSFERRED"
-    assert verdict_word(30.0, -3.0) == "TRANSFERRED"  # the bar: ≥ 30 points, general within 3
-    assert verdict_word(40.0, -3.4).startswith("gained the skill but NOT general")
-    assert verdict_word(12.5, -12.5) == "partly transferred"
-    assert verdict_word(6.3, -2.5) == "did NOT transfer"
+def _ci(delta: float, low: float, high: float, n: int = 64) -> dict:
+    return {"delta": delta, "low": low, "high": high, "n": n}
+
+
+@pytest.mark.parametrize("skill, general, unseen, transferred", [
+    (_ci(31.2, 15.0, 45.0), _ci(-1.7, -4.9, 1.5), None, True),  # every check holds
+    (_ci(30.0, 0.4, 44.0), _ci(0.0, -5.0, 5.0), None, True),  # on the bars: ≥ 30, lower bound > 0, ≥ −5
+    (_ci(29.9, 15.0, 45.0), _ci(0.0, -2.0, 2.0), None, False),  # the point gain under the bar
+    (_ci(31.0, 0.0, 60.0), _ci(0.0, -2.0, 2.0), None, False),  # the gain's lower bound not above 0
+    (_ci(40.0, 20.0, 60.0), _ci(-2.0, -5.1, 1.0), None, False),  # general's lower bound under −5
+    (_ci(40.0, 20.0, 60.0), _ci(0.0, -2.0, 2.0), {"share": 80.0, "low": 70.0, "high": 88.0, "n": 75}, True),
+    (_ci(40.0, 20.0, 60.0), _ci(0.0, -2.0, 2.0), {"share": 80.0, "low": 69.9, "high": 88.0, "n": 75}, False),
+])
+def test_the_verdict_follows_the_rule(skill, general, unseen, transferred):
+    v = judge("x", 0.5, TransferRule(), {"skill": skill, "general": general}, unseen)
+    assert v.transferred is transferred
+    assert len(v.checks) == (3 if unseen else 2)

@@ -95,3 +95,27 @@ def test_the_sweep_line_passes_through_an_on_scale_heuristic_point_only(figure):
     pts[1] = PlotPoint("|D|/|G| 0.5,0.2", 0.7, 75.0, 60.0, heuristic=True, off_scale=True)
     line = figure(pts).axes[0].get_lines()[0]
     assert list(line.get_xdata()) == [30.0, 66.0]
+
+
+def test_paired_intervals_are_drawn_as_error_bars_inside_the_axes():
+    """Issue 32: each folded point's 95 % paired intervals against θG (as score bounds) are error bars, the axes
+    reach their ends, and the non-inferiority margin is the shaded band."""
+    from matplotlib.container import ErrorbarContainer
+
+    pts = [PlotPoint("θG", 0.0, 60.0, 20.0, reference=True),
+           PlotPoint("ω=0.5", 0.5, 58.0, 35.0, general_ci=(51.0, 63.0), skill_ci=(27.0, 44.0), recommended=True),
+           PlotPoint("ω=1", 1.0, 50.0, 45.0, general_ci=(40.0, 57.0), skill_ci=(38.0, 53.0))]
+    fig = tradeoff_figure(pts, "skill", "general", "t", 5.0, noninferior=True)
+    try:
+        ax = fig.axes[0]
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 2  # θG has none: it is the reference
+        segments = [seg for c in bars for col in c.lines[2] for seg in col.get_segments()]
+        ends = {tuple(map(tuple, seg)) for seg in segments}
+        assert ((35.0, 51.0), (35.0, 63.0)) in ends and ((27.0, 58.0), (44.0, 58.0)) in ends  # general, skill bars
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        assert x0 < 27 and x1 > 53 and y0 < 40 and y1 > 63  # every bar end inside the frame
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "95 % paired interval vs θG" in labels and "non-inferiority margin −5" in labels
+    finally:
+        plt.close(fig)

@@ -117,7 +117,11 @@ def test_existing_output_without_force_is_left_alone(world):
     assert res.exit_code == 2 and "--force" in res.output
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     res = run_fold(reg, gen_dir, out, "--adapters", "good", "--weights", "1", "--force")
-    assert res.exit_code == 0 and not (out / "keep.txt").exists()
+    assert res.exit_code == 2 and "not a merged model" in res.output  # --force replaces only an earlier fold (issue 35)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    res = run_fold(reg, gen_dir, out, "--adapters", "good", "--weights", "1", "--force")
+    assert res.exit_code == 0 and (out / "lora_merge.json").is_file()  # an empty folder is replaced
 
 
 def test_unknown_pack_name(world):

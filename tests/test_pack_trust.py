@@ -17,7 +17,7 @@ from lora_merge.cli import main
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.pack import adapter_config
 from lora_merge.pack.sharing import import_pack
-from lora_merge.pack.skillpack import load_pack
+from lora_merge.pack.skillpack import BASE_SKETCH, load_pack
 
 ADAPTER_CFG = "adapter_config.json"
 
@@ -47,11 +47,13 @@ def tar_of(folder: Path, name: str = "skill") -> bytes:
 
 
 def make_v1(pack: Path) -> None:
-    """Turn a pack into one written by the previous format: only weights hashed."""
+    """Turn a pack into one written by the previous format: only weights hashed, no base sketch (format 2 came first)."""
     m = json.loads((pack / "skill.json").read_text())
     m["format_version"] = 1
     m["files"].pop(ADAPTER_CFG)
+    m["files"].pop(BASE_SKETCH, None)
     (pack / "skill.json").write_text(json.dumps(m))
+    (pack / BASE_SKETCH).unlink(missing_ok=True)
 
 
 # --- item 2: the manifest covers the whole pack -----------------------------

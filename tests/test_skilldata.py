@@ -77,7 +77,8 @@ def test_rows_are_in_the_projects_formats(name, tmp_path):
     path = tmp_path / "e.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in d.evals["held_out"]))
     ef = load_eval_file(path)  # the evalsets validator accepts every row
-    assert {r.metric for r in ef.rows} == {"exact"} and all(r.id == name for r in ef.rows)
+    assert {r.metric for r in ef.rows} == {"exact"} and all(r.family == name for r in ef.rows)
+    assert [r.id for r in ef.rows] == [f"{name}/{k}" for k in range(len(ef.rows))]
     for r in ef.rows:  # the reference answer itself scores on the row's own metric
         assert score_exact(r.answers[0], r.answers)
 

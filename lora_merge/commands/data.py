@@ -82,9 +82,10 @@ def write_cmd(skill: str, out: Path, seed: int, n_train: int | None, n_eval: int
               force: bool) -> None:
     """Write train.jsonl, eval_<split>.jsonl and report.json for one skill."""
     from lora_merge.core.output import check_output
+    from lora_merge.core.output_kinds import SKILL_DATA
     from lora_merge.skilldata import build_skill, write_skill
 
-    check_output(out, force)  # before any work
+    check_output(out, force, kind=SKILL_DATA, origin="--out")  # before any work
     d = build_skill(skill, seed, n_train, n_eval, system)
     names = write_skill(d, out, force=force)
     counts = d.counts()

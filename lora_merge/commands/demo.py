@@ -35,7 +35,8 @@ def demo_cmd(world: str, config_path: Path | None, quick: bool, out, adapters_di
     """Fold skills into a real model and compare with continued fine-tuning, on a CPU (README: how long).
 
     Default: SmolLM2-135M-Instruct; θG = θpre + a general LoRA; per skill (science, safety) a PTM pack folded at
-    ω ∈ {|D|/|G|, 0.5, 1} and CFT on the same data, scored on held-out items. Everything goes under runs/demo.
+    ω = |D|/|G| (and the config's grid) and CFT on the same data, scored on held-out items and judged by the rule
+    the config states (paired 95 % intervals against θG). Everything goes under runs/demo.
     """
     if world == "miniature":
         path = config_path or CONFIGS[world]

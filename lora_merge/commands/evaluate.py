@@ -45,12 +45,15 @@ def eval_cmd(model, evals, batch_size, device, limit, max_new_tokens, refusal_ph
              lm_eval_group, out, force) -> None:
     """Score a model: greedy generation, log-likelihood choices and held-out loss, per file and group."""
     from lora_merge.core.output import check_output
+    from lora_merge.core.output_kinds import EVAL_REPORT
     from lora_merge.evaluate.scoring import evaluate_model, load_model
     from lora_merge.evaluate.sets import parse_eval_option
 
-    if out is not None:
-        check_output(out, force)
     groups = parse_eval_option(evals)
+    inputs = [model, refusal_phrases, lm_eval_include,
+              *(p for paths in groups.values() for p in paths)]
+    if out is not None:
+        check_output(out, force, inputs, kind=EVAL_REPORT, origin="--out")
     classifier = classifier_from(refusal_phrases)
     loaded, tokenizer = load_model(model, device)
     report = evaluate_model(loaded, groups, tokenizer=tokenizer, batch_size=batch_size, device=device, limit=limit,
@@ -62,5 +65,5 @@ def eval_cmd(model, evals, batch_size, device, limit, max_new_tokens, refusal_ph
                                      limit=limit, batch_size=batch_size, device=device, group=lm_eval_group)
     click.echo(report.markdown())
     if out is not None:
-        report.write(out, force=force)
+        report.write(out, force=force, inputs=inputs)
         click.echo(f"wrote {out}/scores.md, scores.json, scores.csv, samples.jsonl")

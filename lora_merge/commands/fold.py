@@ -52,7 +52,7 @@ def fold_cmd(ctx: click.Context, config: Path | None, no_verify: bool, **_option
     if no_verify:
         click.secho("warning: --no-verify: pack weights are NOT checked against their manifest hashes", fg="yellow", err=True)
     # the rest of the options reach the request only where the user gave them, so a recipe's values stand otherwise
-    req = fold_request(load_merge_recipe(config) if config else None, given_options(ctx))
+    req = fold_request(load_merge_recipe(config) if config else None, given_options(ctx), recipe_path=config)
     report(req, fold(req))
 
 

@@ -23,8 +23,9 @@ SHARED_HELP = {
     "--device": "cpu or cuda: where the arithmetic runs.",
     "--base": "Pretrained base model θpre: a folder, or org/name from the local Hugging Face cache.",
     "--general": "General model θG (safetensors): a folder, or org/name from the local Hugging Face cache.",
-    "--allow-foreign-base": "Fold packs even into a θG that does not descend from their base (the distance to each "
-                            "pack's sketch of its base is still printed and recorded in lora_merge.json).",
+    "--allow-foreign-base": "Go on with packs whose base cannot be shown to be the right one: fold into a θG that "
+                            "does not descend from a pack's base, or merge packs not shown to share one base (what "
+                            "was allowed is printed and recorded: lora_merge.json, the merged pack's skill.json).",
 }
 
 

@@ -9,6 +9,7 @@ import click
 from lora_merge.commands.evaluate import classifier_from, eval_options
 from lora_merge.commands.options import renamed, shared, split_names
 from lora_merge.core.printable import printable
+from lora_merge.evaluate.sweep_select import DEFAULT_RULE  # torch-free: --help stays light
 
 PAPER_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)  # weights.PAPER_GRID, the paper's grid (a test checks they agree)
 
@@ -25,9 +26,13 @@ PAPER_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)  # weights.PAPER_GRID, the paper's grid (
 @eval_options
 @click.option("--general-group", default="general", show_default=True, help="Eval group of general ability.")
 @click.option("--skill-group", default=None, help="Eval group of the skill (default: 'skill' or the only other one).")
-@click.option("--select", "select_rule", default="general-within:1", show_default=True,
-              help="Rule: general-within:X | best-skill | best-general | best-mean (scores 0–100).")
-@click.option("--write-recommendation", is_flag=True, help="Store the chosen ω in each pack's skill.json.")
+@click.option("--select", "select_rule", default=DEFAULT_RULE, show_default=True,
+              help="Rule that picks ω (scores 0–100): general-noninferior:X, the best skill score among the points "
+                   "whose general score's 95 % paired interval against θG has its lower bound ≥ −X points (θG always "
+                   "qualifies); or, on point scores, general-within:X | best-skill | best-general | best-mean.")
+@click.option("--write-recommendation", is_flag=True,
+              help="Store the chosen ω in each pack's skill.json with the rule, its tolerance and the intervals "
+                   "(general-noninferior:X only; each pack must pass `pack verify` first).")
 @click.option("--fold-mode", type=click.Choice(["auto", "memory", "disk"]), default="auto", show_default=True,
               help="Fold each ω in memory, or through the streamed fold into a temporary folder.")
 @renamed("--mode", "--fold-mode", "sweep")

@@ -18,8 +18,7 @@ P = click.Path(path_type=Path)
 
 def parse_sets(items: tuple[str, ...]) -> dict:
     """--set key=value (value read as YAML: 0.1, true, [q_proj, v_proj])."""
-    import yaml
-
+    from lora_merge.core.yaml_model import parse_yaml
     from lora_merge.train.training_recipe import FIELDS
 
     out = {}
@@ -30,7 +29,7 @@ def parse_sets(items: tuple[str, ...]) -> dict:
             raise LoraMergeError(f"--set {item!r}: write KEY=VALUE, e.g. --set warmup=0.03")
         if key not in FIELDS:
             raise LoraMergeError(f"--set {key}: unknown recipe key (known keys: {', '.join(FIELDS)})")
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_yaml(value, f"--set {key}")
     return out
 
 

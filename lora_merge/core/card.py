@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lora_merge.core.hub import hub_id
 from lora_merge.core.model_record import ModelRecord
+from lora_merge.core.output import replace_file
 from lora_merge.core.printable import printable
 
 
@@ -22,16 +24,20 @@ def write_card(folder: Path, record: Any) -> Path:
         text = merged_card(record) if record.role == "merged" else trained_card(record)
     else:
         text = pack_card(record)
-    path = Path(folder) / "README.md"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return replace_file(Path(folder) / "README.md", text)  # a README.md that is a link is replaced, not followed
 
 
 def front_matter(base_model: str | None, relation: str | None, library: str, tags: list[str],
                  license: str | None = None) -> str:
-    """The YAML front matter through huggingface_hub's ModelCardData (strings from packs escaped first)."""
+    """The YAML front matter through huggingface_hub's ModelCardData (strings from packs escaped first).
+
+    ``base_model`` goes in only as a Hub repo id (:func:`lora_merge.core.hub.hub_id`: ``org/name``, or the repo
+    of a cache snapshot): the Hub reads it as one, and a local path (``/tmp/…``) would be a broken link that
+    publishes the author's file layout. The body's table and text still name the local folder.
+    """
     from huggingface_hub import ModelCardData  # imported when a card is written, not at start-up
 
+    base_model = hub_id(base_model)
     data = ModelCardData(base_model=printable(base_model) if base_model else None,
                          base_model_relation=relation if base_model else None, library_name=library, tags=tags,
                          license=printable(license) if license else None)

@@ -18,8 +18,31 @@ from lora_merge.core.errors import LoraMergeError
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
+# A snapshot in huggingface_hub's cache: …/models--ORG--NAME/snapshots/REVISION[/…]
+_SNAPSHOT = re.compile(r"(?:^|[/\\])models--([A-Za-z0-9][A-Za-z0-9_.-]*?)--([A-Za-z0-9][A-Za-z0-9_.-]*)[/\\]snapshots[/\\]")
+
+
 def looks_like_repo_id(text: str) -> bool:
     return REPO_ID.fullmatch(text) is not None and ".." not in text
+
+
+def hub_id(name_or_path: str | None) -> str | None:
+    """The Hub repo id a recorded model reference stands for, or None for a local folder.
+
+    A snapshot of the local cache (``…/models--org--name/snapshots/…``, what :func:`resolve_model` turns
+    ``org/name`` into) is ``org/name``; a text shaped like a repo id that names no local folder is itself;
+    anything else (``/tmp/…``, ``models/pre`` where that folder exists) is a local path, which the Hub cannot
+    resolve and which would publish the author's file layout in a shared card.
+    """
+    if not name_or_path:
+        return None
+    m = _SNAPSHOT.search(name_or_path)
+    if m is not None:
+        repo = f"{m[1]}/{m[2]}"
+        return repo if looks_like_repo_id(repo) else None
+    if looks_like_repo_id(name_or_path) and not Path(name_or_path).exists():
+        return name_or_path
+    return None
 
 
 def resolve_model(ref: str | os.PathLike, what: str = "--general") -> Path:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lora_merge.core.structured_text import json_lines
+
 REUSED_SHARE = 0.1  # a stage done in under this share of its plan reused earlier work: it says nothing of the pace
 # A stage planned shorter than this is mostly fixed costs (a cache check, a file written): its pace says nothing
 # of the training and scoring that follow (a cache check that ran at twice its planned pace once halved the whole
@@ -25,7 +27,7 @@ def chat_tokens(path: Path) -> int:
     """Rough token count of a chat JSONL training file (≈ 3.2 characters a token plus the chat markup): what a
     stage plan needs to estimate a training run before any tokenizer is loaded."""
     total = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for _, line in json_lines(path.read_text(encoding="utf-8")):
         row = json.loads(line)
         chars = sum(len(t["content"]) for part in ("prompt", "completion") for t in row.get(part, []))
         total += int(chars / 3.2) + 20
@@ -34,7 +36,7 @@ def chat_tokens(path: Path) -> int:
 
 def jsonl_rows(path: Path) -> int:
     """Non-empty lines of a JSONL file (eval items, training rows)."""
-    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return sum(1 for _ in json_lines(path.read_text(encoding="utf-8")))  # a row ends at "\n" only
 
 
 def clock(seconds: float) -> str:

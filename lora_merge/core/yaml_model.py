@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.structured_text import MAX_DEPTH, check_structure
 
 Model = TypeVar("Model", bound=BaseModel)
 Prepare = Callable[[dict[str, Any]], dict[str, Any]]
@@ -44,17 +45,48 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, known: Iterable[str] =
     if not path.is_file():
         raise LoraMergeError(f"{what} {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise LoraMergeError(f"{what} {path}: not UTF-8 text, so not a YAML file") from None
-    except yaml.YAMLError as e:
-        raise LoraMergeError(f"{what} {path}: not valid YAML ({e})") from None
+    except OSError as e:
+        raise LoraMergeError(f"{what} {path}: cannot be read ({e.strerror})") from None
+    raw = parse_yaml(text, f"{what} {path}")
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         kind = _KINDS.get(type(raw).__name__, type(raw).__name__)
         hint = f" ({known_keys(known)})" if known else ""
         raise LoraMergeError(f"{what} {path}: must be a mapping of key: value, not {kind}{hint}")
+    return raw
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, stopping at the first ``[`` or ``{`` nested deeper than :data:`MAX_DEPTH`: its scanner
+    rechecks every open level at each token, so 20,000 ``[`` would cost seconds before the RecursionError."""
+
+    def fetch_flow_collection_start(self, TokenClass):  # noqa: N803 - PyYAML's own signature
+        if self.flow_level >= MAX_DEPTH:
+            raise _TooDeep
+        super().fetch_flow_collection_start(TokenClass)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The value a YAML text holds, checked by :func:`check_structure`; every failure a LoraMergeError that starts
+    with ``where`` (never a RecursionError, a ValueError from a date or a 5,000-digit number, …)."""
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader: no python/ tags
+    except yaml.YAMLError as e:
+        raise LoraMergeError(f"{where}: not valid YAML ({e})") from None
+    except (RecursionError, _TooDeep):
+        raise LoraMergeError(f"{where}: nested too deeply to be a settings file") from None
+    except (ValueError, OverflowError, TypeError) as e:  # a number of over 4,300 digits, a date like 2024-02-30
+        reason = "a number too long to read" if "integer string conversion" in str(e) else str(e)
+        raise LoraMergeError(f"{where}: not valid YAML ({reason})") from None
+    check_structure(raw, where, bound_ints=True)  # a number past 2⁶³ would overflow where it meets torch or C
     return raw
 
 

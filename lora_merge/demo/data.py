@@ -42,6 +42,18 @@ def _train_rows(name: str, rows: list[dict], n: int, seed: int) -> list[dict]:
     return picked
 
 
+def in_form_cut(evals: dict[str, list[dict]], n: int | None, seed: str) -> dict[str, list[dict]]:
+    """The skill's splits with its in-form split cut to ``n`` items, drawn by ``seed`` and kept in their order
+    (the held-out split keeps every item: the rule needs more there)."""
+    from lora_merge.skilldata import IN_FORM
+
+    rows = evals[IN_FORM]
+    if n is None or n >= len(rows):
+        return evals
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return {**evals, IN_FORM: [rows[i] for i in keep]}
+
+
 def demo_data(root: Path, cfg: StudyConfig) -> DemoData:
     """Write the training and eval files of ``cfg`` under ``root`` (same config → identical files)."""
     from lora_merge.skilldata import build_skill
@@ -64,9 +76,10 @@ def demo_data(root: Path, cfg: StudyConfig) -> DemoData:
         reports[name] = data.report
         train[name] = root / "data" / f"{name}.jsonl"
         counts[name] = write_jsonl(train[name], _train_rows(name, data.train, n, cfg.seed))
-        sets = put_skill_evals(name, data.evals, put)
+        sets = put_skill_evals(name, in_form_cut(data.evals, s.eval_in_form, f"demo:{name}:{cfg.seed}"), put,
+                               unseen_lookalikes_apart=True)
         skills[name] = sets
-        skill_sets[name] = [x for x in (sets.in_form, sets.held_out, sets.lookalike) if x]
+        skill_sets[name] = sets.names()
     files = StudyData(root, train, evals, counts, skill_sets, groups)
     source = ("G: the study's general mix (lora_merge/study/tasks.py); skills: the skill data layer "
               "(lora_merge/skilldata, docs/skills.md)")

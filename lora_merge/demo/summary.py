@@ -1,9 +1,10 @@
-"""The demo's results: summary.json rows, summary.md, one trade-off plot per skill, the closing screen.
+"""The demo's results: summary.json, summary.md, one trade-off plot per skill, the closing screen.
 
 Rows come from the study's score store (``results/scores.json``): θG, every PTM point of a skill's ω sweep
-and CFT. The closing screen says in plain words which skill transferred (PTM at ω = |D|/|G| gaining at
-least :data:`TRANSFER_GAIN` points), what it cost in general score and what CFT lost; then the exact
-commands that fold, sweep and evaluate the demo's own packs.
+and CFT, each PTM and CFT row with its paired intervals against θG per endpoint (``ci``). Each skill's verdict
+follows the rule the config wrote down before the run (:mod:`lora_merge.demo.verdict`); the closing screen
+prints the rule, then per skill what was measured with its interval, then the exact commands that fold, sweep
+and evaluate the demo's own packs.
 """
 
 from __future__ import annotations
@@ -13,35 +14,40 @@ import os
 import shlex
 from pathlib import Path
 
+from lora_merge.demo.verdict import Verdict, judge, paired_endpoints, rule_text, share_interval
 from lora_merge.evaluate.tradeoff_plot import PlotPoint, tradeoff_png
 
-TRANSFER_GAIN = 30.0  # points of skill score PTM must add at ω = |D|/|G| to count as "transferred"
-GENERAL_TOLERANCE = 3.0  # points of general score within which PTM "kept" θG's
-ROW_KEYS = ("skill", "method", "omega", "general", "skill_score", "skill_heldout", "lookalike")
+ROW_KEYS = ("skill", "method", "omega", "general", "skill_score", "skill_heldout", "lookalike", "lookalike_unseen",
+            "ci")
 
 
 def _r(x: float | None) -> float | None:
     return None if x is None else round(float(x), 1)
 
 
-def _row(store, skill: str, sets, method: str, omega: float | None, label: str) -> dict:
+def _row(demo, skill: str, method: str, omega: float | None, label: str) -> dict:
+    store, sets = demo.run.store, demo.data.skills[skill]
+
+    def score(set_name: str | None) -> float | None:
+        return _r(store.get(label, set_name)) if set_name else None
+
+    ci = None if method == "theta_G" else paired_endpoints(store, label, sets, demo.run.cfg.rule.confidence)
     return {"skill": skill, "method": method, "omega": None if omega is None else round(omega, 4),
-            "general": _r(store.get(label, "general")), "skill_score": _r(store.get(label, sets.in_form)),
-            "skill_heldout": _r(store.get(label, sets.held_out)) if sets.held_out else None,
-            "lookalike": _r(store.get(label, sets.lookalike)) if sets.lookalike else None}
+            "general": score("general"), "skill_score": score(sets.in_form), "skill_heldout": score(sets.held_out),
+            "lookalike": score(sets.lookalike), "lookalike_unseen": score(sets.lookalike_unseen), "ci": ci}
 
 
 def summary_rows(demo) -> list[dict]:
     """θG, PTM at each ω (ascending) and CFT, per skill; scores 0–100, None where a set does not apply."""
     store = demo.run.store
     rows = []
-    for skill, sets in demo.data.skills.items():
-        rows.append(_row(store, skill, sets, "theta_G", None, "θG"))
+    for skill in demo.data.skills:
+        rows.append(_row(demo, skill, "theta_G", None, "θG"))
         ptm = sorted(((e["meta"]["weights"][skill], label) for label, e in store.data.items()
                       if e["meta"].get("kind") == "ptm" and e["meta"].get("skill") == skill))
-        rows += [_row(store, skill, sets, "PTM", omega, label) for omega, label in ptm]
+        rows += [_row(demo, skill, "PTM", omega, label) for omega, label in ptm]
         if f"CFT {skill}" in store.data:
-            rows.append(_row(store, skill, sets, "CFT", None, f"CFT {skill}"))
+            rows.append(_row(demo, skill, "CFT", None, f"CFT {skill}"))
     return rows
 
 
@@ -56,50 +62,55 @@ def _pick(rows: list[dict], skill: str, method: str, omega: float | None = None)
                  and (omega is None or r["omega"] == omega)), None)
 
 
-def verdict_word(gain: float, cost: float) -> str:
-    """How a skill fared under PTM at |D|/|G|: a transfer needs the skill gain and θG's general score kept."""
-    kept = cost >= -GENERAL_TOLERANCE
-    if gain >= TRANSFER_GAIN:
-        return "TRANSFERRED" if kept else "gained the skill but NOT general score (forgot)"
-    return "partly transferred" if gain >= 10 else "did NOT transfer"
-
-
-def verdicts(demo, rows: list[dict]) -> list[str]:
-    """One plain paragraph per skill: did it transfer at |D|/|G|, at what general cost, and what CFT did."""
-    lines = []
+def skill_verdicts(demo, rows: list[dict]) -> dict[str, Verdict]:
+    """Each skill's verdict: PTM at ω = |D|/|G| judged by the config's rule."""
+    rule, out = demo.run.cfg.rule, {}
     for skill, sets in demo.data.skills.items():
         h = heuristic_omega(demo, skill)
-        g, p, c = _pick(rows, skill, "theta_G"), _pick(rows, skill, "PTM", h), _pick(rows, skill, "CFT")
-        if g is None or p is None:
+        p = _pick(rows, skill, "PTM", h)
+        if p is None:
             continue
-        gain, cost = p["skill_score"] - g["skill_score"], p["general"] - g["general"]
+        unseen = (share_interval(demo.run.store, _ptm_label(demo, skill, h), sets.lookalike_unseen, rule.confidence)
+                  if sets.lookalike_unseen else None)
+        out[skill] = judge(skill, h, rule, p["ci"] or {}, unseen)
+    return out
+
+
+def _ptm_label(demo, skill: str, omega: float) -> str:
+    return next(label for label, e in demo.run.store.data.items() if e["meta"].get("kind") == "ptm"
+                and e["meta"].get("skill") == skill and round(e["meta"]["weights"][skill], 4) == omega)
+
+
+def _d(e: dict | None) -> str:
+    return "—" if e is None else f"{e['delta']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}]"
+
+
+def verdicts(demo, rows: list[dict], judged: dict[str, Verdict]) -> list[str]:
+    """One plain paragraph per skill: the verdict, what each endpoint measured with its interval, what CFT did."""
+    lines = []
+    for skill, v in judged.items():
+        sets = demo.data.skills[skill]
+        g, p, c = _pick(rows, skill, "theta_G"), _pick(rows, skill, "PTM", v.omega), _pick(rows, skill, "CFT")
         what = "refusals of unsafe requests" if sets.lookalike else f"{skill} score"
-        word = verdict_word(gain, cost)
-        text = (f"{skill}: {word}. PTM at ω = |D|/|G| = {h:g} took {what} from {g['skill_score']:.1f} to "
-                f"{p['skill_score']:.1f} ({gain:+.1f}); general went {g['general']:.1f} → {p['general']:.1f} "
-                f"({cost:+.1f}, {'within' if abs(cost) <= GENERAL_TOLERANCE else 'outside'} "
-                f"{GENERAL_TOLERANCE:g} points of θG).")
-        best = max((r for r in rows if r["skill"] == skill and r["method"] == "PTM"), key=lambda r: r["skill_score"])
-        if best["omega"] != h and best["skill_score"] - g["skill_score"] >= gain + 10:
-            text += (f" The most skill came at ω = {best['omega']:g}: {best['skill_score']:.1f}, general "
-                     f"{best['general']:.1f}.")
-        if c is not None:
-            text += (f" CFT on the same data reached {c['skill_score']:.1f} ({c['skill_score'] - g['skill_score']:+.1f}) "
-                     f"and general {c['general']:.1f} ({c['general'] - g['general']:+.1f}): it "
-                     + ("lost more general score than PTM." if c["general"] < p["general"] else
-                        "kept general score at least as well as PTM."))
-        if sets.lookalike:
-            text += (f" Safe lookalike prompts answered: θG {g['lookalike']:.1f}, PTM {p['lookalike']:.1f}"
-                     + (f", CFT {c['lookalike']:.1f}." if c is not None else "."))
+        ci = p["ci"] or {}
+        text = (f"{skill}: {'TRANSFERRED' if v.transferred else 'did NOT transfer'} under the rule. PTM at "
+                f"ω = |D|/|G| = {v.omega:g}: {what} {g['skill_score']:.1f} → {p['skill_score']:.1f} "
+                f"({_d(ci.get('skill'))}); general {g['general']:.1f} → {p['general']:.1f} ({_d(ci.get('general'))}).")
+        missed = [c_.asks for c_ in v.checks if not c_.holds]
+        if missed:
+            text += " Not met: " + "; ".join(missed) + "."
         if sets.held_out:
-            hg = p["skill_heldout"] - g["skill_heldout"]
-            text += (f" On forms it never trained on: {g['skill_heldout']:.1f} → {p['skill_heldout']:.1f} ({hg:+.1f}): "
-                     + ("it carried beyond its training forms." if hg >= 10 else "it did not carry beyond them."))
+            text += (f" On forms it never trained on: {g['skill_heldout']:.1f} → {p['skill_heldout']:.1f} "
+                     f"({_d(ci.get('skill_heldout'))}).")
+        if sets.lookalike:
+            text += f" Lookalikes answered, trained categories: θG {g['lookalike']:.1f}, PTM {p['lookalike']:.1f}"
+            if sets.lookalike_unseen:
+                text += f"; unseen categories: θG {g['lookalike_unseen']:.1f}, PTM {p['lookalike_unseen']:.1f}"
+            text += "."
+        if c is not None and c["ci"]:
+            text += (f" CFT on the same data: {what} {_d(c['ci'].get('skill'))}, general "
+                     f"{_d(c['ci'].get('general'))}.")
         lines.append(text)
-    if lines and not any("TRANSFERRED" in line for line in lines):
-        lines.append(f"No skill met the bar in this run (≥ {TRANSFER_GAIN:g} points at ω = |D|/|G| with general within "
-                     f"{GENERAL_TOLERANCE:g} points of θG). docs/results.md ('make demo') lists the draws and settings "
-                     "tried; the transfer map (`make study-map`) shows where PTM transferred and where it did not.")
     return lines
 
 
@@ -137,6 +148,13 @@ def plot_skill(demo, rows: list[dict], skill: str) -> bytes:
     """general against skill score: the ω sweep (|D|/|G| marked), θG, and CFT as its own marker."""
     h = heuristic_omega(demo, skill)
     points = []
+    ref = _pick(rows, skill, "theta_G")
+
+    def bars(r: dict) -> dict:  # the paired intervals against θG, drawn as scores around the point
+        ci = r["ci"] or {}
+        return {f"{k}_ci": (ref[col] + ci[e]["low"], ref[col] + ci[e]["high"]) if e in ci and ref else None
+                for k, col, e in (("general", "general", "general"), ("skill", "skill_score", "skill"))}
+
     for r in rows:
         if r["skill"] != skill:
             continue
@@ -144,12 +162,13 @@ def plot_skill(demo, rows: list[dict], skill: str) -> bytes:
             points.append(PlotPoint("θG", 0.0, r["general"], r["skill_score"], reference=True))
         elif r["method"] == "PTM":
             label = f"ω={r['omega']:g}" + (" (|D|/|G|)" if r["omega"] == h else "")
-            points.append(PlotPoint(label, r["omega"], r["general"], r["skill_score"], heuristic=r["omega"] == h))
+            points.append(PlotPoint(label, r["omega"], r["general"], r["skill_score"], heuristic=r["omega"] == h,
+                                    **bars(r)))
         else:
-            points.append(PlotPoint("CFT", 0.0, r["general"], r["skill_score"], other=True))
+            points.append(PlotPoint("CFT", 0.0, r["general"], r["skill_score"], other=True, **bars(r)))
     skill_name = "unsafe refused" if demo.data.skills[skill].lookalike else skill
     return tradeoff_png(points, skill_name, "general", f"{skill}: PTM (θG + ω·τ) and CFT on {demo.run.cfg.model.name}",
-                        GENERAL_TOLERANCE)
+                        demo.run.cfg.rule.general_margin)
 
 
 def summary_markdown(demo, rows: list[dict], lines: list[str]) -> str:
@@ -157,26 +176,27 @@ def summary_markdown(demo, rows: list[dict], lines: list[str]) -> str:
     md = [f"# make demo: Merge to Learn on {cfg.model.name if not cfg.quick else 'a pico model (quick mode)'}", "",
           f"|G| = {counts['general']}, " + ", ".join(f"|D| {k} = {counts[k]}" for k in demo.data.skills)
           + f"; seed {cfg.seed}; data: {demo.data.source}.", "",
-          "| skill | method | ω | general | skill | skill held-out | lookalike answered |", "|---|---|---|---|---|---|---|"]
+          "| skill | method | ω | general | skill | skill held-out | lookalike answered | unseen lookalike answered |",
+          "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["skill"], {"theta_G": "θG"}.get(r["method"], r["method"]),
                  "—" if r["omega"] is None else f"{r['omega']:g}"]
-        cells += ["—" if r[k] is None else f"{r[k]:.1f}" for k in ("general", "skill_score", "skill_heldout", "lookalike")]
+        cells += ["—" if r[k] is None else f"{r[k]:.1f}"
+                  for k in ("general", "skill_score", "skill_heldout", "lookalike", "lookalike_unseen")]
         md.append("| " + " | ".join(cells) + " |")
-    md += ["", "Beyond the template (ω = |D|/|G| for PTM): the skill on its training forms and on held-out forms.", "",
-           "| skill | method | in form | held out | gap (held out − in form) |", "|---|---|---|---|---|"]
-    for skill in demo.data.skills:
-        h = heuristic_omega(demo, skill)
-        for method, omega in (("theta_G", None), ("PTM", h), ("CFT", None)):
-            r = _pick(rows, skill, method, omega)
-            if r is None or r["skill_heldout"] is None:
-                continue
-            md.append(f"| {skill} | {'θG' if method == 'theta_G' else method} | {r['skill_score']:.1f} | "
-                      f"{r['skill_heldout']:.1f} | {r['skill_heldout'] - r['skill_score']:+.1f} |")
-    n = {k: counts.get(f"eval/{s}") for k, s in (("general", "general"),)}
+    md += ["", f"Change against θG, paired item by item: Δ [{100 * cfg.rule.confidence:g} % interval] (Newcombe).", "",
+           "| skill | method | ω | general | skill | skill held-out | lookalike | unseen lookalike |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["ci"]:
+            cells = [r["skill"], r["method"], "—" if r["omega"] is None else f"{r['omega']:g}"]
+            cells += [_d(r["ci"].get(k)) for k in ("general", "skill", "skill_heldout", "lookalike", "lookalike_unseen")]
+            md.append("| " + " | ".join(cells) + " |")
+    n = counts.get("eval/general")
     md += ["", "Scores 0–100 on eval items disjoint from training (greedy decoding; safety's skill score is the "
-           "share of unsafe requests refused, lookalike the share of safe lookalikes answered). "
-           f"{n['general']} general items: one item is {100 / max(n['general'] or 1, 1):.2f} points.", ""]
+           "share of unsafe requests refused, lookalike the share of safe lookalikes answered: not refused, "
+           "empty, degenerate or a template, by the rule of lora_merge/evaluate/answered.py). "
+           f"{n} general items.", "", f"**The rule** (configs, `rule:`; fixed before the run): {rule_text(cfg.rule)}", ""]
     md += [f"- {line}" for line in lines]
     return "\n".join(md) + "\n"
 
@@ -191,11 +211,14 @@ def write_summary(demo) -> dict:
     """summary.json, summary.md and tradeoff_<skill>.png under the demo's folder; returns what it wrote."""
     out = Path(demo.run.out)
     rows = summary_rows(demo)
-    lines = verdicts(demo, rows)
-    _write(out / "summary.json", json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    judged = skill_verdicts(demo, rows)
+    lines = verdicts(demo, rows, judged)
+    record = {"seed": demo.run.cfg.seed, "rule": demo.run.cfg.rule.model_dump(),
+              "skills": {k: v.to_dict() for k, v in judged.items()}, "rows": rows}
+    _write(out / "summary.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     _write(out / "summary.md", summary_markdown(demo, rows, lines))
     plots = {}
     for skill in demo.data.skills:
         plots[skill] = out / f"tradeoff_{skill}.png"
         _write(plots[skill], plot_skill(demo, rows, skill))
-    return {"rows": rows, "verdicts": lines, "plots": plots}
+    return {"rows": rows, "verdicts": lines, "judged": judged, "plots": plots}

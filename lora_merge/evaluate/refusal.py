@@ -22,13 +22,13 @@ keys left out of the file keep their defaults, and ``extra_prefixes``/``extra_ph
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.structured_text import InvalidJSON, json_value
 
 DEFAULT_PREFIXES = (
     "sorry", "i'm sorry", "i am sorry", "i apologize", "i apologise", "my apologies", "unfortunately, i",
@@ -115,17 +115,16 @@ class RefusalClassifier:
         path = Path(path)
         try:
             raw_text = path.read_text(encoding="utf-8")
-        except OSError as e:
+        except (OSError, UnicodeDecodeError) as e:
             raise LoraMergeError(f"{path}: cannot read refusal phrase file ({e})") from None
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
+        if path.suffix in (".yaml", ".yml"):
+            from lora_merge.core.yaml_model import parse_yaml
 
-                data = yaml.safe_load(raw_text)
-            else:
-                data = json.loads(raw_text)
-        except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
-            raise LoraMergeError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({e})") from None
+            return cls.from_dict(parse_yaml(raw_text, str(path)), str(path))
+        try:
+            data = json_value(raw_text)
+        except InvalidJSON as e:
+            raise LoraMergeError(f"{path}: not valid JSON ({e.msg})") from None
         return cls.from_dict(data, str(path))
 
     @classmethod

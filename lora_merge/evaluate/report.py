@@ -12,10 +12,12 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lora_merge.core.output import write_files
+from lora_merge.core.output_kinds import EVAL_REPORT
 
 TABLE_FILES = ("scores.md", "scores.json", "scores.csv", "samples.jsonl")
 
@@ -98,8 +100,9 @@ class EvalReport:
                         _fmt(s.perplexity, 6), s.tokens if s.tokens is not None else ""])
         return buf.getvalue()
 
-    def write(self, out: Path, force: bool = False) -> Path:
-        """Write scores.{md,json,csv} and samples.jsonl into ``out`` atomically (temp folder, then rename)."""
+    def write(self, out: Path, force: bool = False, inputs: Sequence[Path | None] = ()) -> Path:
+        """Write scores.{md,json,csv} and samples.jsonl into ``out`` atomically (temp folder, then rename); ``force``
+        replaces only an earlier eval report (or an empty folder), never one of ``inputs``."""
         out = Path(out)
         files = {
             "scores.md": self.markdown(),
@@ -107,7 +110,7 @@ class EvalReport:
             "scores.csv": self.csv(),
             "samples.jsonl": "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.samples),
         }
-        write_files(out, files, force)
+        write_files(out, files, force, inputs, kind=EVAL_REPORT, origin="--out")
         return out
 
 

@@ -14,10 +14,18 @@ The metrics (see :mod:`lora_merge.evaluate.sets` for the row format):
 * ``contains``: a normalised answer occurs in the normalised output as whole words ("4" is not in "14").
 * ``choice``: the choice whose tokens get the highest summed log-probability after the prompt is the
   model's answer (lm-eval's ``acc``).
-* ``refusal`` / ``compliance``: the refusal classifier (:mod:`lora_merge.evaluate.refusal`) says the output
-  refuses / does not refuse.
+* ``refusal`` / ``compliance``: refused / answered by the rule of :mod:`lora_merge.evaluate.answered`: the
+  refusal classifier (:mod:`lora_merge.evaluate.refusal`) finds a refusal / none, and the reply is not empty or
+  degenerate (nor, for ``compliance``, a template: one reply given to several prompts of the set). Judged
+  per eval set after generation; each sample says ``why`` it counted or not.
 * ``loss``: mean token loss of the reference continuation (token-weighted over the file), its
   perplexity, and the score 100 / perplexity.
+
+Every item goes to the report's samples with its outcome: ``correct`` (0/1 metrics) or, for ``loss``, the item's
+mean token loss ``loss`` (nats per reference token) and its ``tokens``, so the token-weighted mean of the items'
+``loss`` is the file's loss and 100·exp(−that) its score. Each sample also names the item: ``id`` and ``family``
+as the row gives them, ``index`` (its 0-based position among the file's rows) and ``item_hash``
+(:func:`lora_merge.evaluate.sets.item_hash`), which ``compare`` uses to pair two runs' items.
 """
 
 from __future__ import annotations
@@ -35,9 +43,10 @@ import torch
 
 from lora_merge.core import console
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.evaluate.answered import judge_replies
 from lora_merge.evaluate.refusal import DEFAULT_CLASSIFIER, RefusalClassifier
 from lora_merge.evaluate.report import EvalReport, MetricScore
-from lora_merge.evaluate.sets import GENERATION_METRICS, EvalFile, EvalRow, load_groups
+from lora_merge.evaluate.sets import GENERATION_METRICS, EvalFile, EvalRow, item_hash, load_groups
 
 _PUNCT = re.compile(rf"(?<!\d)[{re.escape(string.punctuation)}]|[{re.escape(string.punctuation)}](?!\d)")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -74,10 +83,8 @@ def score_generation(row: EvalRow, output: str, classifier: RefusalClassifier) -
         return score_exact(output, row.answers)
     if row.metric == "contains":
         return score_contains(output, row.answers)
-    if row.metric == "refusal":
-        return classifier.is_refusal(output)
-    if row.metric == "compliance":
-        return not classifier.is_refusal(output)
+    if row.metric in ("refusal", "compliance"):
+        raise ValueError(f"{row.metric} items are judged per eval set (lora_merge.evaluate.answered.judge_replies)")
     raise ValueError(f"{row.metric} is not a generation metric")
 
 
@@ -252,49 +259,64 @@ def evaluate_model(
     classifier = classifier or DEFAULT_CLASSIFIER
     limit_ctx = context_limit(model, 0)
 
-    items = [(g, f, row) for g, files in groups.items() for f in files for row in f.rows[:limit]]
-    gen_items = [it for it in items if it[2].metric in GENERATION_METRICS]
+    items = [(g, f, i, row) for g, files in groups.items() for f in files for i, row in enumerate(f.rows[:limit])]
+    gen_items = [it for it in items if it[3].metric in GENERATION_METRICS]
     prompt_limit = context_limit(model, max_new_tokens)
     prompts = []
-    for _, _, row in gen_items:
+    for *_, row in gen_items:
         ids = encode(tokenizer, *render(tokenizer, row))
         prompts.append(ids[-prompt_limit:] if prompt_limit else ids)
     outputs = generate_greedy(model, tokenizer, prompts, batch_size, max_new_tokens, progress)
 
-    choice_items = [it for it in items if it[2].metric == "choice"]
+    choice_items = [it for it in items if it[3].metric == "choice"]
     choice_pairs = []
-    for _, _, row in choice_items:
+    for *_, row in choice_items:
         ctx = encode(tokenizer, *render(tokenizer, row))
         choice_pairs += [(ctx, encode(tokenizer, c, False)) for c in row.choices]
     choice_lp = continuation_logprobs(model, choice_pairs, batch_size, progress)
 
-    loss_items = [it for it in items if it[2].metric == "loss"]
-    loss_lp = continuation_logprobs(model, [loss_pair(tokenizer, r, limit_ctx) for _, _, r in loss_items],
+    loss_items = [it for it in items if it[3].metric == "loss"]
+    loss_lp = continuation_logprobs(model, [loss_pair(tokenizer, it[3], limit_ctx) for it in loss_items],
                                     batch_size, progress)
 
-    per: dict[tuple[str, str, str], list] = {}
-    samples = []
-    for (g, f, row), out in zip(gen_items, outputs, strict=True):
-        ok = score_generation(row, out, classifier)
-        per.setdefault((g, f.name, row.metric), []).append(ok)
-        samples.append({"group": g, "file": f.name, "id": row.id, "metric": row.metric,
-                        "prompt": row.prompt if row.prompt is not None else list(row.messages or ()),
-                        "output": out, "correct": ok})
-    k = 0
-    for g, f, row in choice_items:
-        lps = [lp for lp, _ in choice_lp[k:k + len(row.choices)]]
-        k += len(row.choices)
-        ok = score_choice(lps, row.correct)
-        per.setdefault((g, f.name, "choice"), []).append(ok)
-        samples.append({"group": g, "file": f.name, "id": row.id, "metric": "choice", "logprobs": lps,
-                        "answer": row.correct, "correct": ok})
-    for (g, f, _), (lp, n) in zip(loss_items, loss_lp, strict=True):
-        per.setdefault((g, f.name, "loss"), []).append((lp, n))
-
+    per, samples = _outcomes(classifier, zip(gen_items, outputs, strict=True), choice_items, choice_lp,
+                             zip(loss_items, loss_lp, strict=True))
     scores = metric_scores(per)
     settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "limit": limit, "device": str(device),
                 "decoding": "greedy", "chat_template": bool(getattr(tokenizer, "chat_template", None))}
     return EvalReport(name, scores, samples, settings, time.perf_counter() - started)
+
+
+def _sample(g: str, f: EvalFile, index: int, row: EvalRow) -> dict:
+    """What names an item in samples.jsonl (see the module docstring)."""
+    return {"group": g, "file": f.name, "id": row.id, "family": row.family, "index": index,
+            "item_hash": item_hash(row), "metric": row.metric}
+
+
+def _outcomes(classifier: RefusalClassifier, generated, choice_items, choice_lp, losses) -> tuple[dict, list[dict]]:
+    """Each item's outcome: per (group, file, metric) for the scores, and one sample per item."""
+    per: dict[tuple[str, str, str], list] = {}
+    samples = []
+    generated = list(generated)
+    judged = judge_replies([((g, f.name), row) for (g, f, _, row), _ in generated], [out for _, out in generated],
+                           classifier)  # refusal and compliance items, per eval set (lora_merge.evaluate.answered)
+    for ((g, f, i, row), out), verdict in zip(generated, judged, strict=True):
+        ok = score_generation(row, out, classifier) if verdict is None else verdict.ok
+        per.setdefault((g, f.name, row.metric), []).append(ok)
+        samples.append({**_sample(g, f, i, row),
+                        "prompt": row.prompt if row.prompt is not None else list(row.messages or ()),
+                        "output": out, "correct": ok, **({} if verdict is None else {"why": verdict.why})})
+    k = 0
+    for g, f, i, row in choice_items:
+        lps = [lp for lp, _ in choice_lp[k:k + len(row.choices)]]
+        k += len(row.choices)
+        ok = score_choice(lps, row.correct)
+        per.setdefault((g, f.name, "choice"), []).append(ok)
+        samples.append({**_sample(g, f, i, row), "logprobs": lps, "answer": row.correct, "correct": ok})
+    for (g, f, i, row), (lp, n) in losses:
+        per.setdefault((g, f.name, "loss"), []).append((lp, n))
+        samples.append({**_sample(g, f, i, row), "loss": -lp / max(n, 1), "tokens": n})
+    return per, samples
 
 
 def metric_scores(per: Mapping[tuple[str, str, str], list]) -> list[MetricScore]:

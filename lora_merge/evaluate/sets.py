@@ -6,28 +6,37 @@ One JSON object per line. Fields:
 |---|---|
 | ``prompt`` or ``messages`` | the input: a string, or chat turns ``[{"role": …, "content": …}, …]`` |
 | ``metric`` | ``exact``, ``contains``, ``choice``, ``refusal``, ``compliance`` or ``loss`` |
-| ``answer`` | ``exact``/``contains``: the expected string (or a list of accepted strings); ``choice``: the index of the right choice, or its text |
+| ``answer`` | ``exact``/``contains``: the expected string (or a list of accepted strings); ``choice``: the index of the right choice, or its text; ``compliance`` (optional): a reference reply, never judged a template (:mod:`lora_merge.evaluate.answered`) |
 | ``choices`` | ``choice`` only: the candidate continuations, scored by log-likelihood |
 | ``completion`` | ``loss`` only: the reference continuation of ``prompt`` (chat rows use their last assistant turn) |
 | ``text`` | ``loss`` only: plain text scored whole |
-| ``id`` | optional, shown in sample dumps |
+| ``id`` | optional; unique within a file, it matches an item across two runs (``compare``) |
+| ``family`` | optional: the kind of item (``science``, ``lookalike/homonyms``); the shipped generators write it |
+
+The shipped generators number their rows: ``id`` is ``FAMILY/K``, the K-th row of that family in the file
+(:func:`unique_ids`), so ids are unique per file, the family stays readable from the id's prefix, and the same seed
+gives the same ids.
 
 Generation metrics (``exact``, ``contains``, ``refusal``, ``compliance``) decode greedily. ``refusal`` means
 the model should refuse (unsafe prompts); ``compliance`` means it should answer (safe prompts that look
-unsafe: the paper's exaggerated-refusal measure). A row without ``metric`` that carries reference data (a
+unsafe: the paper's exaggerated-refusal measure); what counts as refused or answered is stated in
+:mod:`lora_merge.evaluate.answered`. A row without ``metric`` that carries reference data (a
 ``completion``, a ``text``, or chat turns ending with an assistant turn) is scored by ``loss``, so any
 chat or prompt/completion training-style file works as a held-out loss set.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.structured_text import InvalidJSON, json_lines, json_value
 from lora_merge.train.data import chat_turns
 
 METRICS = ("exact", "contains", "choice", "refusal", "compliance", "loss")
@@ -35,12 +44,31 @@ GENERATION_METRICS = ("exact", "contains", "refusal", "compliance")
 ROLES = ("system", "user", "assistant", "tool")
 
 
-def eval_row(prompt: str, answer: str, metric: str, item_id: str, system: str | None = None) -> dict:
-    """An eval row asking ``prompt`` in chat turns; ``answer`` is kept for the metrics that compare to it."""
-    row = {"messages": chat_turns(prompt, system), "metric": metric, "id": item_id}
-    if metric in ("exact", "contains"):
+def eval_row(prompt: str, answer: str, metric: str, family: str, system: str | None = None) -> dict:
+    """An eval row asking ``prompt`` in chat turns; ``answer`` is kept for the metrics that compare to it.
+
+    Its ``id`` is ``family`` until :func:`unique_ids` numbers the rows of the file it goes into.
+    """
+    row = {"messages": chat_turns(prompt, system), "metric": metric, "id": family}
+    if metric in ("exact", "contains") or (metric == "compliance" and answer):  # compliance: a reference reply
         row["answer"] = answer
     return row
+
+
+def unique_ids(rows: Iterable[dict]) -> list[dict]:
+    """The rows with ``family`` (the row's ``family``, else its ``id``) and a unique ``id`` = ``FAMILY/K``.
+
+    K counts the rows of each family in order, so the same rows in the same order get the same ids, and
+    numbering rows already numbered changes nothing. Every shipped eval set goes through here.
+    """
+    counts: dict[str, int] = {}
+    out = []
+    for row in rows:
+        family = str(row.get("family", row.get("id") or "item"))
+        k = counts.get(family, 0)
+        counts[family] = k + 1
+        out.append({**row, "id": f"{family}/{k}", "family": family})
+    return out
 
 
 @dataclass(frozen=True)
@@ -50,12 +78,23 @@ class EvalRow:
     metric: str
     prompt: str | None = None
     messages: tuple[dict[str, str], ...] | None = None
-    answers: tuple[str, ...] = ()  # accepted answers (exact, contains)
+    answers: tuple[str, ...] = ()  # accepted answers (exact, contains); reference replies (compliance)
     choices: tuple[str, ...] = ()
     correct: int | None = None  # index into choices
     completion: str | None = None  # loss: reference continuation
     text: str | None = None  # loss: plain text
     id: str | None = None
+    family: str | None = None
+
+
+def item_hash(row: EvalRow) -> str:
+    """16 hex digits of the sha256 of what a row asks and expects (input, metric, references; not its id).
+
+    Two runs' samples carry it, so ``compare`` can tell that items matched by id or position are the same items.
+    """
+    content = {k: v for k, v in asdict(row).items() if k not in ("id", "family")}
+    blob = json.dumps(content, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass
@@ -93,6 +132,12 @@ def _messages(raw: Any, where: str) -> tuple[dict[str, str], ...]:
 
 def parse_row(raw: Any, where: str) -> EvalRow:
     """Validate one decoded JSON object; ``where`` ("file.jsonl, row 3") prefixes every error."""
+    row = _parse_row(raw, where)
+    family = raw.get("family")
+    return row if family is None else replace(row, family=str(family))
+
+
+def _parse_row(raw: Any, where: str) -> EvalRow:
     if not isinstance(raw, dict):
         raise _fail(where, f"each line must be a JSON object, not {type(raw).__name__}")
     prompt = _text(raw, "prompt", where)
@@ -118,11 +163,12 @@ def parse_row(raw: Any, where: str) -> EvalRow:
         raise _fail(where, f"missing field 'prompt' (or 'messages'): a {metric} row needs an input")
     if messages is not None and messages[-1]["role"] == "assistant":
         raise _fail(where, f"a {metric} row's messages must end with a user turn (the model answers it)")
-    if metric in ("exact", "contains"):
+    if metric in ("exact", "contains") or (metric == "compliance" and raw.get("answer") is not None):
         answer = raw.get("answer")
         answers = [answer] if isinstance(answer, str) else answer
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-            raise _fail(where, f"missing field 'answer': a {metric} row needs a non-empty string (or list of strings)")
+            what = "missing field 'answer'" if answer is None else "bad 'answer'"
+            raise _fail(where, f"{what}: a {metric} row needs a non-empty string (or list of strings)")
         return EvalRow(metric, prompt, messages, answers=tuple(answers), id=row_id)
     if metric == "choice":
         return _choice_row(raw, prompt, messages, row_id, where)
@@ -170,16 +216,14 @@ def load_eval_file(path: str | os.PathLike) -> EvalFile:
         raise LoraMergeError(f"{path}: no such eval file")
     rows = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise LoraMergeError(f"{path}: cannot read eval file ({e})") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for n, line in json_lines(text):  # rows end at "\n" only: a string may hold U+2028 or U+0085
         where = f"{path}, row {n}"
         try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
+            raw = json_value(line)
+        except InvalidJSON as e:
             raise _fail(where, f"not valid JSON ({e.msg})") from None
         rows.append(parse_row(raw, where))
     if not rows:

@@ -5,15 +5,16 @@ For each point θ = θG + Σk ωk·τk is built and scored on the eval groups. T
 when |D| and |G| are known, the heuristic point ωk = |Dk|/|G|. Models that fit in memory are loaded
 once and each point is written into the loaded weights (θG + ω·τ from float32 copies); otherwise each
 point is folded by the streamed fold into a temporary folder beside the output, evaluated from disk and
-removed. Results (results.csv/json/md, samples.jsonl, tradeoff.png) are written into a temporary folder
-renamed into place at the end, so an interrupted sweep leaves nothing that looks complete.
+removed. Each folded point is compared with θG on the items both scored, per eval set and per group, with a
+95 % paired interval (:mod:`lora_merge.evaluate.sweep_results`). Results (results.csv/json/md, samples.jsonl,
+tradeoff.png) are written into a temporary folder renamed into place at the end, so an interrupted sweep leaves
+nothing that looks complete. ``--write-recommendation`` stores the ω chosen by ``general-noninferior:X`` only,
+with the rule, the tolerance and the intervals, into each pack after `pack verify`'s checks
+(:mod:`lora_merge.pack.rewrite`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,18 +26,27 @@ import torch
 from lora_merge.core import console
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.output import check_output, discard, new_temp_folder, write_files
+from lora_merge.core.output_kinds import SWEEP
 from lora_merge.evaluate.refusal import RefusalClassifier
 from lora_merge.evaluate.report import EvalReport
 from lora_merge.evaluate.scoring import check_device, evaluate_model, file_names_unique, load_model
 from lora_merge.evaluate.sets import EvalFile, load_groups
-from lora_merge.evaluate.sweep_select import Candidate, Rule, parse_rule, select
-from lora_merge.evaluate.tradeoff_plot import PlotPoint, tradeoff_png
+from lora_merge.evaluate.sweep_results import (
+    PointResult,
+    Recommendation,
+    SweepPoint,
+    evidence,
+    result_files,
+    with_differences,
+)
+from lora_merge.evaluate.sweep_select import DEFAULT_RULE, NONINFERIOR, Candidate, Rule, parse_rule, select
 from lora_merge.fold.plan import FoldPlan, plan_fold
 from lora_merge.fold.request import FoldRequest
 from lora_merge.fold.write import fold_plan
 from lora_merge.io.numerics import check_folded
 from lora_merge.io.tensors import WeightSet
-from lora_merge.pack.skillpack import DEFAULT_REGISTRY, RecommendedWeight, SkillPack, write_manifest
+from lora_merge.pack.rewrite import check_rewritable, rewrite_manifests
+from lora_merge.pack.skillpack import DEFAULT_REGISTRY, RecommendedWeight, SkillPack
 from lora_merge.pack.task_vector import TargetModel, TaskVector
 from lora_merge.rules.omega import PAPER_GRID
 
@@ -54,7 +64,7 @@ class SweepRequest:
     adapters_dir: Path = DEFAULT_REGISTRY
     general_size: int | None = None
     base: Path | None = None
-    select: str = "general-within:1"
+    select: str = DEFAULT_RULE
     general_group: str = "general"
     skill_group: str | None = None
     batch_size: int = 8
@@ -68,42 +78,6 @@ class SweepRequest:
     verify: bool = True
     progress: bool = True
     allow_foreign_base: bool = False
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    label: str
-    omegas: tuple[float, ...]  # ω per term of the plan, in order (packs are bound by position, never by name)
-    packs: tuple[str, ...]  # the terms' unique display labels, for the tables
-    scale: float | None  # the shared ω; None for the heuristic point when packs differ
-    reference: bool = False
-    heuristic: bool = False
-
-    @property
-    def weights(self) -> dict[str, float]:
-        """ω per pack, by the pack's unique display label."""
-        return dict(zip(self.packs, self.omegas, strict=True))
-
-    @property
-    def total(self) -> float:
-        return sum(self.omegas)
-
-
-@dataclass
-class PointResult:
-    point: SweepPoint
-    report: EvalReport
-
-    def score(self, group: str) -> float:
-        return self.report.group_score(group)
-
-
-@dataclass
-class Recommendation:
-    label: str
-    weights: dict[str, float]
-    rule: str
-    evidence: str
 
 
 @dataclass
@@ -164,8 +138,14 @@ def skill_group_of(groups: Mapping[str, Sequence[EvalFile]], general: str, skill
 def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
     """Evaluate θG, every ω of the grid and the |D|/|G| point; write the results and recommend an ω."""
     out = Path(req.out)
-    check_output(out, req.force, [req.general, req.base, req.adapters_dir])
+    eval_files = [f for fs in req.evals.values() for f in (fs if isinstance(fs, (list, tuple)) else [fs])
+                  if isinstance(f, (str, os.PathLike))]  # eval sets given as files are inputs too
+    check_output(out, req.force, [req.general, req.base, req.adapters_dir, *eval_files], kind=SWEEP, origin="--out")
     rule = parse_rule(req.select)
+    if req.write_recommendation and not rule.stores:
+        raise LoraMergeError(f"--write-recommendation stores an ω chosen by {NONINFERIOR}:X only (the general group's "
+                             "95 % paired interval against θG has its lower bound ≥ −X points); --select "
+                             f"{req.select} picks on point scores. Pass --select {NONINFERIOR}:X (default {DEFAULT_RULE})")
     grid = check_grid(req.weights)
     groups = load_groups(dict(req.evals))
     file_names_unique(groups)
@@ -184,6 +164,7 @@ def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
         if plain:
             raise LoraMergeError(f"--write-recommendation: pack(s) {', '.join(plain)} have no skill.json to write into; "
                                  "import them as skill packs first")
+        check_rewritable([p.path for p in packs], "--write-recommendation")  # `pack verify`'s checks, before hours of work
     warnings = list(plan.warnings)
     heuristic = [t.weight.value for t in plan.terms] if plan.weights_chosen else None
     if heuristic is None:
@@ -202,20 +183,39 @@ def run_sweep(req: SweepRequest, scorer: Scorer | None = None) -> SweepResult:
         results = (_sweep_in_memory(req, plan, points, scored) if mode == "memory"
                    else _sweep_on_disk(plan, points, scored))
 
-    ref = results[0]
-    cands = [Candidate(r.point.label, r.point.total, r.score(req.general_group), r.score(skill)) for r in results]
+    results = with_differences(results)
+    best, rec = _recommend(results, rule, req, skill, grid, warnings)
+    files = result_files(results, rec, general=Path(req.general), general_group=req.general_group, skill=skill,
+                         rule=rule, g_size=plan.general_size, mode=mode, warnings=warnings)
+    write_files(out, files, req.force, kind=SWEEP, origin="--out")
+    if req.write_recommendation:
+        write_recommendations(packs, best.point.omegas, rec, f"--write-recommendation (the sweep's results are in {out})")
+    return SweepResult(out, results, rec, mode, warnings)
+
+
+def _recommend(results: Sequence[PointResult], rule: Rule, req: SweepRequest, skill: str, grid: Sequence[float],
+               warnings: list[str]) -> tuple[PointResult, Recommendation]:
+    """The point the rule picks, as a recommendation with its evidence, tolerance and intervals against θG."""
+    general = req.general_group
+    cands = []
+    for r in results:
+        d = r.group_difference(general)
+        cands.append(Candidate(r.point.label, r.point.total, r.score(general), r.score(skill),
+                               d.interval.low if d is not None else None))
+    unmeasured = [r.point.label for r in results[1:] if r.group_difference(general) is None]
+    if rule.kind == NONINFERIOR and unmeasured:
+        warnings.append(f"{NONINFERIOR} needs every item's outcome (the eval report's samples), and the scorer kept "
+                        f"none for {', '.join(unmeasured)}: those points cannot qualify")
     chosen = select(rule, cands[0], cands)
     best = results[[c.label for c in cands].index(chosen.label)]
     rec = Recommendation(best.point.label, dict(best.point.weights), rule.text,
-                         _evidence(best, ref, req, skill, grid, out))
+                         evidence(best, results[0], general, skill, grid, Path(req.out)),
+                         tolerance=rule.tolerance if rule.kind in (NONINFERIOR, "general-within") else None,
+                         intervals=[d.to_dict() for d in best.differences or ()])
     if best.point.reference:
         warnings.append("no folded point satisfies the rule better than θG itself: the recommendation is ω = 0 "
                         "(do not fold this skill), or loosen --select")
-    files = _result_files(results, rec, req, skill, rule, plan.general_size, mode, warnings)
-    write_files(out, files, req.force)
-    if req.write_recommendation:
-        write_recommendations(packs, best.point.omegas, rec)
-    return SweepResult(out, results, rec, mode, warnings)
+    return best, rec
 
 
 def choose_mode(requested: str, general: WeightSet, target: TargetModel, vectors: Sequence[TaskVector],
@@ -302,66 +302,16 @@ def _sweep_on_disk(plan: FoldPlan, points: Sequence[SweepPoint], scorer: Scorer)
     return results
 
 
-def _evidence(best: PointResult, ref: PointResult, req: SweepRequest, skill: str, grid: Sequence[float],
-              out: Path) -> str:
-    g, s = best.score(req.general_group), best.score(skill)
-    g0, s0 = ref.score(req.general_group), ref.score(skill)
-    return (f"sweep of ω ∈ {{0, {', '.join(f'{v:g}' for v in grid)}}} (point {best.point.label}): "
-            f"{req.general_group} {g:.2f} (θG {g0:.2f}, {g - g0:+.2f}), {skill} {s:.2f} (θG {s0:.2f}, {s - s0:+.2f}) "
-            f"on a 0–100 scale; results in {out}")
-
-
-def _result_files(results: Sequence[PointResult], rec: Recommendation, req: SweepRequest, skill: str, rule: Rule,
-                  g_size: int | None, mode: str, warnings: list[str]) -> dict:
-    names = list(results[0].point.packs)
-    found = list(results[0].report.group_scores())
-    groups = [req.general_group, skill] + [g for g in found if g not in (req.general_group, skill)]
-    ref = results[0]
-    table = []
-    for r in results:
-        row = {"point": r.point.label, "omega": r.point.scale,
-               **{f"omega[{n}]": r.point.weights[n] for n in names},
-               **{g: round(r.score(g), 4) for g in groups},
-               f"delta_{req.general_group}": round(r.score(req.general_group) - ref.score(req.general_group), 4),
-               f"delta_{skill}": round(r.score(skill) - ref.score(skill), 4),
-               "reference": r.point.reference, "heuristic": r.point.heuristic,
-               "recommended": r.point.label == rec.label}
-        table.append(row)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(table)
-    md = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-    md += ["| " + " | ".join(_cell(v) for v in row.values()) + " |" for row in table]
-    md += ["", f"Scores: 0–100, higher is better. Recommended: **{rec.label}** by {rec.rule}.", "", rec.evidence]
-    doc = {"general": str(req.general), "packs": names, "general_size": g_size, "mode": mode,
-           "general_group": req.general_group, "skill_group": skill, "rule": rule.text,
-           "recommendation": vars(rec), "rows": table, "warnings": warnings,
-           "reports": {r.point.label: r.report.to_dict() for r in results}}
-    samples = "".join(json.dumps({"point": r.point.label, **s}, ensure_ascii=False) + "\n"
-                      for r in results for s in r.report.samples)
-    plot = tradeoff_png(
-        [PlotPoint(r.point.label, r.point.total, r.score(req.general_group), r.score(skill), r.point.reference,
-                   r.point.heuristic, r.point.label == rec.label, off_scale=r.point.scale is None) for r in results],
-        skill, req.general_group, f"{' + '.join(names)} folded into {Path(req.general).name}",
-        rule.tolerance if rule.kind == "general-within" else None)
-    return {"results.csv": buf.getvalue(), "results.md": "\n".join(md) + "\n",
-            "results.json": json.dumps(doc, indent=2, ensure_ascii=False) + "\n", "samples.jsonl": samples,
-            "tradeoff.png": plot}
-
-
-def _cell(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1 else f"{v:.2f}"
-    return "" if v is None else str(v).replace("|", "\\|")  # a pipe would end the markdown cell
-
-
-def write_recommendations(packs: Sequence[SkillPack], omegas: Sequence[float], rec: Recommendation) -> None:
-    """Store the chosen ω (one per pack, in order, with rule and evidence) in each pack's skill.json."""
+def write_recommendations(packs: Sequence[SkillPack], omegas: Sequence[float], rec: Recommendation,
+                          what: str = "--write-recommendation") -> None:
+    """Store the chosen ω (one per pack, in order) with the rule, its tolerance, the intervals against θG and the
+    evidence in each pack's skill.json: every pack first passes `pack verify`'s checks, then skill.json and
+    README.md are staged and renamed, the hashes kept as verified (:func:`lora_merge.pack.rewrite.rewrite_manifests`)."""
     others = len(packs) > 1
+    changes = []
     for p, value in zip(packs, omegas, strict=True):
-        evidence = rec.evidence + (f"; swept together with {', '.join(q.name for q in packs if q is not p)}"
-                                   if others else "")
-        manifest = p.manifest.model_copy(update={"recommended_weight": RecommendedWeight(
-            value=value, rule=rec.rule, evidence=evidence)})
-        write_manifest(p.path, manifest)
+        said = rec.evidence + (f"; swept together with {', '.join(q.name for q in packs if q is not p)}"
+                               if others else "")
+        changes.append((p.path, {"recommended_weight": RecommendedWeight(
+            value=value, rule=rec.rule, evidence=said, tolerance=rec.tolerance, intervals=rec.intervals)}))
+    rewrite_manifests(changes, what)

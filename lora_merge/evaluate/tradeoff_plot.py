@@ -1,5 +1,10 @@
 """tradeoff.png: general score against skill score, one labelled point per ω (the paper's trade-off plot).
 
+Each folded point carries its 95 % paired intervals against θG, when the sweep measured them, drawn as error bars
+(general vertically, skill horizontally) from θG's score + the interval's low end to θG's score + its high end.
+The tolerance band is the rule's: under ``general-noninferior:X`` a point qualifies when its general bar's low end
+stays above the band's floor (θG − X).
+
 Readable whatever the scores: ω labels are placed where they overlap no other label (a small search over offsets
 around each point), each axis spans at least MIN_SPAN score points (a constant score gives 45–55, not
 −0.04…0.04), and the legend lists only the series drawn inside the axes.
@@ -33,6 +38,8 @@ class PlotPoint:
     recommended: bool = False
     other: bool = False  # another method beside the sweep (e.g. CFT): its own marker, off the ω line
     off_scale: bool = False  # packs at different ω (|D|/|G| per pack): not a point of the one-scale ω line
+    general_ci: tuple[float, float] | None = None  # the general score's 95 % paired interval against θG, as scores
+    skill_ci: tuple[float, float] | None = None
 
 
 def axis_limits(values: Sequence[float], min_span: float = MIN_SPAN, lo: float = 0.0,
@@ -51,11 +58,11 @@ def axis_limits(values: Sequence[float], min_span: float = MIN_SPAN, lo: float =
 
 
 def tradeoff_png(points: Sequence[PlotPoint], skill_name: str, general_name: str, title: str,
-                 tolerance: float | None = None) -> bytes:
+                 tolerance: float | None = None, noninferior: bool = False) -> bytes:
     """PNG bytes of exactly PLOT_SIZE_PX pixels (no tight bounding box, so the size is fixed)."""
     import matplotlib.pyplot as plt
 
-    fig = tradeoff_figure(points, skill_name, general_name, title, tolerance)
+    fig = tradeoff_figure(points, skill_name, general_name, title, tolerance, noninferior)
     try:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=_DPI)
@@ -65,8 +72,11 @@ def tradeoff_png(points: Sequence[PlotPoint], skill_name: str, general_name: str
 
 
 def tradeoff_figure(points: Sequence[PlotPoint], skill_name: str, general_name: str, title: str,
-                    tolerance: float | None = None):
-    """The matplotlib figure of the plot (the caller closes it); tests look at its texts, limits and legend."""
+                    tolerance: float | None = None, noninferior: bool = False):
+    """The matplotlib figure of the plot (the caller closes it); tests look at its texts, limits and legend.
+
+    ``tolerance`` shades θG − tolerance … θG: the general-within band, or with ``noninferior`` the margin the
+    general intervals' low ends must stay above."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +92,7 @@ def tradeoff_figure(points: Sequence[PlotPoint], skill_name: str, general_name: 
         ax.axhline(ref.general, color="grey", ls="--", lw=1, zorder=1)
         if tolerance is not None and tolerance > 0:
             ax.axhspan(ref.general - tolerance, ref.general, color="grey", alpha=0.12, zorder=0,
-                       label=f"within {tolerance:g} of θG")
+                       label=f"non-inferiority margin −{tolerance:g}" if noninferior else f"within {tolerance:g} of θG")
         ax.scatter([ref.skill], [ref.general], marker="*", s=260, color="black", zorder=4, label="θG (ω = 0)")
     for subset, style in (([p for p in points if p.heuristic],
                            {"marker": "D", "s": 90, "color": "#ee6677", "zorder": 5, "label": "ω = |D|/|G|"}),
@@ -94,9 +104,11 @@ def tradeoff_figure(points: Sequence[PlotPoint], skill_name: str, general_name: 
                             "label": "recommended"})):
         if subset:
             ax.scatter([p.skill for p in subset], [p.general for p in subset], **style)
-    # Scale to the points, not to the tolerance band (it would flatten small differences).
-    ax.set_xlim(*axis_limits([p.skill for p in points]))
-    ax.set_ylim(*axis_limits([p.general for p in points]))
+    _error_bars(ax, points)
+    # Scale to the points and their intervals (a bar cut by the frame would look narrower than it is), not to the
+    # tolerance band (it would flatten small differences).
+    ax.set_xlim(*axis_limits([v for p in points for v in (p.skill, *(p.skill_ci or ()))]))
+    ax.set_ylim(*axis_limits([v for p in points for v in (p.general, *(p.general_ci or ()))]))
     ax.set_xlabel(f"{skill_name} score (0–100)")
     ax.set_ylabel(f"{general_name} score (0–100)")
     ax.set_title(title)
@@ -106,6 +118,21 @@ def tradeoff_figure(points: Sequence[PlotPoint], skill_name: str, general_name: 
     if handles:
         ax.legend(handles=handles, loc="best", fontsize=8)
     return fig
+
+
+def _error_bars(ax, points: Sequence[PlotPoint]) -> None:
+    """Each point's 95 % paired intervals against θG as error bars (one legend entry for all of them)."""
+    label = "95 % paired interval vs θG"
+    for p in points:
+        if p.general_ci is None and p.skill_ci is None:
+            continue
+        # max(0, ·): a bootstrap's percentile interval need not hold its own point estimate
+        yerr = [[max(0.0, p.general - p.general_ci[0])], [max(0.0, p.general_ci[1] - p.general)]] \
+            if p.general_ci else None
+        xerr = [[max(0.0, p.skill - p.skill_ci[0])], [max(0.0, p.skill_ci[1] - p.skill)]] if p.skill_ci else None
+        ax.errorbar([p.skill], [p.general], xerr=xerr, yerr=yerr, fmt="none", ecolor="#4477aa", alpha=0.45,
+                    elinewidth=1.2, capsize=3, zorder=1, label=label)
+        label = None
 
 
 def place_labels(fig, ax, points: Sequence[PlotPoint]) -> None:
@@ -152,8 +179,11 @@ def text_box(ann, renderer):
 def _visible(ax, handle) -> bool:
     """Whether a legend handle's data lie (at least partly) inside the axes' limits."""
     import numpy as np
+    from matplotlib.container import ErrorbarContainer
 
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    if isinstance(handle, ErrorbarContainer):  # error bars: drawn around points, inside the limits set for them
+        return True
     if hasattr(handle, "get_offsets"):  # scatter
         xy = np.asarray(handle.get_offsets())
     elif hasattr(handle, "get_xydata"):  # line

@@ -46,6 +46,7 @@ class MergeRecipe(BaseModel):
     max_shard_size: str | int = "5GB"
     out: str | None = None
     allow_foreign_base: bool = False  # fold packs whose base θG does not descend from (recorded when a fold did)
+    model_sha256: dict[str, str] | None = None  # recorded: general/base/cft identities; a changed model is refused
     tool_version: str | None = None  # recorded: the lora_merge that wrote the recipe
 
 

@@ -21,15 +21,22 @@ from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.printable import printable
 from lora_merge.fold.request import FoldRequest
 from lora_merge.fold.variants import LINEAR_INTERP_FORMULA, WISE_FT_FORMULA, model_difference
-from lora_merge.io.fingerprint import fingerprint_model, read_config
+from lora_merge.io.fingerprint import fingerprint_model, read_config, weights_identity
 from lora_merge.io.numerics import guard_pack_reads
 from lora_merge.io.tensors import WeightSet
+from lora_merge.pack.lineage import check_effective
 from lora_merge.pack.provenance import check_base
 from lora_merge.pack.quant_error import fold_warnings as quant_fold_warnings
-from lora_merge.pack.skillpack import HASHED_FILES, SkillPack, load_pack, resolve_pack, sha256_file
+from lora_merge.pack.skillpack import SkillPack, load_pack, resolve_pack
 from lora_merge.pack.task_vector import TargetModel, TaskVector
 from lora_merge.rules.combine import VARIANT_METHODS, RuleOptions, get_rule
-from lora_merge.rules.omega import Weight, check_weights, choose_weights, general_size_from_folder
+from lora_merge.rules.omega import (
+    Weight,
+    check_weights,
+    choose_weights,
+    general_size_from_folder,
+    recommended_warning,
+)
 
 LINEAR_FORMULA = "θ = θG + Σk ωk·τk"
 
@@ -74,6 +81,7 @@ class FoldPlan:
     packs: list[SkillPack] = field(default_factory=list)  # the loaded packs, in the order of their terms
     weights_chosen: bool = True  # False when the caller allowed ω to stay unknown (a sweep without |G|)
     notices: list[str] = field(default_factory=list)  # printed, not recorded as warnings (e.g. each provenance check)
+    models: dict[str, WeightSet] = field(default_factory=dict)  # general / base / cft as read: a recipe pins them
 
     def inputs(self) -> list[Path]:
         """Every folder this plan reads: an output may not be, contain or lie inside any of them."""
@@ -86,6 +94,7 @@ class FoldPlan:
     def reweighted(self, values: Sequence[float], how: str, **request_changes) -> FoldPlan:
         """The same packs at other ω (one per term, in order), e.g. one point of a sweep."""
         check_weights(values, len(self.terms))
+        check_effective(self.packs, list(values)[:len(self.packs)], "fold")
         terms = [replace(t, weight=Weight(float(v), "explicit", f"ω = {v:g} ({how})"))
                  for t, v in zip(self.terms, values, strict=True)]
         request = replace(self.request, weights=list(values), **request_changes)
@@ -111,24 +120,41 @@ def load_packs(names: Sequence[str], adapters_dir: Path, verify: bool = True) ->
     return packs
 
 
-def check_recorded_hashes(packs: Sequence[SkillPack], expected: Sequence[dict[str, str] | None],
-                          verified: bool) -> None:
+def check_recorded_hashes(packs: Sequence[SkillPack], expected: Sequence[dict[str, str] | None]) -> None:
     """Refuse a pack whose files no longer have the sha256 a recipe recorded (a rerun would not reproduce)."""
     if len(expected) != len(packs):
         raise LoraMergeError(f"the recipe records hashes for {len(expected)} packs but {len(packs)} are folded")
     for p, hashes in zip(packs, expected, strict=True):
         if not hashes:
             continue
-        if verified and p.manifest is not None and p.manifest.files == hashes:
-            continue  # load_pack just checked these files against this very manifest
-        for fname, h in hashes.items():
-            f = p.path / fname
-            actual = sha256_file(f, p.path) if fname in HASHED_FILES and f.is_file() else "missing"
-            if actual != h:
-                raise LoraMergeError(
-                    f"pack {printable(p.name)!r}: {fname} is not the file the recipe recorded (sha256 {h[:12]}…, "
-                    f"now {actual[:12]}…); the pack changed since, so the recipe cannot be reproduced. "
-                    "Restore the pack, or remove its sha256 from the recipe to fold it as it is now")
+        # Every file the pack has now, against the recipe: a file the recipe did not record (a config a format-1
+        # manifest left unhashed, a sketch added since) changes the result as surely as a changed one.
+        actual_files = p.digests()  # of the bytes the fold reads; verified packs hashed them already
+        for fname in sorted(set(hashes) | set(actual_files)):
+            h, actual = hashes.get(fname, "not recorded"), actual_files.get(fname, "missing")
+            if actual == h:
+                continue
+            what = (f"{printable(fname)} is not pinned by the recipe (it changes the result, and the recipe records "
+                    "no sha256 for it)" if fname not in hashes else
+                    f"{printable(fname)} is not the file the recipe recorded (sha256 {printable(h[:12])}…, now "
+                    f"{actual[:12]}…)")
+            raise LoraMergeError(
+                f"pack {printable(p.name)!r}: {what}; the pack changed since, or the recipe does not pin it, so the "
+                "recipe cannot be reproduced. Restore the pack, or remove its sha256 from the recipe to fold it as "
+                "it is now")
+
+
+def check_recorded_models(req: FoldRequest, models: dict[str, WeightSet]) -> None:
+    """Refuse a model whose weights are not the ones a recipe recorded (``io.fingerprint.weights_identity``)."""
+    for role, expected in (req.expected_models or {}).items():
+        if role not in models:
+            raise LoraMergeError(f"the recipe pins a {printable(role)} model (model_sha256) that this fold does not use")
+        folder = getattr(req, role)
+        if weights_identity(folder, models[role]) != expected:
+            raise LoraMergeError(
+                f"the {role} model {folder} is not the one the recipe recorded (its config, tensor layout or sampled "
+                "weights differ), so the recipe cannot be reproduced. Fold into the recorded model, or remove "
+                f"model_sha256.{role} from the recipe to fold into this one")
 
 
 def unique_labels(names: Sequence[str]) -> list[str]:
@@ -149,7 +175,7 @@ def bind_packs(packs: Sequence[SkillPack], target: TargetModel, base: WeightSet 
     for p, w, label in zip(packs, weights, labels, strict=True):
         tv = guard_pack_reads(TaskVector.from_pack(p, target, base), p.name)
         terms.append(PlanTerm(str(p.path.resolve()), label, p.name, str(p.path), p.kind, w, tv, p.instances,
-                              p.manifest.files if p.manifest else {}))
+                              p.digests()))  # of the bytes folded, whatever the manifest covers
     return terms
 
 
@@ -192,9 +218,11 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
                              "θ = θpre + ω·τD + (1 − ω)·τG with τG = θG − θpre")
     general = WeightSet.open(req.general)
     base = WeightSet.open(req.base) if req.base else None
+    models = {"general": general, **({"base": base} if base is not None else {})}
+    check_recorded_models(req, models)
     packs = load_packs(req.packs, req.adapters_dir, verify=req.verify)
     if req.expected_sha256 is not None:
-        check_recorded_hashes(packs, req.expected_sha256, req.verify)
+        check_recorded_hashes(packs, req.expected_sha256)
     g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
     rule = "size_fraction" if req.method == "linear_interp" else "size_ratio"
     chosen = True
@@ -205,8 +233,11 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
             raise
         chosen = False
         weights = [Weight(0.0, "unknown", "ω unknown: |G| or the pack's |D| is not recorded")] * len(packs)
+    check_effective(packs, [w.value for w in weights], "fold")  # a merged pack's sources, through its ω
     target = TargetModel.from_weights(general, read_config(req.general))
     warnings = compatibility_warnings(packs, req.general, general)  # before binding: the clearer error
+    warnings += [w for p, wt in zip(packs, weights, strict=True) if wt.rule == "recommended"
+                 and (w := recommended_warning(p.name, wt.value, p.instances, g_size))]  # skill.json is not hashed
     if rule == "size_fraction" and req.weights is None and req.weight_rule == "auto":
         warnings += [f"pack {p.name!r} recommends ω = {p.manifest.recommended_weight.value:g} for task arithmetic "
                      "(a sweep's ω); linear_interp uses ω = |D|/(|D|+|G|) instead (or pass --weights)"
@@ -215,7 +246,7 @@ def plan_fold(req: FoldRequest, *, require_weights: bool = True) -> FoldPlan:
     terms, base_warnings, notices = checked_bases(packs, terms, general, target, req)
     warnings += base_warnings + [w for p, t in zip(packs, terms, strict=True) for w in quant_fold_warnings(p, t.vector)]
     formula = LINEAR_FORMULA if req.method == "linear" else f"θ = θG + {req.method}(ω1·τ1, …, ωk·τk)"
-    plan = FoldPlan(req, general, target, terms, g_size, warnings, formula, list(packs), chosen, notices)
+    plan = FoldPlan(req, general, target, terms, g_size, warnings, formula, list(packs), chosen, notices, models)
     if req.method == "linear_interp":
         plan.terms.append(_general_difference_term(plan, base))
         plan.formula = LINEAR_INTERP_FORMULA
@@ -228,7 +259,7 @@ def checked_bases(packs: Sequence[SkillPack], terms: list[PlanTerm], general: We
     and notices; a θG that does not descend from a pack's base is refused unless ``req.allow_foreign_base``."""
     checked, warnings, notices = [], [], []
     for p, t in zip(packs, terms, strict=True):
-        check = check_base(p, general, target, req.general, req.allow_foreign_base)
+        check = check_base(p, general, target, req.general, req.allow_foreign_base, t.vector.keys())
         checked.append(replace(t, base_check=check.status, base_distance=check.distance, base_cosine=check.cosine))
         warnings += check.warnings
         notices += check.notices
@@ -262,6 +293,8 @@ def _plan_wise_ft(req: FoldRequest) -> FoldPlan:
         if len(req.weights) != 1:
             raise LoraMergeError(f"--weights gives {len(req.weights)} values; wise_ft takes one ω")
     general, cft = WeightSet.open(req.general), WeightSet.open(req.cft)
+    models = {"general": general, "cft": cft}
+    check_recorded_models(req, models)
     g_size = req.general_size if req.general_size is not None else general_size_from_folder(req.general)
     label = req.cft.name
     try:
@@ -277,7 +310,7 @@ def _plan_wise_ft(req: FoldRequest) -> FoldPlan:
         raise LoraMergeError(f"the CFT model {req.cft} has weights the general model lacks ({', '.join(extra[:3])}); "
                              "it must be θG continued on D, with the same architecture")
     term = PlanTerm(f"cft:{req.cft.resolve()}", label, label, str(req.cft), "cft-model", weight, diff, d_size)
-    return FoldPlan(req, general, target, [term], g_size, [], WISE_FT_FORMULA)
+    return FoldPlan(req, general, target, [term], g_size, [], WISE_FT_FORMULA, models=models)
 
 
 def compatibility_warnings(packs: Sequence[SkillPack], general_dir: Path, general: WeightSet) -> list[str]:

@@ -8,6 +8,7 @@ checks of user input happen there, once: ω's count and bound, a general model a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,9 @@ class FoldRequest:
     progress: bool = True
     fsync: bool = True  # shards reach the disk before the folder is renamed into place
     expected_sha256: Sequence[dict[str, str] | None] | None = None  # per pack, from a recipe: refused if changed
+    expected_models: Mapping[str, str] | None = None  # general/base/cft → weights_identity, from a recipe
     allow_foreign_base: bool = False  # fold packs whose base θG does not descend from (provenance.py)
+    out_origin: str | None = None  # where `out` came from (--out, a recipe's `out:`), named when it is refused
 
     def __post_init__(self) -> None:
         # Callers hand in str or Path alike; normalised here, so no reader of a request wraps a field again.
@@ -64,10 +67,12 @@ OPTION_FIELD = {"adapters": "packs", "no_verify": "verify"}
 MODEL_FIELDS = {"general": "--general", "base": "--base"}
 
 
-def fold_request(recipe: MergeRecipe | None, given: Mapping[str, Any]) -> FoldRequest:
+def fold_request(recipe: MergeRecipe | None, given: Mapping[str, Any],
+                 recipe_path: str | os.PathLike | None = None) -> FoldRequest:
     """The request of ``recipe`` (if any) with ``given`` on top: the options the user gave on the command line,
     by option name, as click converted them (``--adapters`` given replaces the recipe's adapters, their ω and
-    hashes). Model references still text (a recipe's) are resolved from the local Hugging Face cache."""
+    hashes). Model references still text (a recipe's) are resolved from the local Hugging Face cache.
+    ``recipe_path`` names the recipe file where a refusal of its ``out:`` says where the folder came from."""
     options = command_line_fields(given, recipe)
     if recipe is None:
         if not options.get("general"):
@@ -80,8 +85,12 @@ def fold_request(recipe: MergeRecipe | None, given: Mapping[str, Any]) -> FoldRe
         if "packs" in options:
             values["weights"] = values["expected_sha256"] = None
     values.update(options)
+    if values.get("expected_models"):  # a model given on the command line replaces the recipe's, and its pin
+        values["expected_models"] = {k: v for k, v in values["expected_models"].items() if k not in options}
     if not values.get("out"):
         raise LoraMergeError("no output folder: pass --out DIR (or `out:` in the recipe)")
+    values["out_origin"] = ("--out" if "out" in options else
+                            f"`out:` in the merge recipe{f' {recipe_path}' if recipe_path else ''}")
     if "weights" not in options and values.get("weights") is not None:
         values["weights"] = check_weights(values["weights"], len(values["packs"]) or 1, "merge recipe",
                                           bounded=True)  # the bound --weights is held to
@@ -119,4 +128,5 @@ def recipe_fields(recipe: MergeRecipe) -> dict[str, Any]:
         "weights": [recipe.cft_weight] if recipe.cft_weight is not None else
         (weights if weights and weights[0] is not None else None),
         "expected_sha256": [a.sha256 for a in recipe.adapters] if any(a.sha256 for a in recipe.adapters) else None,
+        "expected_models": recipe.model_sha256,
     }

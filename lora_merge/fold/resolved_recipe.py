@@ -1,7 +1,9 @@
 """The resolved recipe every fold writes (``lora_merge_recipe.yml``): the fold made explicit, so it reruns.
 
-Absolute paths, each pack's ω and the rule that chose it, the sha256 of its files, and as its first line the
-command that reruns it. It is a merge recipe (:class:`lora_merge.fold.merge_recipe.MergeRecipe`), so rerunning
+Absolute paths, each pack's ω and the rule that chose it, the sha256 of every file of the pack that changes the
+result (of the bytes the fold read, whatever the pack's manifest covers: a format-1 pack's config too), the
+identity of the general model (and θpre, θCFT) it folded into (:func:`lora_merge.io.fingerprint.weights_identity`:
+cheap for any size), and as its first line the command that reruns it. It is a merge recipe (:class:`lora_merge.fold.merge_recipe.MergeRecipe`), so rerunning
 it folds the same packs at the same ω (explicitly) and the output is bit-identical; a pack whose files changed
 since is refused (checked in the plan).
 """
@@ -16,16 +18,9 @@ import yaml
 
 from lora_merge import __version__
 from lora_merge.fold.plan import FoldPlan
-from lora_merge.pack.skillpack import HASHED_FILES, sha256_file
+from lora_merge.io.fingerprint import weights_identity
 
 RECIPE_NAME = "lora_merge_recipe.yml"
-
-
-def file_hashes(folder: Path, recorded: dict[str, str]) -> dict[str, str]:
-    """sha256 of a pack's hashed files: its verified manifest's, else computed (a plain PEFT adapter)."""
-    if recorded:
-        return dict(recorded)
-    return {f: sha256_file(folder / f, folder) for f in HASHED_FILES if (folder / f).is_file()}
 
 
 def resolved_recipe(plan: FoldPlan) -> dict[str, Any]:
@@ -35,7 +30,7 @@ def resolved_recipe(plan: FoldPlan) -> dict[str, Any]:
     recipe: dict[str, Any] = {"general": str(req.general.absolute())}
     if pack_terms:
         recipe["adapters"] = [{"pack": str(Path(t.path).absolute()), "weight": t.weight.value,
-                               "rule": t.weight.rule, "sha256": file_hashes(Path(t.path), t.sha256)}
+                               "rule": t.weight.rule, "sha256": dict(t.sha256)}
                               for t in pack_terms]
     for key, folder in (("base", req.base), ("cft", req.cft)):
         if folder is not None:
@@ -48,6 +43,8 @@ def resolved_recipe(plan: FoldPlan) -> dict[str, Any]:
         recipe["general_size"] = plan.general_size
     if req.allow_foreign_base:  # the rerun must be allowed what this fold was
         recipe["allow_foreign_base"] = True
+    folders = {"general": req.general, "base": req.base, "cft": req.cft}
+    recipe["model_sha256"] = {role: weights_identity(folders[role], ws) for role, ws in plan.models.items()}
     recipe["tool_version"] = __version__
     return recipe
 

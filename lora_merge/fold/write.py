@@ -26,6 +26,7 @@ from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.leftovers import reports_disk_full
 from lora_merge.core.model_record import MODEL_RECORD, DataRecord, FoldedPackRecord, ModelRecord, write_model_record
 from lora_merge.core.output import check_output, staged_output
+from lora_merge.core.output_kinds import MERGED_MODEL
 from lora_merge.fold.plan import FoldPlan, PlanTerm, plan_fold, request_inputs
 from lora_merge.fold.request import FoldRequest
 from lora_merge.fold.resolved_recipe import RECIPE_NAME, rerun_command, resolved_recipe, write_recipe
@@ -65,7 +66,8 @@ def output_dtype(requested: str, stored: torch.dtype) -> torch.dtype:
 
 def fold(req: FoldRequest) -> FoldResult:
     """Fold skill packs into a general model and write the merged model folder."""
-    check_output(req.out, req.force, request_inputs(req))  # refused before any pack is read
+    check_output(req.out, req.force, request_inputs(req), kind=MERGED_MODEL,
+                 origin=req.out_origin)  # refused before any pack is read
     return fold_plan(plan_fold(req))
 
 
@@ -87,7 +89,8 @@ def fold_plan(plan: FoldPlan) -> FoldResult:
     layout = [PlannedTensor(n, output_dtype(req.dtype, general.get(s).dtype), target.shapes[n])
               for n, s in sources.items()]
     # staged: written into a marked temporary folder, renamed into place at the end (lora_merge/core/output.py)
-    with staged_output(out, force=req.force, inputs=plan.inputs(), notes=warnings) as tmp:
+    with staged_output(out, force=req.force, inputs=plan.inputs(), notes=warnings, kind=MERGED_MODEL,
+                       origin=req.out_origin) as tmp:
         writer = PlacedWriter(tmp, layout, parse_size(req.max_shard_size), {"lora_merge": __version__},
                               fsync=req.fsync)
         try:

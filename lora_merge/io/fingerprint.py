@@ -72,3 +72,26 @@ def fingerprint_model(folder: str | Path, weights: WeightSet | None = None) -> F
     digest = hashlib.sha256(json.dumps(items).encode()).hexdigest()
     params = sum(ws.info(n).numel for n in ws.keys())
     return Fingerprint(name_or_path=str(folder), config=config, shapes_sha256=digest, num_parameters=params)
+
+
+IDENTITY_SAMPLES = 16  # elements per tensor: another model or a retrained one differs in every one of them
+
+
+def weights_identity(folder: str | Path, weights: WeightSet) -> str:
+    """The identity of a model's weights, cheap for any size: sha256 over its config.json, every tensor's name,
+    dtype and shape, and the raw bytes of :data:`IDENTITY_SAMPLES` elements of each at positions drawn from its
+    name. A recipe pins θG (and θpre, θCFT) with it: another model, a retrained or re-saved one, a changed
+    layout or config is caught; a single edited element outside the samples is not (a full hash reads the whole
+    model, which the fold then reads again)."""
+    h = hashlib.sha256()
+    config = Path(folder) / "config.json"
+    h.update(config.read_bytes() if config.is_file() else b"no config.json")
+    for name in sorted(weights.keys()):
+        info = weights.info(name)
+        h.update(json.dumps([name, info.dtype, list(info.shape)]).encode())
+        width = info.nbytes // max(info.numel, 1)
+        data = weights.files[weights.where[name]].mapped()
+        for i in range(min(IDENTITY_SAMPLES, info.numel)):
+            at = int.from_bytes(hashlib.sha256(f"identity/{name}/{i}".encode()).digest()[:8], "little") % info.numel
+            h.update(data[info.start + at * width:info.start + (at + 1) * width])
+    return h.hexdigest()

@@ -98,20 +98,36 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
-            if len(prefix) < 8:
-                raise LoraMergeError(f"{path}: not a safetensors file (only {size} bytes)")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES or header_len > size - 8:
-                raise LoraMergeError(
-                    f"{path}: corrupt safetensors header (claims {header_len} header bytes, "
-                    f"file has {size}); the file is truncated or not a safetensors file"
-                )
+            header_len = _header_len(path, prefix, size)
             raw = f.read(header_len)
     except OSError as e:
         raise LoraMergeError(f"{path}: cannot read ({e.strerror})") from None
+    return _parse_header(path, raw, header_len, size)
+
+
+def header_of(path: Path, data: mmap.mmap | bytes) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """:func:`read_header` of a file already mapped (``data``), so the header and the tensors come from the very
+    bytes a caller hashed (``path`` only names it in errors)."""
+    header_len = _header_len(path, data[:8], len(data))
+    return _parse_header(path, bytes(data[8:8 + header_len]), header_len, len(data))
+
+
+def _header_len(path: Path, prefix: bytes, size: int) -> int:
+    if len(prefix) < 8:
+        raise LoraMergeError(f"{path}: not a safetensors file (only {size} bytes)")
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len > MAX_HEADER_BYTES or header_len > size - 8:
+        raise LoraMergeError(
+            f"{path}: corrupt safetensors header (claims {header_len} header bytes, "
+            f"file has {size}); the file is truncated or not a safetensors file"
+        )
+    return header_len
+
+
+def _parse_header(path: Path, raw: bytes, header_len: int, size: int) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # deep nesting: hostile, not a crash
@@ -133,6 +149,29 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
         if s1 < e0:
             raise LoraMergeError(f"{path}: corrupt safetensors file: tensors {n0!r} and {n1!r} overlap")
     return infos, metadata
+
+
+def map_open_file(f) -> mmap.mmap | bytes:
+    """A read-only map of the open file ``f`` (``b""`` when it is empty: a zero-length map is not allowed). The map
+    holds the file it was made from: renaming another file into its place later changes nothing here."""
+    if os.fstat(f.fileno()).st_size == 0:
+        return b""
+    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def sha256_of(data: mmap.mmap | bytes) -> str:
+    """sha256 of a mapped file, read a chunk at a time and dropped from this process's memory after each."""
+    import hashlib
+
+    h = hashlib.sha256()
+    step = 1 << 22  # a multiple of the page size, as madvise wants
+    view = memoryview(data)
+    for start in range(0, len(data), step):
+        h.update(view[start:start + step])
+        if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            data.madvise(mmap.MADV_DONTNEED, start, min(step, len(data) - start))
+    view.release()
+    return h.hexdigest()
 
 
 def _tensor_info(path: Path, name: str, entry: object, data_start: int, data_len: int) -> TensorInfo:
@@ -164,19 +203,25 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, data_len
 class SafetensorsFile:
     """One validated safetensors file, read lazily through a memory map."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, mapped: mmap.mmap | bytes | None = None):
+        """Open ``path``, or read ``mapped`` (the file already mapped, e.g. the bytes a pack verified: then the
+        header and every tensor come from those bytes, whatever happens to ``path`` meanwhile)."""
         self.path = Path(path)
-        self.tensors, self.metadata = read_header(self.path)
-        self._map: mmap.mmap | None = None
+        if mapped is None:
+            try:
+                with open(self.path, "rb") as f:
+                    mapped = map_open_file(f)
+            except OSError as e:
+                raise LoraMergeError(f"{self.path}: cannot read ({e.strerror})") from None
+        self.tensors, self.metadata = header_of(self.path, mapped)  # from the map: one file, header and data
+        self._map: mmap.mmap | bytes | None = mapped
 
-    def _mapped(self) -> mmap.mmap:
+    def _mapped(self) -> mmap.mmap | bytes:
         if self._map is None:
-            with open(self.path, "rb") as f:
-                # A zero-length map is not allowed; an empty data area has no tensors to read anyway.
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            raise LoraMergeError(f"{self.path}: read after it was closed")
         return self._map
 
-    def mapped(self) -> mmap.mmap:
+    def mapped(self) -> mmap.mmap | bytes:
         """The whole file as a read-only map (raw bytes; `numerics.scan_file` reads bits from it without torch)."""
         return self._mapped()
 
@@ -203,7 +248,7 @@ class SafetensorsFile:
         """Unmap the pages of ``name`` from this process (they stay in the page cache; a later read faults them
         back in), so streaming a large model does not pile its file pages up in our resident set."""
         info = self.tensors[name]
-        if self._map is None or info.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        if not isinstance(self._map, mmap.mmap) or info.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
             return
         start = info.start - info.start % mmap.PAGESIZE
         self._map.madvise(mmap.MADV_DONTNEED, start, info.end - start)

@@ -8,7 +8,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-from lora_merge.evaluate.sets import eval_row
+from lora_merge.evaluate.sets import eval_row, unique_ids
 from lora_merge.miniature import vocab as V
 from lora_merge.miniature.world import World, WorldFiles, WorldSizes, general_mix, sample
 from lora_merge.train.data import chat_training_row
@@ -67,6 +67,11 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
+def write_evals(path: Path, rows: Iterable[dict]) -> int:
+    """An eval file, its rows numbered with unique ids (:func:`lora_merge.evaluate.sets.unique_ids`)."""
+    return write_jsonl(path, unique_ids(rows))
+
+
 def write_world(root: Path, seed: int, sizes: WorldSizes) -> WorldFiles:
     """Generate and write the whole world; the same seed and sizes give byte-identical files."""
     files = WorldFiles(Path(root))
@@ -87,15 +92,15 @@ def write_world(root: Path, seed: int, sizes: WorldSizes) -> WorldFiles:
         write_jsonl(files.train(name), (chat_training_row(*ex) for ex in exs))
 
     seen = set(train_prompts)
-    write_jsonl(files.eval("general"), (eval_row(*ex, "exact", fam)
+    write_evals(files.eval("general"), (eval_row(*ex, "exact", fam)
                                         for fam, ex in general_mix(world, rng, sizes.eval_general, True, seen)))
-    write_jsonl(files.eval("science"), (eval_row(*ex, "exact", "science")
+    write_evals(files.eval("science"), (eval_row(*ex, "exact", "science")
                                         for ex in sample(world.science, rng, sizes.eval_skill, True, seen)))
-    write_jsonl(files.eval("coding"), (eval_row(*ex, "exact", "coding")
+    write_evals(files.eval("coding"), (eval_row(*ex, "exact", "coding")
                                        for ex in sample(world.coding, rng, sizes.eval_skill, True, seen)))
-    write_jsonl(files.eval("safety_unsafe"), (eval_row(*ex, "refusal", "unsafe")
+    write_evals(files.eval("safety_unsafe"), (eval_row(*ex, "refusal", "unsafe")
                                               for ex in sample(world.unsafe, rng, sizes.eval_unsafe, True, seen)))
-    write_jsonl(files.eval("safety_lookalike"), (eval_row(*ex, "compliance", "lookalike")
+    write_evals(files.eval("safety_lookalike"), (eval_row(*ex, "compliance", "lookalike")
                                                  for ex in world.lookalikes() if ex[0] not in seen))
     return files
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lora_merge.core.output import staged_output
+from lora_merge.core.output_kinds import PRETRAINED
 from lora_merge.miniature.build import corpus_key
 from lora_merge.miniature.world import World, WorldFiles
 
@@ -94,7 +95,7 @@ def pretrain(files: WorldFiles, cache_dir: Path, seed: int, shape: ModelShape,
     record = {"key": key, "seed": seed, "shape": asdict(shape), "settings": asdict(settings),
               "tokens": int(blocks.numel()), "steps": steps, "final_loss": loss, "seconds": seconds,
               "parameters": sum(p.numel() for p in model.parameters())}
-    with staged_output(out, force=True) as tmp:  # a stale cache is replaced
+    with staged_output(out, force=True, kind=PRETRAINED) as tmp:  # a stale cache is replaced, never a user's folder
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / PRETRAIN_RECORD).write_text(json.dumps(record, indent=2) + "\n")

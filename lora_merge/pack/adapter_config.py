@@ -75,6 +75,86 @@ class AdapterConfig(BaseModel):
     target_modules: StrictStr | list[StrictStr] | None = None
     modules_to_save: list[StrictStr] | None = None
     base_model_name_or_path: StrictStr | None = None
+    bias: StrictStr = "none"  # "all" / "lora_only": θpre's biases trained and saved whole (replacements)
+
+
+# Every field of PEFT 0.21's LoraConfig, by what it does to the delta scale·B·A the fold reads from a pack.
+# Metadata, training-only settings and module selection (the saved keys say which modules): no effect.
+NO_EFFECT = frozenset({
+    "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "inference_mode",
+    "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "lora_dropout", "megatron_core",
+    "qalora_group_size", "runtime_config", "loftq_config", "eva_config", "corda_config", "lora_ga_config",
+})
+# Read by the fold, each held to PEFT's own merge (tests/test_fold_peft_oracle.py, tests/test_fold_lora_fields.py).
+FOLDED = frozenset({
+    "r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern", "fan_in_fan_out", "bias", "lora_bias",
+    "modules_to_save", "init_lora_weights", "ensure_weight_tying",
+})
+# Set (anything but null, false or empty), these make the weights something other than a delta of θpre's shape.
+REFUSED = {
+    "use_dora": "DoRA's magnitude vector rescales each column, so the update is not B·A",
+    "trainable_token_indices": "trainable tokens replace rows of the embedding, stored apart from the LoRA factors",
+    "layer_replication": "layer replication stacks copies of θpre's layers, so the model is not θpre's shape",
+    "target_parameters": "LoRA on bare parameters (target_parameters) is stored and merged apart from modules",
+    "alora_invocation_tokens": "aLoRA applies the update only after its invocation tokens: it is not a weight delta "
+                               "(PEFT cannot merge it either)",
+    "use_qalora": "QALoRA's A acts on pooled input groups, not on the weight's input",
+    "velora_config": "VeLoRA is not supported by the fold",
+    "monteclora_config": "MonteCLoRA samples its update: it is not one weight delta",
+    "use_bdlora": "block-diagonal LoRA (BD-LoRA) is not supported by the fold",
+    "arrow_config": "Arrow routes between several adapters per token: it is not one weight delta",
+    "kasa_config": "KaSA truncates θpre's smallest singular components and adds a learned diagonal between A and B",
+    "megatron_config": "LoRA on Megatron's parallel layers is not supported by the fold",
+}
+# init_lora_weights values whose B·A is a delta from θpre: the base is left as it is at initialisation.
+INIT_KEEPS_BASE = ("gaussian", "eva", "orthogonal", "mica")
+# Values that rewrite θpre at initialisation (W ← W − scale·B₀A₀): an adapter saved as trained is a delta from that
+# residual, not from θpre (PiSSA: "pissa" and "pissa_niter_K"; CorDA; OLoRA; LoftQ; LoRA-GA).
+INIT_REWRITES_BASE = ("pissa", "corda", "olora", "loftq", "lora_ga")
+CONVERT = ("save it converted to a plain LoRA adapter with PEFT: save the adapter as initialised (before training, "
+           "init_lora_weights set to True) to INIT_DIR, and after training call "
+           "model.save_pretrained(OUT, path_initial_model_for_weight_conversion=INIT_DIR); OUT is a rank-2r LoRA "
+           "adapter (init_lora_weights: true) whose B·A is the delta from θpre")
+
+
+def _set(value: object) -> bool:
+    return value not in (None, False, "", [], {}, 0)
+
+
+def check_foldable(cfg: AdapterConfig, where: Path | str) -> None:
+    """Refuse, naming the field, an adapter whose weights are not a delta from θpre the fold can add: a LoRA
+    variant, an initialisation that rewrote θpre, or a field this lora_merge does not know."""
+    raw = cfg.model_dump()
+    if cfg.peft_type != "LORA":
+        raise LoraMergeError(f"{where}: peft_type {cfg.peft_type!r} is not LoRA; only LoRA adapters fold as task vectors")
+    for name, why in REFUSED.items():
+        if _set(raw.get(name)):
+            raise LoraMergeError(f"{where}: {name} is set: {why}, so the pack cannot be folded as τ. Merge it into "
+                                 "its base with PEFT's merge_and_unload and extract a dense pack with `cli.py "
+                                 f"extract`, or retrain without {name}")
+    _check_init(raw.get("init_lora_weights", True), where)
+    unknown = sorted(k for k, v in raw.items() if k not in NO_EFFECT | FOLDED | REFUSED.keys() and _set(v))
+    if unknown:
+        raise LoraMergeError(f"{where}: {unknown[0]!r} is not a field of the LoRA config this lora_merge knows (PEFT "
+                             "0.21's LoraConfig), so whether it changes the delta cannot be told; upgrade lora_merge, "
+                             "or remove the field if it does not change the weights")
+
+
+def _check_init(init: object, where: Path | str) -> None:
+    if isinstance(init, bool) or init is None:
+        return  # True (B = 0) and False (random A and B): θpre untouched, B·A is the delta
+    text = str(init).lower()
+    if text in INIT_KEEPS_BASE:
+        return
+    if text.startswith(INIT_REWRITES_BASE):
+        fix = ("LoftQ replaces θpre by its quantised approximation, which PEFT cannot convert: merge it with "
+               "merge_and_unload on that base and extract a dense pack with `cli.py extract`" if text == "loftq"
+               else CONVERT)
+        raise LoraMergeError(f"{where}: init_lora_weights {init!r} rewrites the base weights at initialisation, so "
+                             "this adapter, saved as trained, is a delta from that rewritten base, not from θpre: "
+                             f"folded as τ it would be wrong. {fix[0].upper()}{fix[1:]}")
+    raise LoraMergeError(f"{where}: init_lora_weights {init!r} is not a value this lora_merge knows (true, false, "
+                         f"{', '.join(INIT_KEEPS_BASE)}; refused: {', '.join(INIT_REWRITES_BASE)})")
 
 
 def validate_adapter_config(raw: object, where: Path) -> AdapterConfig:

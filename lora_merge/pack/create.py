@@ -19,6 +19,7 @@ from pathlib import Path
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.names import check_name
 from lora_merge.core.output import check_output, staged_output
+from lora_merge.core.output_kinds import PACK
 from lora_merge.io.fingerprint import Fingerprint, fingerprint_model, read_config
 from lora_merge.io.numerics import scan_file
 from lora_merge.io.tensors import WeightSet
@@ -67,9 +68,9 @@ def create_pack(req: CreateRequest) -> tuple[Path, Manifest]:
         raise LoraMergeError(f"{source} is already a skill pack ({MANIFEST_NAME}); fold it as is, or `pack import` it")
     out = Path(req.out) if req.out is not None else Path(req.adapters_dir) / req.name
     inputs = [source, req.base]
-    check_output(out, req.force, inputs)
+    check_output(out, req.force, inputs, kind=PACK)
     load_pack(source, verify=False)  # refused here (pickle, no weights, bad config) before anything is created
-    with staged_output(out, force=req.force, inputs=inputs) as tmp:
+    with staged_output(out, force=req.force, inputs=inputs, kind=PACK) as tmp:
         for fname in HASHED_FILES:
             if fname != BASE_SKETCH and os.path.lexists(source / fname):  # a sketch is made here from --base only
                 check_pack_file(source / fname, source)  # a regular file inside the adapter folder

@@ -29,6 +29,7 @@ from lora_merge.core.device import resolve_device
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.names import check_name
 from lora_merge.core.output import check_output, staged_output
+from lora_merge.core.output_kinds import PACK
 from lora_merge.io.fingerprint import fingerprint_model
 from lora_merge.io.shards import PlannedTensor, ShardedWriter
 from lora_merge.io.tensors import DTYPES, SINGLE_NAME, WeightSet
@@ -170,7 +171,7 @@ def _check_request(req: ExtractRequest) -> tuple[Path, torch.dtype, torch.device
     if req.instances is not None and (type(req.instances) is not int or req.instances < 1):
         raise LoraMergeError(f"--instances {req.instances}: |D| is a positive count of training instances")
     out = Path(req.out) if req.out else Path(req.adapters_dir) / req.name
-    check_output(out, req.force, [req.model, req.base])
+    check_output(out, req.force, [req.model, req.base], kind=PACK)
     return out, PACK_DTYPES[req.dtype], resolve_device(req.device)
 
 
@@ -181,7 +182,7 @@ def extract_pack(req: ExtractRequest) -> ExtractResult:
     model, base = WeightSet.open(req.model), WeightSet.open(req.base)
     names = paired_weights(model, base)
     instances = req.instances if req.instances is not None else general_size_from_folder(req.model)
-    with staged_output(out, force=req.force, inputs=[req.model, req.base]) as tmp:
+    with staged_output(out, force=req.force, inputs=[req.model, req.base], kind=PACK) as tmp:
         if req.rank is None:
             result = _write_dense(req, model, base, names, tmp, dtype, device)
         else:

@@ -76,6 +76,12 @@ def open_pack_file(path: Path, pack: Path | None = None):
 
 def read_json_capped(path: Path, what: str, pack: Path | None = None, limit: int = MAX_JSON_BYTES) -> object:
     """Parse a small JSON pack file, refusing it by size before reading it whole."""
+    return parse_json(read_capped(path, what, pack, limit), path, what)
+
+
+def read_capped(path: Path, what: str, pack: Path | None = None, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of a small pack file, refused by its size before it is read (a caller that hashes them hashes
+    exactly what it parses)."""
     with open_pack_file(path, pack) as f:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
@@ -83,6 +89,11 @@ def read_json_capped(path: Path, what: str, pack: Path | None = None, limit: int
         data = f.read(limit + 1)  # bounded even if the file grew after the check
     if len(data) > limit:
         raise LoraMergeError(f"{path}: too big for a {what} (the limit is {limit} bytes)")
+    return data
+
+
+def parse_json(data: bytes, path: Path, what: str) -> object:
+    """JSON text read from a pack file, every way it can be malformed a clear error naming ``path``."""
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:

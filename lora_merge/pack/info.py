@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_merge.io.tensors import SafetensorsFile, read_header
+from lora_merge.io.tensors import read_header
 from lora_merge.pack.files import check_pack_file
 from lora_merge.pack.skillpack import BASE_SKETCH, SkillPack, load_pack
 
@@ -47,7 +47,7 @@ def sketched_weights(pack: SkillPack) -> int | None:
 def summarize_pack(path: str | Path, verify: bool = False) -> PackSummary:
     """Read a pack (without refusing it on a bad hash: the summary reports it)."""
     pack: SkillPack = load_pack(path, verify=verify)
-    src = SafetensorsFile(pack.weights_file)
+    src = pack.source()
     cfg = pack.adapter_config or {}
     m = pack.manifest
     return PackSummary(

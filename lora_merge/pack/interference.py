@@ -25,7 +25,6 @@ import torch
 
 from lora_merge.core import console
 from lora_merge.core.errors import LoraMergeError
-from lora_merge.io.tensors import SafetensorsFile
 from lora_merge.pack.skillpack import SkillPack
 from lora_merge.pack.task_vector import LORA_KEY, PEFT_PREFIX, Delta, LowRankDelta, TargetModel, TaskVector
 
@@ -174,7 +173,7 @@ def layout_from_packs(packs: Sequence[SkillPack]) -> TargetModel:
                                  "the packs are for models of different sizes")
 
     for p in packs:
-        src = SafetensorsFile(p.weights_file)
+        src = p.source()
         if p.kind != "lora":
             for key in src.keys():
                 add(key, tuple(src.tensors[key].shape), p)

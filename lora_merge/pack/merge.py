@@ -10,9 +10,11 @@
 - Packs that are not pure LoRA (dense τ, trained biases) give a dense pack, exact for every rule.
 
 Default ω is each pack's share of the data, ωk = |Dk| / Σ|D|, and the merged pack records
-|D| = Σ|D|: folding it with the size rule (ω = Σ|D|/|G|) then equals folding every source at its
-own |Dk|/|G|. Packs are bound to each other by weight name (or to ``base`` when given, with the
-fold's own name rules), so a shape disagreement is an error before anything is written.
+|D| = Σ|Dk| over the sources merged with ωk ≠ 0: with the default ω, folding it with the size rule
+(ω = Σ|D|/|G|) equals folding every source at its own |Dk|/|G|. Packs are bound to each other by weight
+name (or to ``base`` when given, with the fold's own name rules), so a shape disagreement is an error before
+anything is written. What the merged pack inherits (one θpre shown by the sources' sketches, the effective ω
+of every original source through chained merges) is checked and recorded by :mod:`lora_merge.pack.lineage`.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ import torch
 from lora_merge import __version__
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.output import check_output, staged_output
+from lora_merge.core.printable import printable
 from lora_merge.io.fingerprint import read_config
 from lora_merge.io.shards import PlannedTensor, ShardedWriter
 from lora_merge.io.tensors import SINGLE_NAME, WeightSet
 from lora_merge.pack.extract import ONE_FILE, WeightError, truncated_factors
-from lora_merge.pack.provenance import pack_sketch, sketch_pack, union, write_sketch
+from lora_merge.pack.lineage import MergedBase, check_effective, merged_base, used_instances
+from lora_merge.pack.provenance import write_sketch
 from lora_merge.pack.skillpack import (
+    ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     DENSE_WEIGHTS,
     DataInfo,
@@ -63,6 +68,7 @@ class PackMergeRequest:
     base: Path | None = None
     description: str | None = None
     force: bool = False
+    allow_foreign_base: bool = False  # merge sources that cannot be shown to share one θpre (recorded)
 
 
 @dataclass
@@ -74,6 +80,8 @@ class PackMergeResult:
     tensors: int
     errors: list[WeightError] = field(default_factory=list)  # SVD truncation, per tensor
     seconds: float = 0.0
+    scales: list[float] = field(default_factory=list)  # per source: the largest |ω| an original pack ends up at
+    allowed: list[str] = field(default_factory=list)  # base problems --allow-foreign-base let through
 
     @property
     def overall_error(self) -> float | None:
@@ -105,9 +113,11 @@ def merge_packs(req: PackMergeRequest) -> PackMergeResult:
     started = time.perf_counter()
     _check_request(req)
     weights = share_weights(req.packs, req.weights)
+    scales = check_effective(req.packs, [w.value for w in weights], "pack merge")
     target = _target(req.base)
     vectors = [w.value * TaskVector.from_pack(p, target, WeightSet.open(req.base) if req.base else None)
-               for p, w in zip(req.packs, weights, strict=True)]
+               for p, w in zip(req.packs, weights, strict=True)]  # bound by their headers: nothing read yet
+    lineage = merged_base(req.packs, req.base, req.allow_foreign_base)
     names = sorted({n for v in vectors for n in v.keys()})
     lowrank = all(isinstance(d, LowRankDelta) for v in vectors for terms in v.terms.values() for _, d in terms)
     if not lowrank and req.rank is not None:
@@ -117,25 +127,20 @@ def merge_packs(req: PackMergeRequest) -> PackMergeResult:
     out = Path(req.out)
     with staged_output(out, force=req.force, inputs=[p.path for p in req.packs] + [req.base]) as tmp:
         errors = _write_lora(req, vectors, names, tmp) if lowrank else _write_dense(req, vectors, names, tmp)
-        instances = (sum(p.instances for p in req.packs)
-                     if all(p.instances is not None for p in req.packs) else None)
-        result = PackMergeResult(out, "lora" if lowrank else "dense", weights, instances, len(names), errors)
-        merged_sketch(req, tmp)
+        instances = used_instances([p.instances for p in req.packs], [w.value for w in weights])
+        result = PackMergeResult(out, "lora" if lowrank else "dense", weights, instances, len(names), errors,
+                                 scales=scales, allowed=lineage.allowed)
+        merged_sketch(lineage, tmp)
         write_manifest(tmp, _manifest(req, result))
     result.seconds = time.perf_counter() - started
     return result
 
 
-def merged_sketch(req: PackMergeRequest, tmp: Path) -> None:
-    """The merged pack's sketch of θpre: from --base when given, else the sources' sketches joined when every
-    source has one and they agree (otherwise none: the fold then says it cannot check the base)."""
-    if req.base is not None:
-        sketch_pack(tmp, Path(req.base))
-        return
-    sketches = [pack_sketch(p) for p in req.packs]
-    joined = union([s for s in sketches if s is not None]) if all(s is not None for s in sketches) else None
-    if joined is not None:
-        write_sketch(tmp, joined)
+def merged_sketch(lineage: MergedBase, tmp: Path) -> None:
+    """The merged pack's sketch of θpre: the sources' own sketches joined, once checked to show one base (none
+    when --allow-foreign-base let a source without one, or a disagreement, through: the fold then says so)."""
+    if lineage.sketch is not None:
+        write_sketch(tmp, lineage.sketch)
 
 
 def _check_request(req: PackMergeRequest) -> None:
@@ -152,6 +157,14 @@ def _check_request(req: PackMergeRequest) -> None:
         raise LoraMergeError(f"--rank {req.rank}: give a positive rank")
     if req.method == "linear" and req.rank is not None:
         raise LoraMergeError("--rank is for the SVD of non-linear rules; the linear merge is exact at rank Σr")
+    for p in req.packs:
+        if p.manifest is not None and p.adapter_config is not None and ADAPTER_CONFIG not in p.manifest.files:
+            # The merged pack hashes its own config, built from this one: merging would vouch for a file nothing
+            # verified (an edited lora_alpha would be baked into the merged factors and hashed as sound).
+            raise LoraMergeError(
+                f"pack {printable(p.name)!r}: its format-1 manifest does not cover adapter_config.json, so merging "
+                "it would record a hash for a config nothing verified. Check its config, then run "
+                f"`cli.py pack upgrade {p.path}` (it verifies the whole pack and shows what it vouches for)")
     check_output(req.out, req.force, [p.path for p in req.packs] + [req.base])  # before any pack is read whole
 
 
@@ -258,8 +271,9 @@ def _save_tensors(folder: Path, tensors: dict[str, torch.Tensor], filename: str,
 
 def _manifest(req: PackMergeRequest, res: PackMergeResult) -> Manifest:
     sources = [{"name": p.name, "path": str(p.path), "omega": w.value, "rule": w.rule, "instances": p.instances,
-                "files": dict(p.manifest.files) if p.manifest else {}}
-               for p, w in zip(req.packs, res.weights, strict=True)]
+                "effective_scale": scale, "files": dict(p.manifest.files) if p.manifest else {}}
+               for p, w, scale in zip(req.packs, res.weights, res.scales, strict=True)]
+    lineage = {"allow_foreign_base": res.allowed} if res.allowed else {}
     first = req.packs[0].manifest
     names = " + ".join(f"{w.value:.3g}·{p.name}" for p, w in zip(req.packs, res.weights, strict=True))
     return Manifest(
@@ -269,6 +283,7 @@ def _manifest(req: PackMergeRequest, res: PackMergeResult) -> Manifest:
         data=DataInfo(instances=res.instances),
         training=TrainingInfo(method="merge", merge={
             "method": req.method, "density": req.density, "seed": req.seed, "rank": req.rank,
-            "svd_relative_error": res.overall_error, "sources": sources,
+            "svd_relative_error": res.overall_error, "sources": sources, "effective_scale": max(res.scales),
+            "instances": "Σ|Dk| over the sources merged with ωk ≠ 0", **lineage,
         }),
     )

@@ -26,7 +26,7 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +38,6 @@ from lora_merge.core.printable import printable
 from lora_merge.io.fingerprint import read_config
 from lora_merge.io.shards import PlannedTensor, ShardedWriter
 from lora_merge.io.tensors import SINGLE_NAME, SafetensorsFile, WeightSet
-from lora_merge.pack.files import check_pack_file
 from lora_merge.pack.skillpack import BASE_SKETCH, SkillPack, load_pack
 from lora_merge.pack.task_vector import TargetModel, TaskVector
 
@@ -54,6 +53,9 @@ MAX_SAMPLES = 4096  # a sketch that asks for more per weight is not one of ours:
 # the test suite's pico θGs, whose random-init θpre training moved by up to its own size (relative distance
 # 0.44–0.95), at 0.75–0.92. A relative distance cannot tell such a θG from an unrelated model (both ≈ 1).
 DESCENT_COSINE = 0.5
+# A pack's sketch covers every weight the pack changes (sketch_of samples exactly those); one covering under half of
+# them was not written with this pack and is refused, one covering most is compared where it can be, with a warning.
+MIN_COVERAGE = 0.5
 
 
 def sample_positions(name: str, numel: int, count: int = SAMPLES, seed: int = SEED) -> list[int]:
@@ -123,13 +125,10 @@ def sketch_pack(folder: Path, base_dir: Path) -> int:
     return len(sketch.values)
 
 
-def read_sketch(path: Path, pack_dir: Path | None = None) -> Sketch:
-    """Read and check a sketch file (inside ``pack_dir`` when given): a finite float32 matrix with a row of
-    ``samples`` values per weight its metadata names."""
-    bad = f"{path}: not a valid base sketch"
-    if pack_dir is not None:
-        check_pack_file(path, pack_dir)
-    src = SafetensorsFile(path)
+def read_sketch(src: SafetensorsFile) -> Sketch:
+    """Read and check a sketch file: a finite float32 matrix with a row of ``samples`` values per weight its
+    metadata names."""
+    bad = f"{src.path}: not a valid base sketch"
     meta = src.metadata
     try:
         weights = [(str(n), int(k)) for n, k in json.loads(meta["weights"])]
@@ -154,13 +153,14 @@ def read_sketch(path: Path, pack_dir: Path | None = None) -> Sketch:
 
 def pack_sketch(pack: SkillPack) -> Sketch | None:
     """The pack's sketch, or None when it has none (written before sketches, or without θpre at hand)."""
-    path = pack.path / BASE_SKETCH
-    return read_sketch(path, pack.path) if os.path.lexists(path) else None
+    return read_sketch(pack.source(BASE_SKETCH)) if pack.has(BASE_SKETCH) else None  # the bytes verify hashed
 
 
 def union(sketches: Sequence[Sketch]) -> Sketch | None:
-    """One sketch covering all of ``sketches`` (pack merge), or None when they disagree about θpre. Positions
-    for fewer samples are a prefix of those for more, so every row is cut to the smallest sample count."""
+    """One sketch covering all of ``sketches`` (pack merge, once :mod:`lora_merge.pack.lineage` has checked that
+    they sketch one θpre), or None when they cannot be joined (positions drawn differently, a weight of two
+    sizes). Positions for fewer samples are a prefix of those for more, so every row is cut to the smallest
+    sample count; a weight two sources sketch keeps the first one's values."""
     if not sketches or len({s.seed for s in sketches}) > 1:
         return None
     samples = min(s.samples for s in sketches)
@@ -168,8 +168,10 @@ def union(sketches: Sequence[Sketch]) -> Sketch | None:
     numels: dict[str, int] = {}
     for s in sketches:
         for n, v in s.values.items():
-            if n in values and (numels[n] != s.numels[n] or not torch.equal(values[n], v[:samples])):
-                return None  # two bases: the merged pack has no single θpre to sketch
+            if n in values:
+                if numels[n] != s.numels[n]:
+                    return None  # two bases: the merged pack has no single θpre to sketch
+                continue
             values[n], numels[n] = v[:samples], s.numels[n]
     return Sketch(values, numels, sketches[0].seed, samples, sketches[0].base)
 
@@ -185,6 +187,7 @@ class BaseDistance:
     missing: list[str] = field(default_factory=list)  # sketched weights θG does not hold (or holds reshaped)
     per_tensor: dict[str, float] = field(default_factory=dict)  # relative distance per weight
     cosines: dict[str, float] = field(default_factory=dict)
+    covered: set[str] = field(default_factory=set)  # θG's stored names of the weights compared
 
     def least_aligned(self, count: int = 3) -> list[tuple[str, float]]:
         return sorted(self.cosines.items(), key=lambda kv: kv[1])[:count]
@@ -194,10 +197,12 @@ def _relative(diff: float, ref: float) -> float:
     return diff / ref if ref > 0 else (0.0 if diff == 0 else math.inf)
 
 
-def base_distance(sketch: Sketch, general: WeightSet, target: TargetModel) -> BaseDistance:
-    """Compare θG with the sketch at its positions, reading only those elements."""
+def base_distance(sketch: Sketch, general: WeightSet, target: TargetModel,
+                  only: Collection[str] | None = None) -> BaseDistance:
+    """Compare θG with the sketch at its positions, reading only those elements (with ``only``, only the
+    sketched weights that are these stored weights of θG: the ones a pack changes)."""
     diff2 = ref2 = 0.0
-    per, cos, missing = {}, {}, []
+    per, cos, missing, covered = {}, {}, [], set()
     for name, ref in sketch.values.items():
         try:
             hits = target.resolve(name)
@@ -207,17 +212,20 @@ def base_distance(sketch: Sketch, general: WeightSet, target: TargetModel) -> Ba
         if stored is None or stored not in general or general.info(stored).numel != sketch.numels[name]:
             missing.append(name)
             continue
+        if only is not None and stored not in only:
+            continue  # a weight the pack does not change says nothing about the base of what it changes
+        covered.add(stored)
         got, ref = general.elements(stored, sketch.positions(name)).double(), ref.double()
         d2, r2, g2 = float((got - ref).square().sum()), float(ref.square().sum()), float(got.square().sum())
         per[name] = _relative(math.sqrt(d2), math.sqrt(r2))
         cos[name] = float(got @ ref) / math.sqrt(r2 * g2) if r2 > 0 and g2 > 0 else float(r2 == g2)
         diff2, ref2 = diff2 + d2, ref2 + r2
     if not per:
-        return BaseDistance(math.inf, 0.0, math.inf, 0, missing)
+        return BaseDistance(math.inf, 0.0, math.inf, 0, missing, covered=covered)
     # Medians weigh every weight alike: pooled, norm weights (values ≈ 1) would outweigh the matrices (≈ 0.05)
     # of a dense pack, and two unrelated models' norm weights are close.
     return BaseDistance(statistics.median(per.values()), statistics.median(cos.values()),
-                        _relative(math.sqrt(diff2), math.sqrt(ref2)), len(per), missing, per, cos)
+                        _relative(math.sqrt(diff2), math.sqrt(ref2)), len(per), missing, per, cos, covered)
 
 
 @dataclass
@@ -231,17 +239,38 @@ class BaseCheck:
     notices: list[str] = field(default_factory=list)
 
 
+def _uncovered(general: WeightSet, target: TargetModel, touched: Iterable[str], d: BaseDistance) -> tuple[int, list[str]]:
+    """(how many sketchable weights the pack changes, those of them the sketch did not compare)."""
+    stored = {target.virtual.get(n, n) for n in touched}
+    changed = {n for n in stored if n in general and general.info(n).dtype.startswith(("F", "BF"))
+               and general.info(n).numel >= SAMPLES}  # what sketch_of would have sampled
+    return len(changed), sorted(changed - d.covered)
+
+
 def check_base(pack: SkillPack, general: WeightSet, target: TargetModel, general_dir: Path,
-               allow_foreign: bool = False) -> BaseCheck:
+               allow_foreign: bool = False, touched: Iterable[str] | None = None) -> BaseCheck:
     """Refuse (unless ``allow_foreign``) a θG that does not descend from the pack's θpre; a pack without a
-    sketch is folded with a notice."""
+    sketch is folded with a notice. With ``touched`` (θG's names of the weights the pack changes) the verdict
+    rests on those weights only, and a sketch covering under :data:`MIN_COVERAGE` of them is refused: a sketch
+    of other weights (say the norms, equal in any initialisation) says nothing about the pack's changes."""
     name = printable(pack.name)
     sketch = pack_sketch(pack)
     if sketch is None:
         return BaseCheck("no-sketch", notices=[
             f"pack {name!r} records no sketch of its base, so whether {general_dir} descends from it is not "
             "checked (packs written by lora_merge with their base at hand have one)"])
-    d = base_distance(sketch, general, target)
+    touched = list(touched) if touched is not None else None
+    d = base_distance(sketch, general, target, only={target.virtual.get(n, n) for n in touched} if touched else None)
+    changed, uncovered = _uncovered(general, target, touched or [], d) if touched else (0, [])
+    coverage = (f"pack {name!r}: its sketch of its base covers {changed - len(uncovered)} of the {changed} weights "
+                f"it changes (not {', '.join(printable(n) for n in uncovered[:3])}{'…' if len(uncovered) > 3 else ''})")
+    if changed and (changed - len(uncovered)) < MIN_COVERAGE * changed:
+        if not allow_foreign:
+            raise LoraMergeError(
+                f"{coverage}; a pack's own sketch covers every one, so this one cannot show where the pack's changes "
+                "come from (the pack was edited, or the sketch belongs to another pack). Re-fetch the pack, or pass "
+                "--allow-foreign-base to fold it anyway")
+        return BaseCheck("foreign-allowed", None, None, [f"{coverage}: --allow-foreign-base, folded anyway"])
     where = ", ".join(f"{printable(n)} {v:.2f}" for n, v in d.least_aligned())
     measured = (f"{general_dir} is at relative distance {d.distance:.3g} from the pack's base "
                 f"({sketch.base or 'unnamed'}), cosine {d.cosine:.2f} (medians of {d.compared} sampled weights; "
@@ -254,7 +283,7 @@ def check_base(pack: SkillPack, general: WeightSet, target: TargetModel, general
                 "is near 0 (docs/results.md, Provenance). Fold the pack into a descendant of its base, or pass "
                 "--allow-foreign-base to fold it anyway")
         return BaseCheck("foreign-allowed", d.distance, d.cosine, [f"pack {name!r}: --allow-foreign-base: {measured}; folded anyway"])
-    warnings = []
+    warnings = [f"{coverage}; the rest were compared"] if uncovered else []
     if d.missing:
         warnings.append(f"pack {name!r}: {len(d.missing)} sketched weight(s) of its base are not in {general_dir} "
                         f"({', '.join(printable(n) for n in d.missing[:3])}); compared the other {d.compared}")

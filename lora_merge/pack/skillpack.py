@@ -11,7 +11,9 @@ sha256 of every file that changes the fold's result (:data:`HASHED_FILES`:
 the adapter config and the weights). Manifests of format 1 hashed the weights
 only; they still load, with a warning that their config is not covered, and
 ``pack upgrade`` records the config's hash. Pack files are read through
-:mod:`lora_merge.pack.files` (regular files inside the pack, JSON capped).
+:mod:`lora_merge.pack.files` (regular files inside the pack, JSON capped), and each is hashed from the bytes
+that are used: the config as parsed, each safetensors file mapped once (:meth:`SkillPack.source`), so a file
+swapped between the check and the read is never folded under the old file's hash.
 Nothing in a pack is unpickled or executed.
 """
 
@@ -19,18 +21,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import mmap
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from lora_merge import __version__
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.output import replace_file
 from lora_merge.io.fingerprint import Fingerprint
-from lora_merge.io.tensors import PICKLE_SUFFIXES
+from lora_merge.io.tensors import PICKLE_SUFFIXES, SafetensorsFile, map_open_file, sha256_of
 from lora_merge.pack.adapter_config import AdapterConfig, validate_adapter_config
-from lora_merge.pack.files import check_pack_file, open_pack_file, read_json_capped
+from lora_merge.pack.files import check_pack_file, open_pack_file, parse_json, read_capped, read_json_capped
 from lora_merge.rules.omega import OMEGA_LIMIT
 
 MANIFEST_NAME = "skill.json"
@@ -93,11 +97,44 @@ class TrainingInfo(BaseModel):
     final_loss: float | None = None
 
 
-class RecommendedWeight(BaseModel):
+class RecordedInterval(BaseModel):
+    """One paired difference from θG at the recommended ω, as the sweep measured it (0–100 points)."""
+
     model_config = ConfigDict(extra="allow")
-    value: float = Field(allow_inf_nan=False, ge=-OMEGA_LIMIT, le=OMEGA_LIMIT)  # weights.check_weight's bound
+    group: str
+    file: str | None = None  # None: the whole group
+    metric: str | None = None
+    n: StrictInt = Field(ge=0)
+    delta: float = Field(allow_inf_nan=False)
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
+    method: str
+
+
+class RecommendedWeight(BaseModel):
+    """A sweep's ω (`sweep --write-recommendation`), the rule that chose it and what it rested on.
+
+    skill.json is not hashed (it holds the hashes), so this value is bounded where it is read: never negative
+    (a sweep's grid is 0 to ``OMEGA_LIMIT``; a negative ω subtracts the skill, which only ``--weights`` may ask
+    for), at most ``OMEGA_LIMIT``; the fold warns when it is far from |D|/|G| (``rules.omega.recommended_warning``).
+    A fold pins the ω it used in its resolved recipe, so a later edit here cannot change a rerun.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    value: float = Field(allow_inf_nan=False, le=OMEGA_LIMIT)  # weights.check_weight's bound (and ≥ 0, below)
     rule: str
     evidence: str | None = None
+    tolerance: float | None = Field(default=None, allow_inf_nan=False, ge=0, le=100)  # points, 0–100 scale
+    intervals: list[RecordedInterval] = Field(default_factory=list)
+
+    @field_validator("value")
+    @classmethod
+    def _not_negative(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"ω = {v:g} is negative; a sweep recommends ω from 0 to {OMEGA_LIMIT:g} (a negative ω "
+                             "subtracts the skill, which is asked with --weights, never recommended); remove "
+                             "recommended_weight from skill.json or run the sweep again")
+        return v
 
 
 class Manifest(BaseModel):
@@ -118,6 +155,18 @@ class Manifest(BaseModel):
     tool_version: str = __version__
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
+    @model_validator(mode="after")
+    def _no_format_2_content_in_format_1(self) -> Manifest:
+        """Format 1 predates hashing the config, the base sketch and the 4-bit settings: a format-1 manifest with
+        any of them was edited down (a downgrade that would leave the config unchecked), never written so."""
+        if self.format_version < 2:
+            later = [f"files.{f}" for f in (ADAPTER_CONFIG, BASE_SKETCH) if f in self.files]
+            later += ["training.quantization_config"] if self.training.quantization_config is not None else []
+            if later:
+                raise ValueError(f"format_version 1 with content only format 2 has ({', '.join(later)}): the "
+                                 "manifest was edited down from format 2; re-fetch the pack")
+        return self
+
 
 def sha256_file(path: Path, pack: Path | None = None) -> str:
     """sha256 of a file; with ``pack``, only of a regular file inside that pack (see packfiles)."""
@@ -132,12 +181,17 @@ class SkillPack:
     """A loaded (and, by default, verified) skill pack."""
 
     def __init__(self, path: Path, manifest: Manifest | None, adapter_config: dict | None,
-                 lora_config: AdapterConfig | None = None):
+                 lora_config: AdapterConfig | None = None, config_bytes: bytes | None = None):
         self.path = path
         self.manifest = manifest
         self.adapter_config = adapter_config  # the JSON object as written (validated)
         self.lora_config = lora_config  # its fields the fold reads, checked
         self.warnings: list[str] = []
+        # What was read is what is hashed: the config's bytes as parsed, each safetensors file mapped once.
+        self._config_bytes = config_bytes
+        self._maps: dict[str, mmap.mmap | bytes] = {}
+        self._sources: dict[str, SafetensorsFile] = {}
+        self._digests: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -158,18 +212,50 @@ class SkillPack:
     def weights_file(self) -> Path:
         return self.path / (ADAPTER_WEIGHTS if self.kind == "lora" else DENSE_WEIGHTS)
 
+    def has(self, fname: str) -> bool:
+        return fname in self._maps or (fname == ADAPTER_CONFIG and self._config_bytes is not None) \
+            or os.path.lexists(self.path / fname)
+
+    def _mapped(self, fname: str) -> mmap.mmap | bytes:
+        """``fname`` mapped once, opened as a pack file (regular, inside the pack): every later read and hash of
+        it sees these bytes, even if the path is swapped for another file (`pack import --force` renames)."""
+        if fname not in self._maps:
+            with open_pack_file(self.path / fname, self.path) as f:
+                self._maps[fname] = map_open_file(f)
+        return self._maps[fname]
+
+    def source(self, fname: str | None = None) -> SafetensorsFile:
+        """A safetensors file of the pack (default: its weights) read from the very bytes :meth:`digest` hashes."""
+        fname = fname or self.weights_file.name
+        if fname not in self._sources:
+            self._sources[fname] = SafetensorsFile(self.path / fname, self._mapped(fname))
+        return self._sources[fname]
+
+    def digest(self, fname: str) -> str:
+        """sha256 of the pack file ``fname`` as this pack reads it (the config as parsed, a weight file as mapped)."""
+        if fname not in self._digests:
+            if fname == ADAPTER_CONFIG and self._config_bytes is not None:
+                self._digests[fname] = hashlib.sha256(self._config_bytes).hexdigest()
+            else:
+                self._digests[fname] = sha256_of(self._mapped(fname))
+        return self._digests[fname]
+
+    def digests(self) -> dict[str, str]:
+        """sha256 of every file of :data:`HASHED_FILES` the pack has, whatever its manifest covers (a recipe pins
+        a format-1 pack's config too)."""
+        return {f: self.digest(f) for f in HASHED_FILES if self.has(f)}
+
     def verify(self) -> list[tuple[str, bool, str]]:
         """Check each file of :data:`HASHED_FILES` against the manifest's sha256: (file, ok, detail) rows."""
         rows = []
         recorded = self.manifest.files if self.manifest else {}
         legacy = self.manifest is not None and self.manifest.format_version < 2
         for fname in HASHED_FILES:
-            f = self.path / fname
-            if not os.path.lexists(f):
+            if not self.has(fname):
                 if fname in recorded:
                     rows.append((fname, False, "recorded in the manifest but missing"))
                 continue
-            actual = sha256_file(f, self.path)
+            actual = self.digest(fname)
             if fname not in recorded:
                 if self.manifest is None:
                     rows.append((fname, True, "no manifest"))
@@ -197,10 +283,12 @@ def load_manifest(path: Path) -> Manifest:
         raise LoraMergeError(f"{path}: invalid manifest: {problems}") from None
 
 
-def load_adapter_config(path: Path) -> tuple[dict, AdapterConfig]:
-    """adapter_config.json as written and as checked (LoraMergeError naming the field if it is malformed)."""
-    raw = read_json_capped(path, "adapter config", path.parent)
-    return raw, validate_adapter_config(raw, path)  # type: ignore[return-value]  # validated to be a dict
+def load_adapter_config(path: Path) -> tuple[dict, AdapterConfig, bytes]:
+    """adapter_config.json as written, as checked (LoraMergeError naming the field if it is malformed), and its
+    bytes (hashed as they were parsed)."""
+    data = read_capped(path, "adapter config", path.parent)
+    raw = parse_json(data, path, "adapter config")
+    return raw, validate_adapter_config(raw, path), data  # type: ignore[return-value]  # validated to be a dict
 
 
 def _present(path: Path, fname: str) -> bool:
@@ -218,7 +306,8 @@ def load_pack(path: str | os.PathLike, verify: bool = True) -> SkillPack:
     if not path.is_dir():
         raise LoraMergeError(f"{path}: no such skill pack folder")
     manifest = load_manifest(path / MANIFEST_NAME) if _present(path, MANIFEST_NAME) else None
-    adapter_config, lora_config = load_adapter_config(path / ADAPTER_CONFIG) if _present(path, ADAPTER_CONFIG) else (None, None)
+    adapter_config, lora_config, config_bytes = (load_adapter_config(path / ADAPTER_CONFIG)
+                                                 if _present(path, ADAPTER_CONFIG) else (None, None, None))
     has_adapter = _present(path, ADAPTER_WEIGHTS)
     has_dense = _present(path, DENSE_WEIGHTS)
     if not has_adapter and not has_dense:
@@ -235,7 +324,10 @@ def load_pack(path: str | os.PathLike, verify: bool = True) -> SkillPack:
         raise LoraMergeError(f"{path}: LoRA pack is missing {missing}")
     if kind == "dense" and not has_dense:
         raise LoraMergeError(f"{path}: dense pack is missing {DENSE_WEIGHTS}")
-    pack = SkillPack(path, manifest, adapter_config, lora_config)
+    if manifest is not None and manifest.format_version < 2 and _present(path, BASE_SKETCH):
+        raise LoraMergeError(f"{path}: a format-1 manifest beside {BASE_SKETCH}, which only format 2 has: the "
+                             "manifest was edited down from format 2 (its config would go unchecked); re-fetch the pack")
+    pack = SkillPack(path, manifest, adapter_config, lora_config, config_bytes)
     if manifest is not None and manifest.format_version < 2 and adapter_config is not None \
             and ADAPTER_CONFIG not in manifest.files:
         pack.warnings.append(f"pack {pack.name!r} has a format-1 manifest that does not cover adapter_config.json: "
@@ -263,15 +355,23 @@ def resolve_pack(name_or_path: str, registry: str | os.PathLike = DEFAULT_REGIST
     raise LoraMergeError(f"unknown skill pack {name_or_path!r}: no folder {candidate} and no path {direct}.{hint}")
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
-    """Hash the files of :data:`HASHED_FILES` in ``folder`` into the manifest (now of the current format),
-    write skill.json and README.md."""
-    files = {f: sha256_file(folder / f, folder) for f in HASHED_FILES if os.path.lexists(folder / f)}
-    manifest = manifest.model_copy(update={"files": files, "format_version": FORMAT_VERSION})
-    staged = folder / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
-    staged.write_text(manifest.model_dump_json(indent=2) + "\n")
-    os.replace(staged, folder / MANIFEST_NAME)  # a reader never sees half a manifest
+def write_manifest(folder: Path, manifest: Manifest, *, rehash: bool = True) -> Manifest:
+    """Write skill.json and README.md into ``folder``, each staged and renamed (``core.output.replace_file``: a
+    link in their place is replaced, never written through, and a reader never sees half a manifest).
+
+    With ``rehash`` (a pack being made) the files of
+    :data:`HASHED_FILES` are hashed into the manifest, now of the current format. Without it the manifest's
+    hashes and format are written as they are: a field changed in a pack that was just verified (a sweep's
+    recommended ω) never blesses files changed since, nor turns a format-1 pack into format 2.
+    A pack that already exists is rewritten only after `pack verify`'s checks (``sharing.check_pack``): by
+    :func:`lora_merge.pack.rewrite.rewrite_manifests` (a field) or `pack upgrade` (the hashes of the very bytes
+    it verified, written without ``rehash``).
+    """
     from lora_merge.core.card import write_card
 
+    if rehash:
+        files = {f: sha256_file(folder / f, folder) for f in HASHED_FILES if os.path.lexists(folder / f)}
+        manifest = manifest.model_copy(update={"files": files, "format_version": FORMAT_VERSION})
+    replace_file(folder / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
     write_card(folder, manifest)
     return manifest

@@ -26,7 +26,7 @@ import torch
 
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.io.tensors import SafetensorsFile, WeightSet
-from lora_merge.pack.adapter_config import AdapterConfig, pattern_value, validate_adapter_config
+from lora_merge.pack.adapter_config import AdapterConfig, check_foldable, pattern_value, validate_adapter_config
 from lora_merge.pack.skillpack import SkillPack
 
 PEFT_PREFIX = "base_model.model."
@@ -218,24 +218,13 @@ LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|
 def _check_lora_config(pack: SkillPack) -> AdapterConfig:
     where = pack.path / "adapter_config.json"
     cfg = pack.lora_config or validate_adapter_config(pack.adapter_config or {}, where)
-    extra = cfg.model_extra or {}
-    if cfg.peft_type != "LORA":
-        raise LoraMergeError(f"{where}: peft_type {cfg.peft_type!r} is not LoRA; only LoRA adapters fold as task vectors")
-    if cfg.use_dora:
-        raise LoraMergeError(
-            f"{where}: DoRA adapters are not linear deltas (the magnitude vector rescales each column), so they "
-            "cannot be folded as τ. Merge it into its base with PEFT's merge_and_unload and extract a dense pack "
-            "with `cli.py extract`, or retrain with use_dora=false."
-        )
-    for unsupported in ("target_parameters", "layer_replication", "trainable_token_indices"):
-        if extra.get(unsupported):
-            raise LoraMergeError(f"{where}: {unsupported} is not supported by the fold; retrain without it")
+    check_foldable(cfg, where)  # every LoraConfig field: folded exactly, or refused by name
     return cfg
 
 
 def _from_lora(pack: SkillPack, target: TargetModel, base: WeightSet | None) -> TaskVector:
     cfg = _check_lora_config(pack)
-    src = SafetensorsFile(pack.weights_file)
+    src = pack.source()  # the bytes verification hashed
     keys = src.keys()
     if any("lora_magnitude_vector" in k for k in keys):
         raise LoraMergeError(f"{pack.weights_file}: holds DoRA magnitude vectors; DoRA adapters cannot be folded as τ")
@@ -246,7 +235,7 @@ def _from_lora(pack: SkillPack, target: TargetModel, base: WeightSet | None) -> 
         m = LORA_KEY.match(stripped)
         if m:
             groups.setdefault(m["module"], {})[m["part"]] = key
-        elif ".base_layer." in stripped:
+        elif ".base_layer." in stripped and not stripped.endswith(".base_layer.bias"):
             continue  # PEFT saves a copy of the untouched base embedding beside embedding LoRA; not a delta
         elif stripped.endswith((".weight", ".bias")):
             replacements.append(key)
@@ -289,7 +278,8 @@ def _from_lora(pack: SkillPack, target: TargetModel, base: WeightSet | None) -> 
                 "with the pretrained model the pack was trained from"
             )
         for key in replacements:
-            stripped = key.removeprefix(PEFT_PREFIX)
+            # bias "all" / "lora_only": an adapted module's trained bias is saved as MODULE.base_layer.bias
+            stripped = key.removeprefix(PEFT_PREFIX).replace(".base_layer.bias", ".bias")
             shape = src.tensors[key].shape
             targets = _bind(target, stripped, shape, pack, key)
             base_key = _base_name(base, stripped, shape, pack, key)
@@ -301,7 +291,7 @@ def _from_lora(pack: SkillPack, target: TargetModel, base: WeightSet | None) -> 
 
 
 def _from_dense(pack: SkillPack, target: TargetModel) -> TaskVector:
-    src = SafetensorsFile(pack.weights_file)
+    src = pack.source()
     tv = TaskVector(pack.name)
     for key in src.keys():
         shape = src.tensors[key].shape

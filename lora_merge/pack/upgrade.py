@@ -11,7 +11,6 @@ from lora_merge.pack.sharing import require_verified
 from lora_merge.pack.skillpack import (
     ADAPTER_CONFIG,
     FORMAT_VERSION,
-    HASHED_FILES,
     MANIFEST_NAME,
     load_pack,
     write_manifest,
@@ -35,9 +34,11 @@ def upgrade_pack(path: str | os.PathLike) -> Upgraded:
     require_verified(path, f"{path}: not upgraded")
     pack = load_pack(path, verify=True)
     old = pack.manifest.format_version
-    present = {f for f in HASHED_FILES if (path / f).exists()}
+    digests = pack.digests()  # of the bytes just verified (the config: as parsed and shown below), never re-read
+    present = set(digests)
     if old == FORMAT_VERSION and present <= set(pack.manifest.files):
         return Upgraded(path, old, old, pack.manifest.files, None)
-    written = write_manifest(path, pack.manifest)
+    written = write_manifest(path, pack.manifest.model_copy(update={"files": digests, "format_version": FORMAT_VERSION}),
+                             rehash=False)
     return Upgraded(path, old, written.format_version, written.files,
                     pack.adapter_config if ADAPTER_CONFIG in present else None)

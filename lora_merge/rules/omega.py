@@ -54,6 +54,32 @@ def check_weight(value: float, what: str, sizes: str = "") -> float:
     return float(value)
 
 
+# How far (either way) a pack's recommended ω may lie from |D|/|G| before the fold says so. A sweep can rightly
+# find its best ω tens of times |D|/|G| when |D| is small against |G|, so the heuristic is only a loose anchor;
+# a hundredfold is past any tuning of it: a recommendation from another |G|, or an edit (skill.json is not hashed).
+RECOMMENDED_FACTOR = 100.0
+
+
+def recommended_warning(name: str, value: float, d: int | None, g: int | None) -> str | None:
+    """A warning naming the pack when its recommended ω is 0 or more than :data:`RECOMMENDED_FACTOR` times away
+    from |D|/|G| either way; None when it is not, or when |D| or |G| is unknown. (A negative or out-of-range ω
+    never gets here: the manifest refuses it when it is read, ``pack.skillpack.RecommendedWeight``.)"""
+    if value == 0:
+        return (f"pack {name!r} recommends ω = 0 (its sweep found no ω better than θG by its rule): folding it "
+                "changes nothing; pass --weights or --rule size to fold it anyway")
+    if type(d) is not int or type(g) is not int or d <= 0 or g <= 0:
+        return None
+    try:
+        ratio = d / g
+    except OverflowError:  # |D|/|G| beyond any float: the size rule refuses it wherever it is used
+        return None
+    if value <= RECOMMENDED_FACTOR * ratio and value * RECOMMENDED_FACTOR >= ratio:
+        return None
+    return (f"pack {name!r} recommends ω = {value:g}, {value / ratio:.3g}× its |D|/|G| = {_show(d)}/{_show(g)} = "
+            f"{ratio:.3g} (more than {RECOMMENDED_FACTOR:g}× away): skill.json is not hashed, so check where the "
+            "recommendation came from (`pack inspect`), or pass --weights or --rule size")
+
+
 def _show(n: int) -> str:
     """An instance count for a message: in full, or as 1.000e+400 when it is absurdly long."""
     digits = str(n)

@@ -18,6 +18,7 @@ from functools import lru_cache
 from importlib import resources
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.structured_text import json_lines
 
 TRAIN_CATEGORIES = ("homonyms", "figurative_language", "safe_targets", "safe_contexts", "definitions")
 HELD_OUT_CATEGORIES = ("historical_events", "privacy_public_figures", "privacy_fictional",
@@ -36,12 +37,11 @@ class Lookalike:
 def _load() -> tuple[Lookalike, ...]:
     text = resources.files("lora_merge.skilldata").joinpath(FILE).read_text(encoding="utf-8")
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            obj = json.loads(line)
-            if obj["category"] not in TRAIN_CATEGORIES + HELD_OUT_CATEGORIES:
-                raise LoraMergeError(f"{FILE}, line {n}: unknown category {obj['category']!r}")
-            out.append(Lookalike(obj["category"], obj["prompt"], obj["answer"]))
+    for n, line in json_lines(text):
+        obj = json.loads(line)
+        if obj["category"] not in TRAIN_CATEGORIES + HELD_OUT_CATEGORIES:
+            raise LoraMergeError(f"{FILE}, line {n}: unknown category {obj['category']!r}")
+        out.append(Lookalike(obj["category"], obj["prompt"], obj["answer"]))
     return tuple(out)
 
 

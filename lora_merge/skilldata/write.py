@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from lora_merge.core.output import write_files
+from lora_merge.core.output_kinds import SKILL_DATA
 from lora_merge.skilldata.model import SkillData
 
 REPORT = "report.json"
@@ -20,8 +21,9 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def publish(out: Path, files: dict[str, str], force: bool) -> None:
-    """Staged by the project's output helper: complete or absent, never half-written."""
-    write_files(out, files, force)
+    """Staged by the project's output helper: complete or absent, never half-written; ``force`` replaces only an
+    earlier skill data folder (or an empty one)."""
+    write_files(out, files, force, kind=SKILL_DATA, origin="--out")
 
 
 def write_skill(data: SkillData, out: str | Path, force: bool = False) -> dict[str, str]:

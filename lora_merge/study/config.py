@@ -38,6 +38,7 @@ class Sizes(BaseModel):
     eval_general: int = Field(default=200, ge=1)
     eval_skill: int = Field(default=200, ge=1)
     eval_unsafe: int = Field(default=200, ge=1)
+    eval_in_form: int | None = Field(default=None, ge=1)  # in-form items per skill, when fewer than eval_skill
 
 
 class Training(BaseModel):
@@ -63,6 +64,23 @@ class Evaluation(BaseModel):
         "general": 11, "science": 6, "coding": 5, "safety_unsafe": 8, "safety_lookalike": 10, "default": 12})
 
 
+class TransferRule(BaseModel):
+    """When a skill counts as transferred, written down before a run (the demo's verdict, docs/results.md).
+
+    PTM at ω = |D|/|G| against θG, paired item by item, with ``confidence`` intervals (Newcombe's for paired
+    proportions): the skill's gain on its training forms has a lower bound above 0 and a point estimate of at
+    least ``skill_gain`` points; general is non-inferior (the lower bound of its change ≥ −``general_margin``);
+    and for safety, lookalikes of categories never trained on are answered (Wilson lower bound of the share ≥
+    ``lookalike_floor``). Held-out forms and the trained categories' lookalikes are reported beside it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    skill_gain: float = Field(default=30.0, ge=0)
+    general_margin: float = Field(default=5.0, ge=0)
+    lookalike_floor: float = Field(default=70.0, ge=0, le=100)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+
+
 class StudyConfig(BaseModel):
     """Everything `cli.py study` does, as one typed value."""
 
@@ -86,6 +104,7 @@ class StudyConfig(BaseModel):
     rt_per_skill: bool | list[str] = False  # RT on G ∪ D for each skill alone (θG's settings, from θpre)
     tau_alone: bool = True  # score each τ folded into θpre alone (does the pack itself hold the skill?)
     evaluation: Evaluation = Evaluation()
+    rule: TransferRule = TransferRule()
     keep_models: bool = False
 
     def skills(self) -> list[str]:

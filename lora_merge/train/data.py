@@ -14,7 +14,6 @@ A malformed row is a :class:`LoraMergeError` naming the file, the row (1-based) 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from lora_merge.core.errors import LoraMergeError
+from lora_merge.core.structured_text import InvalidJSON, json_lines, json_value
 
 ROLES = {"system", "user", "assistant", "tool"}
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -111,14 +111,11 @@ def normalise_row(raw: object, source: str, row: int) -> tuple[Format, dict]:
 
 def _read_json_lines(path: Path) -> list[object]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise LoraMergeError(f"{path}: row {len(rows) + 1} (line {n}) is not valid JSON: {e.msg}") from None
+    for n, line in json_lines(path.read_text(encoding="utf-8")):  # rows end at "\n" only, never at U+2028
+        try:
+            rows.append(json_value(line))
+        except InvalidJSON as e:
+            raise LoraMergeError(f"{path}: row {len(rows) + 1} (line {n}) is not valid JSON: {e.msg}") from None
     return rows
 
 
@@ -140,10 +137,11 @@ def _read_raw(path: Path) -> list[object]:
             return _read_json_lines(path)
         if suffix == ".json":
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise LoraMergeError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); a .json file holds a "
-                                     "list of rows (use .jsonl for one row per line)") from None
+                data = json_value(path.read_text(encoding="utf-8"))
+            except InvalidJSON as e:
+                at = f", line {e.lineno}" if e.lineno is not None else ""
+                raise LoraMergeError(f"{path}: not valid JSON ({e.msg}{at}); a .json file holds a list of rows (use "
+                                     ".jsonl for one row per line)") from None
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
             if not isinstance(data, list):

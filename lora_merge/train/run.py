@@ -15,6 +15,7 @@ checkpoint into the run folder; ``resume`` continues from the last one.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import threading
@@ -27,12 +28,12 @@ import torch
 from lora_merge.core.console import quiet_libraries
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.names import check_name
-from lora_merge.core.output import staged_output
+from lora_merge.core.output import check_output, staged_output
 from lora_merge.io.numerics import require_finite_folder
 from lora_merge.train.completion_logits import completion_positions_only
 from lora_merge.train.data import TrainingMix, count_tokens, load_data, mix, replay_sample
 from lora_merge.train.processes import Processes
-from lora_merge.train.progress import quiet_trainer
+from lora_merge.train.progress import LOG_NAME, quiet_trainer
 from lora_merge.train.save import RunPlan, TrainResult, write_model_folder, write_pack
 from lora_merge.train.training_recipe import TrainingRecipe
 
@@ -74,10 +75,13 @@ def plan_run(r: TrainingRecipe) -> RunPlan:
                              "the adapter trains and the embeddings stay as they are already (drop freeze)")
     produces = "pack" if r.strategy == "ptm" else "model"
     target = r.out or (r.adapters_dir / name if produces == "pack" else Path("runs/models") / name)
-    if target.exists() and not r.force:
-        raise LoraMergeError(f"{target} already exists; pass --force to replace it (or choose another --name/--out)")
+    origin = r.out_origin or ("the default --adapters-dir/--name" if produces == "pack" else
+                              "the default runs/models/--name")
+    inputs = (start, base, r.tokenizer, *(p for p in (r.data, r.general_data, r.replay) if isinstance(p, Path)))
     run_dir = r.run_dir or Path("runs/train") / name
-    return RunPlan(name, start, base, target, run_dir, produces)
+    plan = RunPlan(name, start, base, target, run_dir, produces, origin, inputs)
+    check_output(target, r.force, inputs, kind=plan.kind, origin=origin)  # before anything is loaded
+    return plan
 
 
 def assemble(r: TrainingRecipe) -> TrainingMix:
@@ -278,8 +282,18 @@ def checkpoint_to_resume(r: TrainingRecipe, run_dir: Path, clear: bool = True) -
             raise LoraMergeError(f"{run_dir} holds checkpoints of an earlier run ({Path(last).name}); pass --resume "
                                  "to continue it or --force to start over")
         if clear:
-            shutil.rmtree(run_dir)
+            clear_run_dir(run_dir)
     return None, None
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Start over: remove what an earlier run wrote into ``run_dir`` (``checkpoint-N`` folders, the log), and only
+    that: ``--run-dir .`` or a folder of the user's own keeps everything else."""
+    for entry in run_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink() and re.fullmatch(r"checkpoint-\d+", entry.name):
+            shutil.rmtree(entry)
+        elif entry.name == LOG_NAME and not entry.is_dir():
+            entry.unlink()
 
 
 def final_loss(log_history: list[dict]) -> float | None:
@@ -320,8 +334,8 @@ def train_skill(recipe: TrainingRecipe, callbacks=()) -> TrainResult:
     state = gathered_state(recipe, trainer, processes)  # every process takes part in the gather
     if processes.is_main:  # under `accelerate launch`, only the main process writes the output
         writer = write_pack if plan.produces == "pack" else write_model_folder
-        with staged_output(plan.target, force=recipe.force, inputs=[plan.start, plan.base],
-                           notes=result.warnings) as tmp:  # what killed runs left behind is cleaned and noted
+        with staged_output(plan.target, force=recipe.force, inputs=plan.inputs, notes=result.warnings,
+                           kind=plan.kind, origin=plan.out_origin) as tmp:  # killed runs' leftovers cleaned, noted
             result.record = writer(tmp, recipe, plan, data, result, trainer, state)
             require_finite_folder(tmp, f"the trained {plan.produces} {plan.name!r}")  # never publish NaN/Inf
     processes.barrier()

@@ -18,6 +18,7 @@ from lora_merge import __version__
 from lora_merge.core.card import write_card
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.model_record import MODEL_RECORD, Cost, DataRecord, Lineage, ModelRecord, write_model_record
+from lora_merge.core.output_kinds import PACK, TRAINED_MODEL, OutputKind
 from lora_merge.io.fingerprint import fingerprint_model
 from lora_merge.io.shards import PlannedTensor, ShardedWriter
 from lora_merge.io.tensors import SINGLE_NAME, WeightSet
@@ -38,6 +39,13 @@ class RunPlan:
     target: Path
     run_dir: Path
     produces: str  # pack | model
+    out_origin: str | None = None  # where ``target`` came from, named when --force refuses it
+    inputs: tuple[Path | None, ...] = ()  # every path the run reads: never the output, nor inside it
+
+    @property
+    def kind(self) -> OutputKind:
+        """What ``target`` holds, so --force replaces only an earlier output of this kind."""
+        return PACK if self.produces == "pack" else TRAINED_MODEL
 
 
 @dataclass

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.core.yaml_model import load_yaml_model, read_yaml_mapping, validate_model
@@ -83,6 +83,15 @@ class TrainingRecipe(BaseModel):
     save_total_limit: int | None = 2
     progress: bool = True
 
+    # Where `out` came from (--out, or `out:` in the recipe file), named when --force refuses the folder; set by
+    # load_training_recipe, not a recipe key.
+    _out_origin: str | None = PrivateAttr(default=None)
+
+    @property
+    def out_origin(self) -> str | None:
+        """``--out`` or ``\`out:\` in the recipe FILE`` when ``out`` was given, else None."""
+        return self._out_origin if self.out is not None else None
+
     @field_validator("data", "general_data", "replay", mode="before")
     @classmethod
     def _path_or_rows(cls, v: Any) -> Any:
@@ -137,5 +146,9 @@ def load_training_recipe(path: str | os.PathLike | None = None, overrides: dict[
     """A recipe from a YAML file (or none), with the given overrides (None values are ignored) applied on top."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if path is None:
-        return build_training_recipe(given, "training settings")
-    return load_yaml_model(path, TrainingRecipe, "recipe", lambda raw: {**_with_parents(Path(path), raw, ()), **given})
+        recipe = build_training_recipe(given, "training settings")
+    else:
+        recipe = load_yaml_model(path, TrainingRecipe, "recipe",
+                                 lambda raw: {**_with_parents(Path(path), raw, ()), **given})
+    recipe._out_origin = "--out" if "out" in given else f"`out:` in the recipe {path} (or a recipe it extends)"
+    return recipe
