@@ -18,6 +18,8 @@ from click.testing import CliRunner
 from lora_merge.cli import main
 from lora_merge.core.errors import LoraMergeError
 from lora_merge.evaluate.compare import compare_runs
+from lora_merge.evaluate.paired import paired_differences
+from lora_merge.evaluate.report import EvalReport, MetricScore
 from lora_merge.evaluate.sets import unique_ids
 from lora_merge.pico import PICO_WORDS, pico_model, pico_tokenizer
 
@@ -131,26 +133,50 @@ def test_compare_matches_newcombe_computed_from_the_samples(runs, tmp_path):
     assert held["low"] <= held["delta"] <= held["high"]
 
 
-def test_groups_pool_their_items(runs):
+def _report(folder: Path) -> EvalReport:
+    """An `eval --out` folder read back as the report the sweep holds: its scores and its samples."""
+    doc = json.loads((folder / "scores.json").read_text())
+    return EvalReport(doc["model"], [MetricScore(**m) for m in doc["metrics"]], _read(folder / "samples.jsonl"))
+
+
+def test_a_group_is_the_group_score_eval_reports(runs):
+    # Before issue 32's follow-up, compare pooled a group's items (one 0/1 row and one loss row per group), so its
+    # group Δ was not the Δ of `eval`'s group scores; now a group is one row: the mean of its files' scores.
     result = compare_runs(runs.base, runs.cand)
-    groups = {(d.group, d.metric): d for d in result.groups}
-    assert set(groups) == {("general", "choice+contains"), ("general", "loss"), ("skill", "choice")}
-    assert all(d.file is None for d in result.groups)
-    pooled = [(b, _outcomes(runs.cand, f, m)[k]) for f, m in (("quiz", "choice"), ("quiz", "contains"))
-              for k, b in _outcomes(runs.base, f, m).items()]
-    g = groups[("general", "choice+contains")]
-    assert g.n == 49 and (g.delta, g.low, g.high) == pytest.approx(_newcombe(pooled))
-    skill = groups[("skill", "choice")]
+    groups = {d.group: d for d in result.groups}
+    assert set(groups) == {"general", "skill"} and all(d.file is None and d.metric is None for d in result.groups)
+    for role, folder in (("baseline", runs.base), ("candidate", runs.cand)):
+        reported = json.loads((folder / "scores.json").read_text())["groups"]
+        for g, d in groups.items():
+            assert getattr(d, role) == pytest.approx(reported[g], abs=1e-4), (role, g)
+    general = groups["general"]  # quiz (choice, contains) and held (loss): three sets, 63 items
+    assert general.n == 63 and general.method == "paired-bootstrap(2000, seed 0) stratified by eval set"
+    assert general.delta == pytest.approx(general.candidate - general.baseline)
+    assert general.low < general.delta < general.high
+    skill = groups["skill"]  # one set: that set's Newcombe interval
     plain = next(d for d in result.sets if d.file == "plain")
-    assert (skill.n, skill.delta, skill.low, skill.high) == (plain.n, plain.delta, plain.low, plain.high)
-    assert groups[("general", "loss")].delta == next(d for d in result.sets if d.metric == "loss").delta
+    assert (skill.n, skill.delta, skill.low, skill.high, skill.method) == (plain.n, plain.delta, plain.low, plain.high,
+                                                                           "newcombe-paired")
+
+
+def test_compare_and_the_sweep_give_the_same_differences(runs):
+    """One definition: `compare` on two eval folders and the sweep's paired differences on the same items."""
+    result = compare_runs(runs.base, runs.cand)
+    candidate = _report(runs.cand)
+    candidate.samples = random.Random(2).sample(candidate.samples, len(candidate.samples))  # order changes nothing
+    sweep = paired_differences(_report(runs.base), candidate)
+    assert sweep is not None
+    key = lambda d: (d.group, d.file, d.metric)  # noqa: E731
+    assert {key(d): d for d in sweep if d.file is not None} == {key(d): d for d in result.sets}
+    assert {key(d): d for d in sweep if d.file is None} == {key(d): d for d in result.groups}
+    assert len(sweep) == len(result.sets) + len(result.groups) == 4 + 2
 
 
 def test_markdown_and_json_dash(runs):
     r = CliRunner().invoke(main, ["compare", str(runs.base), str(runs.cand)])
     assert r.exit_code == 0, r.output
     assert "| group | file | metric | n | baseline | candidate | Δ | 95 % interval | method |" in r.output
-    assert "| skill | plain | choice | 12 |" in r.output and "| general | (all) | loss | 14 |" in r.output
+    assert "| skill | plain | choice | 12 |" in r.output and "| general | (all) | mean of files | 63 |" in r.output
     r = CliRunner().invoke(main, ["compare", str(runs.base), str(runs.cand), "--json", "-"])
     assert r.exit_code == 0 and set(json.loads(r.output)) == {"baseline", "candidate", "confidence", "sets", "groups"}
 
