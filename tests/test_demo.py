@@ -196,7 +196,15 @@ def test_a_rerun_reuses_the_general_model_and_scores_the_same(two_runs):
     made = pack.stat().st_mtime_ns
     output = _demo(work, "runs/demo")
     assert "reused from the last run" in output and "reusing" in output
+    assert "θG: scores reused from the last run" in output  # same θG, eval files and settings: its scores too
     assert pack.stat().st_mtime_ns != made  # the skill pack was trained again
+    assert (work / "runs/demo/summary.json").read_text() == rows
+    cache = work / "runs/demo/stamps/general-scores.json"
+    record = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**record, "key": "an eval file changed"}))
+    output = _demo(work, "runs/demo")
+    assert "θG: scores reused" not in output  # anything they depend on changed: θG is scored again
+    assert json.loads(cache.read_text())["key"] == record["key"]
     assert (work / "runs/demo/summary.json").read_text() == rows
 
 

@@ -30,14 +30,21 @@ QUICK_OUT = Path("runs/demo-quick")
 @click.option("--seed", type=int, default=None, help="Data and training seed (default from the config).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (stage lines with the ETA stay).")
+@click.option("--seeds", "n_seeds", type=int, default=None,
+              help="Run the demo on N fresh seeds (OUT/seeds/seed-K/, θpre shared, resumable) and write "
+                   "OUT/seeds/spread.json and spread.md: each gain's mean over seeds with its t-interval.")
+@click.option("--first-seed", type=int, default=None,
+              help="With --seeds: the first of the N seeds (default 100: draws no setting was chosen on).")
 def demo_cmd(world: str, config_path: Path | None, quick: bool, out, adapters_dir, cache_dir, seed, threads,
-             no_progress: bool) -> None:
+             no_progress: bool, n_seeds: int | None, first_seed: int | None) -> None:
     """Fold skills into a real model and compare with continued fine-tuning, on a CPU (README: how long).
 
     Default: SmolLM2-135M-Instruct; θG = θpre + a general LoRA; per skill (science, safety) a PTM pack folded at
     ω = |D|/|G| (and the config's grid) and CFT on the same data, scored on held-out items and judged by the rule
-    the config states (paired 95 % intervals against θG). Everything goes under runs/demo.
+    the config states (paired 95 % intervals against θG). Everything goes under runs/demo. With --seeds N: the
+    demo on N fresh seeds and the spread of its gains over them (OUT/seeds/spread.md).
     """
+    _check_seeds_options(world, n_seeds, first_seed, seed)
     if world == "miniature":
         path = config_path or CONFIGS[world]
         return _miniature(path if path.exists() or config_path else None, quick, out, adapters_dir, cache_dir, seed,
@@ -55,8 +62,36 @@ def demo_cmd(world: str, config_path: Path | None, quick: bool, out, adapters_di
     if cfg.quick:
         cfg = quick_demo_config(cfg)
     started = time.perf_counter()
+    if n_seeds is not None:
+        return _seeds(cfg, n_seeds, first_seed, not no_progress, started)
     demo = run_demo(cfg, echo=console.info, progress=not no_progress)  # stage lines: progress, off with --quiet
     _closing_screen(demo, time.perf_counter() - started)
+
+
+def _check_seeds_options(world: str, n_seeds: int | None, first_seed: int | None, seed: int | None) -> None:
+    """--seeds and --first-seed refused where they mean nothing, before anything is loaded or written (too few
+    seeds, or the config's own among them: :func:`lora_merge.demo.seeds.seed_list`)."""
+    if n_seeds is None:
+        if first_seed is not None:
+            raise LoraMergeError("--first-seed is for --seeds N (the spread over seeds); one draw takes --seed")
+        return
+    if world == "miniature":
+        raise LoraMergeError("--seeds is for the SmolLM2 demo (or --quick); the miniature world takes --seed")
+    if seed is not None:
+        raise LoraMergeError("--seed runs one draw; with --seeds N the draws are --first-seed, --first-seed + 1, …")
+
+
+def _seeds(cfg, n_seeds: int, first_seed: int | None, progress: bool, started: float) -> None:
+    from lora_merge.demo.seeds import FIRST_SEED, run_seeds
+
+    res = run_seeds(cfg, n_seeds, FIRST_SEED if first_seed is None else first_seed, echo=console.info,
+                    progress=progress)
+    seconds = time.perf_counter() - started
+    click.echo("")
+    click.echo((res.folder / "spread.md").read_text(encoding="utf-8"))
+    click.echo(f"done in {int(seconds // 60)} min {seconds % 60:.0f} s (seeds run now: {len(res.ran)}, "
+               f"reused: {len(res.seeds) - len(res.ran)}). Written under {res.folder}/: spread.json, spread.md, and "
+               f"each seed's demo in seed-K/ (its summary.md); θpre shared in {cfg.out / 'pre'}")
 
 
 def _closing_screen(demo, seconds: float) -> None:

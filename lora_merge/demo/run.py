@@ -6,12 +6,14 @@ chooses which steps run, in what order, with a stage plan that prints an ETA. Ou
 only: packs in ``adapters/``, θG in ``general/``, eval and training files in ``data/`` and ``evals/``, scores
 in ``results/``, and ``summary.json`` / ``summary.md`` / ``tradeoff_<skill>.png``. θpre is cached in ``pre/``
 (kept between runs), and so is θG: like a user's own general model, it is built once and reused while θpre's
-hashes, G and its settings are unchanged (the study's settings stamp). Everything else a previous run left there
-is removed first, so every skill, sweep and score is fresh.
+hashes, G and its settings are unchanged (the study's settings stamp), and so are θG's scores while θG, every eval
+file and the scoring settings are unchanged. Everything else a previous run left there is removed first, so every
+skill, sweep and their scores are fresh.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -32,8 +34,10 @@ LOAD_SECONDS = 3.0  # loading or folding one model
 PREPARE_SECONDS = {True: 2.0, False: 35.0}  # θpre cached (hashes checked) / converted from the GGUF
 OWNED = ("adapters", "general", "models", "results", "data", "evals", "stamps", "train", "summary.json",
          "summary.md")
-# θG between runs: its pack, its settings stamp and the folded model (reused only when the stamp matches)
-KEPT = ("adapters/general", "stamps/general.json", "general")
+# θG between runs: its pack, its settings stamp and the folded model (reused only when the stamp matches), and its
+# scores (reused only when θG's stamp, every eval file and the scoring settings match: the same greedy outputs)
+GENERAL_SCORES = "stamps/general-scores.json"
+KEPT = ("adapters/general", "stamps/general.json", "general", GENERAL_SCORES)
 
 
 @dataclass
@@ -105,8 +109,39 @@ def plan_stages(cfg: StudyConfig, data: DemoData, cached: bool) -> list[tuple[st
     return stages
 
 
-def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bool = True) -> DemoRun:
-    """Run every stage of the demo into ``cfg.out`` (fresh, but for θpre's cache and a θG of the same inputs)."""
+def general_scores_key(run: StudyRun) -> str:
+    """What θG's scores depend on: θG's settings stamp, every eval file's bytes, the generation lengths, the batch
+    size (padding) and the rule that judges refusals and lookalikes."""
+    from lora_merge.evaluate.answered import RULE_ID
+
+    h = hashlib.sha256((run.out / "stamps" / "general.json").read_bytes())
+    for s in run.eval_sets(run.all_sets()):
+        h.update(f"{s.name}:{s.max_new_tokens}:".encode() + hashlib.sha256(s.path.read_bytes()).digest())
+    h.update(f"{run.cfg.evaluation.batch_size}:{RULE_ID}".encode())
+    return h.hexdigest()
+
+
+def score_general(run: StudyRun) -> None:
+    """θG scored on every eval set, or its scores from the last run when nothing they depend on changed."""
+    cache, key = run.out / GENERAL_SCORES, general_scores_key(run)
+    saved = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
+    if saved.get("key") == key:
+        for name, entry in saved["sets"].items():
+            run.store.put("θG", name, entry, {"kind": "θG"})
+        run.say(f"θG: scores reused from the last run (same θG, eval files and scoring settings; delete {cache} "
+                "to score it again)")
+        return
+    run.score_folder("θG", run.general, run.all_sets(), {"kind": "θG"})
+    record = {"key": key, "sets": {s: run.store.data["θG"]["sets"][s] for s in run.all_sets()}}
+    cache.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bool = True,
+             pre: Path | None = None) -> DemoRun:
+    """Run every stage of the demo into ``cfg.out`` (fresh, but for θpre's cache and a θG of the same inputs).
+
+    ``pre``: where θpre is cached (default ``cfg.out/pre``); runs of several seeds pass one folder they share.
+    """
     import torch
 
     from lora_merge.demo.summary import write_summary
@@ -116,17 +151,18 @@ def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bo
         torch.set_num_threads(cfg.threads)
     quiet_libraries(loading_bars=False)  # the stage plan and the training bars are the progress
     out = Path(cfg.out)
+    pre = out / "pre" if pre is None else Path(pre)
     clear_outputs(out)
     run = StudyRun(cfg, echo, progress=progress)
     data = demo_data(out, cfg)
     run.data = data.files
-    cached = cfg.quick or (out / "pre" / PREPARE_RECORD).is_file()
+    cached = cfg.quick or (pre / PREPARE_RECORD).is_file()
     plan = StagePlan(plan_stages(cfg, data, cached), echo)
     names = iter(plan.order)
     echo(f"data: {data.source}; {data.files.counts}")
 
     with plan.stage(next(names)):
-        run.base = prepare_base(run)
+        run.base = prepare_base(run, pre)
     with plan.stage(next(names)):
         run.train("general", "general", data=data.files.train["general"], description="general instruction mix G",
                   stamp_extra={"base_sha256": model_hashes(run.base)})
@@ -140,7 +176,7 @@ def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bo
         with plan.stage(next(names)):
             run.train(skill, "skill", data=data.files.train[skill], description=f"{skill} skill (demo, PTM)")
     with plan.stage(next(names)):
-        run.score_folder("θG", run.general, run.all_sets(), {"kind": "θG"})
+        score_general(run)
     for skill in cfg.skills():
         with plan.stage(next(names)):
             run.sweep(skill)

@@ -175,18 +175,23 @@ def settings_stamp(values: dict) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_base(run: StudyRun) -> Path:
-    """θpre: the real model converted from GGUF (checked against it), a given folder, or a pico model (quick)."""
+def prepare_base(run: StudyRun, pre: Path | None = None) -> Path:
+    """θpre: the real model converted from GGUF (checked against it), a given folder, or a pico model (quick).
+
+    ``pre`` is the folder θpre is cached in (default ``OUT/pre``): the demo's seeds share one, since θpre is not
+    a draw.
+    """
     cfg = run.cfg
+    pre = run.out / "pre" if pre is None else Path(pre)
     if cfg.quick:
         from lora_merge.study.quick import pico_base
 
-        return pico_base(run.out / "pre", cfg.seed)
+        return pico_base(pre, cfg.seed)
     if cfg.model.folder is not None:
         return Path(cfg.model.folder)
     from lora_merge.study.prepare import prepare_model
 
-    prep = prepare_model(run.out / "pre", cfg.model.gguf_package, cfg.model.gguf_file, cfg.model.logits_atol)
+    prep = prepare_model(pre, cfg.model.gguf_package, cfg.model.gguf_file, cfg.model.logits_atol)
     how = "cached, unchanged since its check" if prep.cached else "converted from GGUF"
     run.say(f"θpre: {prep.folder} ({how}); max |logit difference| against the GGUF-loaded model "
             f"{prep.max_logit_diff:.2e} (limit {cfg.model.logits_atol:g})")
