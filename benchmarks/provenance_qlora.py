@@ -2,7 +2,7 @@
 
 Run after the demo's pipeline has made θpre, θG, the science pack and the data (one skill is enough):
 
-    python cli.py demo --config runs/demo-science.yaml          # configs/demo-smollm2.yaml, skills {science: 40}
+    python cli.py demo --config runs/demo-science.yaml          # configs/demo-coding.yaml, skills {science: 40}
     python benchmarks/provenance_qlora.py --config runs/demo-science.yaml
 
 It adds, in the same run folder and with the demo's own settings (lora_merge.study.driver.StudyRun):

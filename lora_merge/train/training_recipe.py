@@ -61,7 +61,7 @@ class TrainingRecipe(BaseModel):
     gradient_checkpointing: bool = False
     completion_only_loss: bool = True
     # Off by default: where length follows the task or layout (a mix of families), grouped batches hold one
-    # family each and train differently (docs/results.md, "make demo": the demo's θG and packs changed with it).
+    # family each and train differently (docs/results.md, appendix: the demo's θG and packs changed with it).
     group_by_length: bool = Field(default=False, description="batch rows of similar length (transformers' "
                                   "LengthGroupedSampler): less padding, so fewer positions computed")
     seed: int = 0
