@@ -12,6 +12,7 @@ from pathlib import Path
 
 import _models
 from _measure import GB, Row
+from _rate import rate_line
 
 OMEGA = 0.3
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +101,8 @@ def machine() -> dict[str, str]:
     dev = subprocess.run(["df", "--output=source,fstype", str(_models.CACHE)], capture_output=True, text=True).stdout
     return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": f"{os.cpu_count()} cores, {cpu}",
             "ram": f"{mem / 2**20:.1f} GiB", "disk": f"{' '.join(dev.split()[-2:])}, {du.total / 2**30:.0f} GiB "
-            f"({du.free / 2**30:.0f} GiB free)", "python": platform.python_version()}
+            f"({du.free / 2**30:.0f} GiB free)", "python": platform.python_version(),
+            "matmul": rate_line().removeprefix("matmul rate: ")}
 
 
 def render(rows: list[Row], stats: dict, info: dict, checks: list[str], loads: tuple[str, str]) -> str:
@@ -113,7 +115,8 @@ def render(rows: list[Row], stats: dict, info: dict, checks: list[str], loads: t
         "Reproduce with `make bench` (`make bench BENCH_ARGS=--large` adds the 7B model: ~45 GB of free disk the "
         "first time, ~30 GB once it is built); the models and packs are built once into benchmarks/.cache/.",
         "",
-        f"Measured {info['date']} on {info['cpu']}; {info['ram']} RAM; disk {info['disk']}; Python {info['python']}.",
+        f"Measured {info['date']} on {info['cpu']}; {info['ram']} RAM; disk {info['disk']}; Python {info['python']}; "
+        f"matmul rate {info['matmul']}.",
         f"Load average (1/5/15 min) at start {loads[0]}, at end {loads[1]} (each row notes its own). Absolute "
         "times vary between runs on this VM (see the notes under the table); ratios within one run are what to "
         "compare, and the rows a ratio compares are timed in turns.",

@@ -12,6 +12,7 @@ import argparse
 import time
 
 import torch
+from _rate import rate_line
 
 from lora_merge.evaluate.scoring import evaluate_model
 from lora_merge.pico import pico_model, pico_tokenizer
@@ -47,7 +48,8 @@ def main() -> None:
         "~10M (hidden 320, 8 layers, vocab 4096)": (dict(hidden=320, layers=8, vocab=4096), 4096),
     }
     rows = prompts(args.prompts)
-    print(f"{args.prompts} prompts, {args.new_tokens} new tokens each, greedy, CPU, {torch.get_num_threads()} threads\n")
+    print(f"{args.prompts} prompts, {args.new_tokens} new tokens each, greedy, CPU, {torch.get_num_threads()} threads")
+    print(rate_line() + "\n")  # beside the timings: what this machine's BLAS does
     print("| model | params | batch 1 (prompts/s) | batch 32 (prompts/s) | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for name, (kw, vocab) in models.items():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _rate import rate_line  # noqa: E402
 
 MODELS = {"pico": dict(hidden=32, layers=2), "10M": dict(hidden=384, layers=8)}
 SETTINGS = dict(rank=8, alpha=16, dropout=0.0, lr=1e-3, batch_size=8, max_length=128, seed=0, warmup=0.0)
@@ -95,6 +96,7 @@ def main() -> None:
         print(json.dumps(one(a.one[0], Path(a.one[1]), a.steps, a.rows)))
         return
     with tempfile.TemporaryDirectory() as tmp:
+        print(rate_line())  # beside the timings: what this machine's BLAS does on the training step's shape
         print(f"{'model':<6} {'impl':<6} {'tokens/s':>9} {'wall s':>7} {'peak RSS MiB':>13}")
         for model in MODELS:
             base = build(Path(tmp) / model, model)
