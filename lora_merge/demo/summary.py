@@ -10,10 +10,10 @@ and evaluate the demo's own packs.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from pathlib import Path
 
+from lora_merge.core.output import replace_file
 from lora_merge.demo.verdict import Verdict, judge, paired_endpoints, rule_text, share_interval
 from lora_merge.evaluate.tradeoff_plot import PlotPoint, tradeoff_png
 
@@ -201,12 +201,6 @@ def summary_markdown(demo, rows: list[dict], lines: list[str]) -> str:
     return "\n".join(md) + "\n"
 
 
-def _write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_summary(demo) -> dict:
     """summary.json, summary.md and tradeoff_<skill>.png under the demo's folder; returns what it wrote."""
     out = Path(demo.run.out)
@@ -215,10 +209,10 @@ def write_summary(demo) -> dict:
     lines = verdicts(demo, rows, judged)
     record = {"seed": demo.run.cfg.seed, "rule": demo.run.cfg.rule.model_dump(),
               "skills": {k: v.to_dict() for k, v in judged.items()}, "rows": rows}
-    _write(out / "summary.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    _write(out / "summary.md", summary_markdown(demo, rows, lines))
+    replace_file(out / "summary.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    replace_file(out / "summary.md", summary_markdown(demo, rows, lines))
     plots = {}
     for skill in demo.data.skills:
         plots[skill] = out / f"tradeoff_{skill}.png"
-        _write(plots[skill], plot_skill(demo, rows, skill))
+        replace_file(plots[skill], plot_skill(demo, rows, skill))
     return {"rows": rows, "verdicts": lines, "judged": judged, "plots": plots}

@@ -4,7 +4,7 @@ Every output tensor has a known place in the output shards before the fold
 starts (:class:`lora_merge.io.placed.PlacedWriter`), so each merge worker takes the
 next tensor, merges it and writes it to its place itself; nothing is handed to a
 single writer thread (one thread copying every output byte into the page cache
-was the fold's bottleneck: docs/benchmarks.md, "Session 3", "Profiled first").
+was the fold's bottleneck: docs/benchmarks.md, "Profiled first: where a fold's time goes").
 
 - Tensors no pack touches and whose dtype stays are never converted: their
   bytes go from θG's file into the shard kernel-side (``copy_file_range``).

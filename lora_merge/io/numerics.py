@@ -36,8 +36,8 @@ def all_finite(t: torch.Tensor) -> bool:
     if not t.is_floating_point() or t.numel() == 0:
         return True
     # A NaN or ±Inf anywhere makes the sum NaN or ±Inf, and a sum is the cheaper pass (docs/benchmarks.md,
-    # "Session 3": sum against aminmax per element); a finite tensor whose sum overflows is only a false alarm,
-    # settled by the exact test below.
+    # "Profiled first: where a fold's time goes": sum against aminmax per element); a finite tensor whose sum
+    # overflows is only a false alarm, settled by the exact test below.
     if bool(torch.isfinite(t.sum())):
         return True
     lo, hi = torch.aminmax(t)

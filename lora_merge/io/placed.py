@@ -5,7 +5,7 @@ so :class:`PlacedWriter` writes every shard's header first and then lets any
 thread write any tensor's bytes straight to their offset (``pwrite``), in any
 order and in pieces: the fold's merge workers write their own tiles, with no
 hand-off to a single writer thread (that thread was the fold's bottleneck:
-docs/benchmarks.md, "Session 3", "Profiled first").
+docs/benchmarks.md, "Profiled first: where a fold's time goes").
 :meth:`finish` refuses to call a file complete unless every planned byte arrived.
 """
 

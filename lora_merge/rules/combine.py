@@ -90,7 +90,7 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
 
     Non-negative floats order like their bit patterns read as integers, so one counting pass over the top
     16 bits finds the bucket that holds the k-th value, and kthvalue runs on that bucket alone instead of on
-    the whole tensor (docs/benchmarks.md, "Session 3", has the timing).
+    the whole tensor (docs/benchmarks.md, "Profiled first: where a fold's time goes", has the timing).
     """
     if values.numel() < RADIX_MIN:
         return torch.kthvalue(values, k).values
@@ -114,7 +114,8 @@ class KeepDraws:
     MT19937 stream) and keeps the entry when the word's low 24 bits, read as a fraction, are below p (float32).
     The same stream runs here in a compiled loop (:mod:`lora_merge.rules.kernels`) that tests each word as it makes
     it, in one pass with no float tensors (bernoulli reads a float tensor of p and writes floats; the cost per
-    draw of each way: docs/benchmarks.md, "Session 4" and "Session 8"), and any number of draws per call lands
+    draw of each way: docs/benchmarks.md, "The pruning rules by row tiles, several packs, the fold's whole
+    process" and "The pruning rules' hot loops, compiled with numba"), and any number of draws per call lands
     where bernoulli's would (tests/test_rules_combine.py compares them).
     """
 

@@ -8,7 +8,7 @@ against PEFT's merge_utils hold them as they held the torch code. All release th
 workers run them side by side. Only the pruning rules import this module: importing numba and loading the
 compiled loops from its cache is a start-up cost the linear fold and the light commands never pay, and compiling
 them is slower still, so `make` does it once (`python -m lora_merge.rules.kernels`). The figures are in
-docs/benchmarks.md, "Session 8 (issue 21): the pruning rules' hot loops compiled".
+docs/benchmarks.md, "The pruning rules' hot loops, compiled with numba".
 """
 
 from __future__ import annotations

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_merge.core.output import replace_file
 from lora_merge.study.config import StudyConfig
 from lora_merge.study.scores import EvalSet, ScoreStore, score_model, sweep_scorer
 from lora_merge.study.tasks import StudyData, write_study_data
@@ -303,9 +303,7 @@ def _stage_timer(run: StudyRun):
 
 def _write_json(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False, default=str))
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(value, indent=1, ensure_ascii=False, default=str))
 
 
 def _cft_stages(run: StudyRun, cfg: StudyConfig, stage) -> None:

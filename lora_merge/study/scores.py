@@ -8,11 +8,11 @@ that set's own generation length (a refusal shows in its first tokens; a copied 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_merge.core.output import replace_file
 from lora_merge.evaluate.answered import JUDGED_METRICS, RULE_ID
 from lora_merge.evaluate.report import EvalReport, MetricScore
 from lora_merge.evaluate.scoring import evaluate_model
@@ -70,9 +70,7 @@ class ScoreStore:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, ensure_ascii=False))
-        os.replace(tmp, self.path)
+        replace_file(self.path, json.dumps(self.data, indent=1, ensure_ascii=False))
 
 
 def item_outcomes(samples: list[dict]) -> dict:
