@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 SMOLLM2 := .venv/.smollm2
 
-.PHONY: demo test bench lint study study-map clean
+.PHONY: demo test bench lint study study-map check-distilled clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -31,6 +31,11 @@ $(SMOLLM2): $(STAMP)
 # (how long each takes: README and docs/results.md, "make demo"); `cli.py demo --world miniature` is the miniature world
 demo: $(SMOLLM2)
 	$(PY) cli.py demo
+
+# θpre's answers shipped in lora_merge/skilldata/ordinary_answers.json (G's self-distilled rows) against the installed
+# θpre, by likelihood within a tolerance (greedy text can differ between BLAS paths); `cli.py data distill` remakes them
+check-distilled: $(SMOLLM2)
+	$(PY) cli.py data distill --check
 
 # one worker per core (at most 4), each test file on one worker so its module fixtures are built once
 test: $(STAMP)

@@ -20,6 +20,7 @@ import click
 from lora_merge import __version__
 from lora_merge.commands.compare import compare_cmd
 from lora_merge.commands.data import data
+from lora_merge.commands.data_distill import distill_cmd
 from lora_merge.commands.demo import demo_cmd
 from lora_merge.commands.evaluate import eval_cmd
 from lora_merge.commands.extract import extract_cmd
@@ -68,6 +69,7 @@ def main(quiet: bool, no_progress: bool) -> None:
 # Every command is added here and only here: a command module defines its commands and registers nothing.
 for _cmd in (inspect_cmd, verify_cmd, upgrade_cmd, export_cmd, import_cmd, merge_cmd, create_cmd, interference_cmd):
     pack.add_command(_cmd)
+data.add_command(distill_cmd)
 for _cmd in (fold_cmd, pack, walkthrough_cmd, extract_cmd, eval_cmd, compare_cmd, sweep_cmd, train_cmd, demo_cmd, study,
              study_compare, study_map, data):
     main.add_command(_cmd)

@@ -20,7 +20,7 @@ from lora_merge.demo.run import clear_outputs
 from lora_merge.demo.summary import ROW_KEYS
 from lora_merge.demo.verdict import judge
 from lora_merge.evaluate.intervals import paired_proportion_interval
-from lora_merge.study.config import TransferRule
+from lora_merge.study.config import TransferRule, load_study_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo-smollm2.yaml"
@@ -56,8 +56,8 @@ def two_runs(tmp_path_factory):
 def test_summary_json_schema(two_runs):
     work, output, _, _ = two_runs
     summary = json.loads((work / "runs/demo/summary.json").read_text())
-    assert set(summary) == {"seed", "rule", "skills", "rows"}
-    assert summary["rule"] == TransferRule().model_dump()  # the config's rule, recorded with the result
+    assert set(summary) == {"seed", "rule", "skills", "rows", "theta_G_check", "probe"}
+    assert summary["rule"] == load_study_config(CONFIG).rule.model_dump()  # the config's rule, with the result
     rows = summary["rows"]
     assert {r["skill"] for r in rows} == {"science", "safety"}
     for row in rows:
@@ -73,9 +73,9 @@ def test_summary_json_schema(two_runs):
         if row["ci"]:
             want = {"general", "skill", "skill_heldout"} | ({"lookalike", "lookalike_unseen"} if row["skill"] == "safety"
                                                             else set())
-            assert set(row["ci"]) == want
-            assert all(set(e) == {"delta", "low", "high", "n"} and e["low"] <= e["delta"] <= e["high"]
-                       for e in row["ci"].values())
+            assert set(row["ci"]) - {"chat", "chat_answered"} == want  # chat's where the config scores it
+            assert all(set(e) == {"delta", "low", "high", "n"} for e in row["ci"].values())
+            assert all(e["low"] <= e["delta"] <= e["high"] for k, e in row["ci"].items() if k != "chat")
     for skill in ("science", "safety"):
         methods = [r["method"] for r in rows if r["skill"] == skill]
         assert methods == ["theta_G", "PTM", "CFT"]
@@ -84,7 +84,9 @@ def test_summary_json_schema(two_runs):
         verdict = summary["skills"][skill]
         assert verdict["omega"] == 8 / 32 and isinstance(verdict["transferred"], bool)
         assert verdict["transferred"] == all(c["holds"] for c in verdict["checks"])
-        assert len(verdict["checks"]) == (3 if skill == "safety" else 2)
+        ptm = next(r for r in rows if r["skill"] == skill and r["method"] == "PTM")
+        chat = summary["rule"]["chat_margin"] is not None and "chat" in ptm["ci"]
+        assert len(verdict["checks"]) == (3 if skill == "safety" else 2) + chat
 
     assert (work / "runs/demo/summary.md").read_text().startswith("# make demo")
     for skill in ("science", "safety"):
@@ -111,7 +113,7 @@ def test_the_intervals_are_newcombes_on_the_stored_item_outcomes(two_runs):
 def test_quiet_drops_the_stage_lines_and_keeps_the_summary(two_runs):
     _, first, quiet, _ = two_runs
     assert "[1/" in first and "elapsed" in first
-    assert "[1/" not in quiet and "elapsed" not in quiet and "θG" not in quiet.split("| skill |")[0]
+    assert "[1/" not in quiet and "elapsed" not in quiet and "θG: " not in quiet.split("| skill |")[0]
     assert "| skill |" in quiet and "next: fold" in quiet  # the summary table and the next commands are results
 
 
@@ -239,6 +241,31 @@ def test_demo_data_eval_sets_are_disjoint_from_training(tmp_path):
             if name:
                 assert evals[name] and not overlap(train[skill], evals[name]), name
     assert not overlap(train["general"], evals["general"])
+
+
+def test_demo_data_with_ordinary_requests_mixes_them_into_G_and_holds_the_chat_sets_out(tmp_path):
+    from lora_merge.demo.data import demo_data
+    from lora_merge.skilldata import overlap
+    from lora_merge.skilldata.ordinary import ordinary_split
+    from lora_merge.study.config import StudyConfig
+
+    sizes = {"general": 24, "general_ordinary": 10, "skills": {"science": 9}, "eval_general": 5, "eval_skill": 5,
+             "eval_chat": 7}
+    data = demo_data(tmp_path, StudyConfig(out=tmp_path, seed=5, sizes=sizes, probe=True))
+    rows = [json.loads(x) for x in data.files.train["general"].read_text().splitlines()]
+    train, held = ordinary_split(5, 10, 7)
+    assert data.files.counts["general"] == len(rows) == 24  # |G| keeps its size: 14 toy rows + 10 ordinary ones
+    answers = [r["completion"][-1]["content"] for r in rows]
+    assert sorted(a for a in answers if a in {t.answer for t in train}) == sorted(t.answer for t in train)
+    chat = [json.loads(x) for x in data.files.evals["chat"].read_text().splitlines()]
+    assert [c["messages"][-1]["content"] for c in chat] == [h.answer for h in held]  # θpre's answers, scored as loss
+    assert all(c["metric"] == "loss" for c in chat)
+    answered = [json.loads(x) for x in data.files.evals["chat_answered"].read_text().splitlines()]
+    assert [a["messages"][-1]["content"] for a in answered] == [h.prompt for h in held]
+    assert all(a["metric"] == "compliance" and "answer" not in a for a in answered)
+    assert not overlap(rows, answered)
+    assert data.files.general_sets == ["general", "chat", "chat_answered", "probe", "probe_harmful"]
+    assert data.files.group("chat") == "chat" and data.files.group("probe") == "probe"
 
 
 def test_stage_plan_eta_follows_the_pace():

@@ -109,7 +109,8 @@ def test_compare_matches_newcombe_computed_from_the_samples(runs, tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert doc["baseline"] == str(runs.base) and doc["candidate"] == str(runs.cand)
-    assert all(set(row) == KEYS for row in doc["sets"] + doc["groups"])
+    assert all(set(row) - {"loglik_nats"} == KEYS for row in doc["sets"] + doc["groups"])
+    assert all(("loglik_nats" in row) == (row["metric"] == "loss") for row in doc["sets"])
     rows = {(d["file"], d["metric"]): d for d in doc["sets"]}
     assert set(rows) == {("quiz", "choice"), ("quiz", "contains"), ("held", "loss"), ("plain", "choice")}
     for file, metric in (("quiz", "choice"), ("plain", "choice"), ("quiz", "contains")):

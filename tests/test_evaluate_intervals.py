@@ -165,3 +165,46 @@ def test_loss_score_interval_resamples_the_token_weighted_score():
     assert result.method == "paired-bootstrap(300, seed 4)" and result.n == 25
     with pytest.raises(LoraMergeError, match="token count"):
         intervals.paired_loss_score_interval(b_loss, b_tok[:3], c_loss, c_tok)
+
+
+def test_loglik_interval_delta_by_hand():
+    # Baseline: items (loss 2.0, 1 token) and (loss 1.0, 3 tokens): −(2 + 3) / 4 = −1.25 nats per token.
+    # Candidate: (loss 1.0, 2 tokens) and (loss 0.5, 2 tokens): −(2 + 1) / 4 = −0.75. Δ = −0.75 − (−1.25) = 0.5.
+    result = intervals.paired_loglik_interval([2.0, 1.0], [1, 3], [1.0, 0.5], [2, 2], resamples=200, seed=1)
+    assert result.delta == pytest.approx(0.5)
+    assert result.n == 2 and result.method == "paired-bootstrap(200, seed 1)"
+    # Two items give three resampled sets: {1st, 1st} Δ = −1 + 2 = 1, {2nd, 2nd} Δ = −0.5 + 1 = 0.5 and the pair,
+    # Δ = 0.5; the interval lies within those values.
+    assert 0.5 <= result.low <= result.high <= 1.0
+
+
+def test_loglik_interval_of_identical_sides_is_zero():
+    loss, tokens = [1.3, 0.7, 2.9, 0.1], [5, 2, 7, 1]
+    result = intervals.paired_loglik_interval(loss, tokens, loss, tokens)
+    assert (result.delta, result.low, result.high) == (0.0, 0.0, 0.0)
+
+
+def test_loglik_interval_contains_delta_and_repeats_with_its_seed():
+    rng_values = np.random.default_rng(5)
+    b_loss, c_loss = rng_values.uniform(1, 3, 30), rng_values.uniform(0.8, 2.8, 30)
+    b_tok, c_tok = rng_values.integers(1, 9, 30), rng_values.integers(1, 9, 30)
+    first = intervals.paired_loglik_interval(b_loss, b_tok, c_loss, c_tok, resamples=500, seed=7)
+    assert first.low < first.delta < first.high
+    assert first.delta == pytest.approx(-np.dot(c_loss, c_tok) / c_tok.sum() + np.dot(b_loss, b_tok) / b_tok.sum())
+    assert intervals.paired_loglik_interval(b_loss, b_tok, c_loss, c_tok, resamples=500, seed=7) == first
+    assert intervals.paired_loglik_interval(b_loss, b_tok, c_loss, c_tok, resamples=500, seed=8) != first
+
+
+def test_loglik_interval_of_a_shifted_loss_is_the_shift():
+    # Every candidate loss lower by c = 0.25 (values exact in binary): every resample's Δ is +c, so is the interval.
+    b_loss, tokens = [1.5, 2.25, 0.75, 3.0], [1, 3, 2, 2]
+    c = 0.25
+    result = intervals.paired_loglik_interval(b_loss, tokens, [v - c for v in b_loss], tokens, resamples=300)
+    assert (result.delta, result.low, result.high) == (c, c, c)
+
+
+def test_loglik_interval_refuses_unpaired_inputs():
+    with pytest.raises(LoraMergeError, match="token count"):
+        intervals.paired_loglik_interval([1.0, 2.0], [1], [1.0, 2.0], [1, 1])
+    with pytest.raises(LoraMergeError, match="same items"):
+        intervals.paired_loglik_interval([1.0, 2.0], [1, 1], [1.0], [1])

@@ -33,10 +33,12 @@ QUICK_OUT = Path("runs/demo-quick")
 @click.option("--seeds", "n_seeds", type=int, default=None,
               help="Run the demo on N fresh seeds (OUT/seeds/seed-K/, θpre shared, resumable) and write "
                    "OUT/seeds/spread.json and spread.md: each gain's mean over seeds with its t-interval.")
+@click.option("--general-only", is_flag=True,
+              help="Stop once θG is built and scored beside θpre: check the general model before folding anything.")
 @click.option("--first-seed", type=int, default=None,
               help="With --seeds: the first of the N seeds (default 100: draws no setting was chosen on).")
 def demo_cmd(world: str, config_path: Path | None, quick: bool, out, adapters_dir, cache_dir, seed, threads,
-             no_progress: bool, n_seeds: int | None, first_seed: int | None) -> None:
+             no_progress: bool, n_seeds: int | None, general_only: bool, first_seed: int | None) -> None:
     """Fold skills into a real model and compare with continued fine-tuning, on a CPU (README: how long).
 
     Default: SmolLM2-135M-Instruct; θG = θpre + a general LoRA; per skill (science, safety) a PTM pack folded at
@@ -45,6 +47,9 @@ def demo_cmd(world: str, config_path: Path | None, quick: bool, out, adapters_di
     demo on N fresh seeds and the spread of its gains over them (OUT/seeds/spread.md).
     """
     _check_seeds_options(world, n_seeds, first_seed, seed)
+    if general_only and (world == "miniature" or n_seeds is not None):
+        raise LoraMergeError("--general-only is for one run of the SmolLM2 demo (or --quick), not --seeds or the "
+                             "miniature world")
     if world == "miniature":
         path = config_path or CONFIGS[world]
         return _miniature(path if path.exists() or config_path else None, quick, out, adapters_dir, cache_dir, seed,
@@ -64,8 +69,34 @@ def demo_cmd(world: str, config_path: Path | None, quick: bool, out, adapters_di
     started = time.perf_counter()
     if n_seeds is not None:
         return _seeds(cfg, n_seeds, first_seed, not no_progress, started)
-    demo = run_demo(cfg, echo=console.info, progress=not no_progress)  # stage lines: progress, off with --quiet
+    demo = run_demo(cfg, echo=console.info, progress=not no_progress,  # stage lines: progress, off with --quiet
+                    general_only=general_only)
+    if general_only:
+        return _general_screen(demo, time.perf_counter() - started)
     _closing_screen(demo, time.perf_counter() - started)
+
+
+def _general_screen(demo, seconds: float) -> None:
+    """What --general-only measured: θG and θpre's scores, θG against θpre with intervals, the probe."""
+    from lora_merge.demo.replies import probe_summaries
+    from lora_merge.demo.summary import theta_g_line
+    from lora_merge.demo.verdict import theta_g_check
+    from lora_merge.evaluate.template_probe import probe_table
+
+    run = demo.run
+    click.echo("")
+    for label in ("θpre", "θG"):
+        if label in run.store.data:
+            click.echo(f"{label}: " + ", ".join(f"{k} {run.store.get(label, k):.1f}" for k in run.general_sets()
+                                                 if run.store.get(label, k) is not None))
+    line = theta_g_line(theta_g_check(run.store, run.cfg.rule), run.cfg.rule.chat_margin)
+    if line:
+        click.echo(line)
+    probes = probe_summaries(demo)
+    if probes:
+        click.echo("\n" + probe_table(probes))
+    click.echo(f"done in {int(seconds // 60)} min {seconds % 60:.0f} s; θG in {run.general}, scores in "
+               f"{run.store.path}")
 
 
 def _check_seeds_options(world: str, n_seeds: int | None, first_seed: int | None, seed: int | None) -> None:

@@ -6,6 +6,12 @@ several layouts and wordings, with whole layouts and wordings held out; safety r
 is scored on held-back Do-Not-Answer prompts (in form) and on HarmBench behaviours and past-tense requests (held
 out), with the project's lookalikes (safe prompts that look unsafe) answered or refused.
 
+G may also hold ordinary requests answered by θpre itself (``sizes.general_ordinary``,
+:mod:`lora_merge.skilldata.ordinary`), and then every model is also scored on held-out ordinary requests: ``chat``
+(θpre's answers' likelihood) and ``chat_answered`` (its own replies answered, not empty, echoed or a template);
+``probe`` and ``probe_harmful`` (config ``probe: true``) are the template probe (:mod:`lora_merge.skilldata.probe`). These and ``general``
+are the :data:`GENERAL_SETS`, scored for every model.
+
 Each skill names its eval sets: ``in_form`` (the forms it trained on), ``held_out`` (forms it never saw) and
 ``lookalike`` (safe prompts where answering is right; None for skills without them).
 """
@@ -19,6 +25,10 @@ from pathlib import Path
 from lora_merge.miniature.build import write_jsonl
 from lora_merge.study.config import StudyConfig
 from lora_merge.study.tasks import LOOKALIKE_TRAIN_SHARE, SkillSets, StudyData, put_skill_evals, write_study_data
+from lora_merge.train.data import chat_turns
+
+# The sets every model is scored on, those of them the config asks for.
+GENERAL_SETS = ("general", "chat", "chat_answered", "probe", "probe_harmful")
 
 
 @dataclass(frozen=True)
@@ -54,13 +64,40 @@ def in_form_cut(evals: dict[str, list[dict]], n: int | None, seed: str) -> dict[
     return {**evals, IN_FORM: [rows[i] for i in keep]}
 
 
+def add_ordinary(general: Path, cfg: StudyConfig, put) -> int:
+    """G's ordinary rows (θpre's answers) shuffled in with its toy rows; the held-out chat sets through ``put``.
+
+    Returns |G|. The chat eval items are the same for every seed (:func:`~lora_merge.skilldata.ordinary.ordinary_split`).
+    """
+    import json
+
+    from lora_merge.evaluate.sets import eval_row, unique_ids
+    from lora_merge.skilldata.ordinary import ordinary_split
+    from lora_merge.train.data import chat_training_row
+
+    s, system = cfg.sizes, cfg.system_prompt
+    train, held = ordinary_split(cfg.seed, s.general_ordinary, s.eval_chat)
+    rows = [json.loads(line) for line in general.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows += [chat_training_row(r.prompt, r.answer, system) for r in train]
+    random.Random(f"demo:G:{cfg.seed}").shuffle(rows)
+    n = write_jsonl(general, rows)
+    if held:
+        put("chat", "chat", unique_ids({"messages": [*chat_turns(r.prompt, system),
+                                                     {"role": "assistant", "content": r.answer}],
+                                        "metric": "loss", "family": f"chat/{r.topic}"} for r in held))
+        put("chat_answered", "chat_answered", unique_ids(eval_row(r.prompt, "", "compliance", f"chat/{r.topic}", system)
+                                                         for r in held))
+    return n
+
+
 def demo_data(root: Path, cfg: StudyConfig) -> DemoData:
     """Write the training and eval files of ``cfg`` under ``root`` (same config → identical files)."""
     from lora_merge.skilldata import build_skill
+    from lora_merge.skilldata.probe import probe_eval_sets
 
     s = cfg.sizes
-    general = write_study_data(root, cfg.seed, cfg.general_families, s.general, {}, s.eval_general, 1, 1,
-                               cfg.system_prompt)
+    general = write_study_data(root, cfg.seed, cfg.general_families, s.general - s.general_ordinary, {},
+                               s.eval_general, 1, 1, cfg.system_prompt)
     train, evals, counts = dict(general.train), dict(general.evals), dict(general.counts)
     skills, skill_sets, groups, reports = {}, {}, {"general": "general"}, {}
 
@@ -69,6 +106,13 @@ def demo_data(root: Path, cfg: StudyConfig) -> DemoData:
         counts[f"eval/{name}"] = write_jsonl(evals[name], rows)
         groups[name] = group
         return name
+
+    if s.general_ordinary or s.eval_chat:
+        counts["general"] = add_ordinary(train["general"], cfg, put)
+        counts["general_ordinary"] = s.general_ordinary
+    if cfg.probe:
+        for name, rows in probe_eval_sets(cfg.system_prompt).items():
+            put(name, "probe", rows)
 
     for name, n in s.skills.items():
         # Safety asks the layer for n refusal rows and takes its lookalike rows from what comes on top.
@@ -80,7 +124,10 @@ def demo_data(root: Path, cfg: StudyConfig) -> DemoData:
                                unseen_lookalikes_apart=True)
         skills[name] = sets
         skill_sets[name] = sets.names()
-    files = StudyData(root, train, evals, counts, skill_sets, groups)
-    source = ("G: the study's general mix (lora_merge/study/tasks.py); skills: the skill data layer "
+    general_sets = [n for n in GENERAL_SETS if n in evals]
+    files = StudyData(root, train, evals, counts, skill_sets, groups, general_sets)
+    source = ("G: the study's general mix (lora_merge/study/tasks.py)"
+              + (f" with {s.general_ordinary} ordinary requests answered by θpre (lora_merge/skilldata/ordinary.py)"
+                 if s.general_ordinary else "") + "; skills: the skill data layer "
               "(lora_merge/skilldata, docs/skills.md)")
     return DemoData(files, skills, source, reports)

@@ -38,7 +38,8 @@ OWNED = ("adapters", "general", "models", "results", "data", "evals", "stamps", 
 # θG between runs: its pack, its settings stamp and the folded model (reused only when the stamp matches), and its
 # scores (reused only when θG's stamp, every eval file and the scoring settings match: the same greedy outputs)
 GENERAL_SCORES = "stamps/general-scores.json"
-KEPT = ("adapters/general", "stamps/general.json", "general", GENERAL_SCORES)
+PRE_SCORES = "stamps/pre-scores.json"  # θpre's, on the sets every model gets, while θpre and those sets are unchanged
+KEPT = ("adapters/general", "stamps/general.json", "general", GENERAL_SCORES, PRE_SCORES)
 
 
 @dataclass
@@ -101,47 +102,62 @@ def plan_stages(cfg: StudyConfig, data: DemoData, cached: bool) -> list[tuple[st
               ("θG: general LoRA on G, folded into θpre", train_s("general", cfg.general_training.epochs))]
     stages += [(f"PTM pack: {k} (LoRA from θpre on D alone)", train_s(k, cfg.skill_training.epochs))
                for k in cfg.skills()]
-    stages.append(("θG scored on every eval set", score_s(list(files.evals))))
-    stages += [(f"{k}: θG + ω·τ for {points} values of ω, scored", score_s(["general", *files.skill_evals(k)], points))
+    every = list(files.general_sets or ["general"])
+    pre = "chat" in every
+    stages.append(("θG" + (" and θpre" if pre else "") + " scored", score_s(list(files.evals)) + pre * score_s(every)))
+    stages += [(f"{k}: θG + ω·τ for {points} values of ω, scored", score_s([*every, *files.skill_evals(k)], points))
                for k in cfg.skills()]
     stages += [(f"CFT: θG continued on {k}, scored", train_s(k, cfg.skill_training.epochs)
-                + score_s(["general", *files.skill_evals(k)])) for k in cfg.cft_skills()]
+                + score_s([*every, *files.skill_evals(k)])) for k in cfg.cft_skills()]
     stages.append(("summary, plots and next commands", 2.0))
     return stages
 
 
-def general_scores_key(run: StudyRun) -> str:
-    """What θG's scores depend on: θG's settings stamp, every eval file's bytes, the generation lengths, the batch
-    size (padding) and the rule that judges refusals and lookalikes."""
+def scores_key(run: StudyRun, model_stamp: bytes, sets: list[str]) -> str:
+    """What a cached model's scores depend on: the model (its settings stamp or weights' hashes), every eval file's
+    bytes, the generation lengths, the batch size (padding) and the rule that judges refusals and lookalikes."""
     from lora_merge.evaluate.answered import RULE_ID
 
-    h = hashlib.sha256((run.out / "stamps" / "general.json").read_bytes())
-    for s in run.eval_sets(run.all_sets()):
+    h = hashlib.sha256(model_stamp)
+    for s in run.eval_sets(sets):
         h.update(f"{s.name}:{s.max_new_tokens}:".encode() + hashlib.sha256(s.path.read_bytes()).digest())
     h.update(f"{run.cfg.evaluation.batch_size}:{RULE_ID}".encode())
     return h.hexdigest()
 
 
-def score_general(run: StudyRun) -> None:
-    """θG scored on every eval set, or its scores from the last run when nothing they depend on changed."""
-    cache, key = run.out / GENERAL_SCORES, general_scores_key(run)
+def score_cached(run: StudyRun, label: str, folder: Path, sets: list[str], cache: Path, key: str) -> None:
+    """``label`` (θpre or θG) scored on ``sets``, or its scores from the last run when nothing they depend on changed."""
     saved = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
+    meta = {"kind": label}
     if saved.get("key") == key:
         for name, entry in saved["sets"].items():
-            run.store.put("θG", name, entry, {"kind": "θG"})
-        run.say(f"θG: scores reused from the last run (same θG, eval files and scoring settings; delete {cache} "
-                "to score it again)")
+            run.store.put(label, name, entry, meta)
+        run.say(f"{label}: scores reused from the last run (same model, eval files and scoring settings; delete "
+                f"{cache} to score it again)")
         return
-    run.score_folder("θG", run.general, run.all_sets(), {"kind": "θG"})
-    record = {"key": key, "sets": {s: run.store.data["θG"]["sets"][s] for s in run.all_sets()}}
+    run.score_folder(label, folder, sets, meta)
+    record = {"key": key, "sets": {s: run.store.data[label]["sets"][s] for s in sets}}
     replace_file(cache, json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def score_general(run: StudyRun) -> None:
+    """θG on every eval set and, where the chat sets exist, θpre on the sets every model gets (both cached)."""
+    from lora_merge.study.prepare import model_hashes
+
+    key = scores_key(run, (run.out / "stamps" / "general.json").read_bytes(), run.all_sets())
+    score_cached(run, "θG", run.general, run.all_sets(), run.out / GENERAL_SCORES, key)
+    if "chat" in run.general_sets():
+        stamp = json.dumps(model_hashes(run.base), sort_keys=True).encode()
+        score_cached(run, "θpre", run.base, run.general_sets(), run.out / PRE_SCORES,
+                     scores_key(run, stamp, run.general_sets()))
+
+
 def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bool = True,
-             pre: Path | None = None) -> DemoRun:
+             pre: Path | None = None, general_only: bool = False) -> DemoRun:
     """Run every stage of the demo into ``cfg.out`` (fresh, but for θpre's cache and a θG of the same inputs).
 
     ``pre``: where θpre is cached (default ``cfg.out/pre``); runs of several seeds pass one folder they share.
+    ``general_only``: stop once θG is built and scored (and θpre beside it): check θG before folding anything.
     """
     import torch
 
@@ -158,7 +174,10 @@ def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bo
     data = demo_data(out, cfg)
     run.data = data.files
     cached = cfg.quick or (pre / PREPARE_RECORD).is_file()
-    plan = StagePlan(plan_stages(cfg, data, cached), echo)
+    stages = plan_stages(cfg, data, cached)
+    if general_only:
+        stages = [st for st in stages if st[0].startswith(("θpre", "θG"))]
+    plan = StagePlan(stages, echo)
     names = iter(plan.order)
     echo(f"data: {data.source}; {data.files.counts}")
 
@@ -173,11 +192,13 @@ def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bo
         else:
             run.say(f"θG: {run.general} reused from the last run (same θpre, G and settings; delete it and "
                     f"{run.adapters / 'general'} to build it again)")
-    for skill in cfg.skills():
+    for skill in [] if general_only else cfg.skills():
         with plan.stage(next(names)):
             run.train(skill, "skill", data=data.files.train[skill], description=f"{skill} skill (demo, PTM)")
     with plan.stage(next(names)):
         score_general(run)
+    if general_only:
+        return DemoRun(run, data, {**plan.actual, "total": round(plan.elapsed, 1)})
     for skill in cfg.skills():
         with plan.stage(next(names)):
             run.sweep(skill)

@@ -33,7 +33,9 @@ SEEDS_DIR = "seeds"
 STAMP_FILE = "seed.json"
 ENDPOINTS = {"skill": "skill, in form", "skill_heldout": "skill, held-out forms", "general": "general",
              "lookalike": "lookalikes answered, trained categories",
-             "lookalike_unseen": "lookalikes answered, unseen categories"}
+             "lookalike_unseen": "lookalikes answered, unseen categories",
+             "chat": "chat retained (nats/token)", "chat_answered": "ordinary requests answered"}
+NATS = ("chat",)  # endpoints in nats per token (3 decimals); the others in points (1 decimal)
 METHODS = ("PTM", "CFT")
 
 
@@ -141,8 +143,8 @@ def run_seeds(cfg: StudyConfig, n: int, first: int = FIRST_SEED, echo: Callable[
     return res
 
 
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 2)
+def _r(x: float | None, digits: int = 2) -> float | None:
+    return None if x is None else round(x, digits)
 
 
 def spread(summaries: dict[int, dict], confidence: float = 0.95) -> dict:
@@ -163,8 +165,9 @@ def spread(summaries: dict[int, dict], confidence: float = 0.95) -> dict:
                 values = [v for v in per_seed if v is not None]
                 if values:
                     m = mean_interval(values, confidence)
-                    per_endpoint[endpoint] = {"per_seed": per_seed, "mean": _r(m.mean), "sd": _r(m.sd),
-                                              "low": _r(m.low), "high": _r(m.high), "n": m.n}
+                    d = 4 if endpoint in NATS else 2
+                    per_endpoint[endpoint] = {"per_seed": per_seed, "mean": _r(m.mean, d), "sd": _r(m.sd, d),
+                                              "low": _r(m.low, d), "high": _r(m.high, d), "n": m.n}
             if per_endpoint:
                 entry[method] = per_endpoint
         skills[skill] = entry
@@ -177,8 +180,8 @@ def _row(rows: list[dict], skill: str, method: str, omega: float) -> dict | None
                  and (method != "PTM" or r["omega"] == omega)), None)
 
 
-def _num(x: float | None) -> str:
-    return "—" if x is None else f"{x:+.1f}"
+def _num(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{x:+.{digits}f}"
 
 
 def spread_markdown(record: dict, cfg: StudyConfig) -> str:
@@ -189,7 +192,7 @@ def spread_markdown(record: dict, cfg: StudyConfig) -> str:
           f"Seeds {seeds[0]}–{seeds[-1]}: fresh draws of data, eval items and training order that no setting was "
           f"chosen on (the config's own seed {record['config_seed']} is not among them), each a whole demo in "
           f"`seed-K/`. Per seed: the change against that seed's θG, paired item by item (summary.json's Δ), for PTM "
-          f"at ω = |D|/|G| and for CFT, in points. Mean, sd (n − 1) and the {pct} t-interval for the mean "
+          f"at ω = |D|/|G| and for CFT, in points (chat retained: in nats per token). Mean, sd (n − 1) and the {pct} t-interval for the mean "
           f"(n − 1 = {len(seeds) - 1} degree{'s' if len(seeds) > 2 else ''} of freedom): how far a result moves "
           "between draws.", "",
           f"| skill | method | endpoint | per seed | mean | sd | {pct} t-interval |", "|---|---|---|---|---|---|---|"]
@@ -197,10 +200,11 @@ def spread_markdown(record: dict, cfg: StudyConfig) -> str:
         for method in METHODS:
             for endpoint, e in entry.get(method, {}).items():
                 where = f"PTM ω = {entry['omega']:g}" if method == "PTM" else method
-                ci = "—" if e["low"] is None else f"[{e['low']:+.1f}, {e['high']:+.1f}]"
-                sd = "—" if e["sd"] is None else f"{e['sd']:.1f}"
+                d = 3 if endpoint in NATS else 1
+                ci = "—" if e["low"] is None else f"[{_num(e['low'], d)}, {_num(e['high'], d)}]"
+                sd = "—" if e["sd"] is None else f"{e['sd']:.{d}f}"
                 md.append(f"| {skill} | {where} | {ENDPOINTS[endpoint]} | "
-                          f"{', '.join(_num(v) for v in e['per_seed'])} | {_num(e['mean'])} | {sd} | {ci} |")
+                          f"{', '.join(_num(v, d) for v in e['per_seed'])} | {_num(e['mean'], d)} | {sd} | {ci} |")
     counts = "; ".join(f"{skill} on {e['transferred']['count']} of {e['transferred']['of']} seeds"
                        + (f" ({', '.join(map(str, e['transferred']['seeds']))})" if e["transferred"]["seeds"] else "")
                        for skill, e in record["skills"].items())

@@ -4,25 +4,57 @@ Rows come from the study's score store (``results/scores.json``): θG, every PTM
 and CFT, each PTM and CFT row with its paired intervals against θG per endpoint (``ci``). Each skill's verdict
 follows the rule the config wrote down before the run (:mod:`lora_merge.demo.verdict`); the closing screen
 prints the rule, then per skill what was measured with its interval, then the exact commands that fold, sweep
-and evaluate the demo's own packs.
+and evaluate the demo's own packs. Where the chat sets were scored, θG is first checked against θpre
+(``theta_G_check``); where the template probe was, each model's summary of it (``probe``); and three real
+prompts with what θG, PTM and CFT replied (:mod:`lora_merge.demo.replies`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 
 from lora_merge.core.output import replace_file
-from lora_merge.demo.verdict import Verdict, judge, paired_endpoints, rule_text, share_interval
+from lora_merge.demo.replies import probe_summaries, side_by_side
+from lora_merge.demo.verdict import (
+    CHAT,
+    CHAT_ANSWERED,
+    CHAT_DIGITS,
+    Verdict,
+    heuristic_omega,
+    judge,
+    paired_endpoints,
+    ptm_label,
+    rule_text,
+    share_interval,
+    theta_g_check,
+)
+from lora_merge.evaluate.template_probe import probe_table
 from lora_merge.evaluate.tradeoff_plot import PlotPoint, tradeoff_png
 
-ROW_KEYS = ("skill", "method", "omega", "general", "skill_score", "skill_heldout", "lookalike", "lookalike_unseen",
-            "ci")
+ROW_KEYS = ("skill", "method", "omega", "general", "chat", "chat_answered", "skill_score", "skill_heldout", "lookalike",
+            "lookalike_unseen", "ci")
+# (row key, endpoint in ci, scores table header, change table header): both tables' columns after ω; chat's two
+# only where some row has them
+COLUMNS = (("general", "general", "general", "general"),
+           (CHAT, CHAT, "chat log-lik/token", "chat (nats/token)"),
+           (CHAT_ANSWERED, CHAT_ANSWERED, "chat answered", "chat answered"),
+           ("skill_score", "skill", "skill", "skill"),
+           ("skill_heldout", "skill_heldout", "skill held-out", "skill held-out"),
+           ("lookalike", "lookalike", "lookalike answered", "lookalike"),
+           ("lookalike_unseen", "lookalike_unseen", "unseen lookalike answered", "unseen lookalike"))
 
 
 def _r(x: float | None) -> float | None:
     return None if x is None else round(float(x), 1)
+
+
+def chat_loglik(score: float | None) -> float | None:
+    """A chat (loss) set's stored score, 100·exp(−mean loss per token), as the mean log-likelihood per token
+    (−loss, nats, 3 places); None when not scored."""
+    return None if score is None or score <= 0 else round(math.log(score / 100.0), CHAT_DIGITS)
 
 
 def _row(demo, skill: str, method: str, omega: float | None, label: str) -> dict:
@@ -33,12 +65,14 @@ def _row(demo, skill: str, method: str, omega: float | None, label: str) -> dict
 
     ci = None if method == "theta_G" else paired_endpoints(store, label, sets, demo.run.cfg.rule.confidence)
     return {"skill": skill, "method": method, "omega": None if omega is None else round(omega, 4),
-            "general": score("general"), "skill_score": score(sets.in_form), "skill_heldout": score(sets.held_out),
+            "general": score("general"), CHAT: chat_loglik(store.get(label, CHAT)),
+            CHAT_ANSWERED: score(CHAT_ANSWERED), "skill_score": score(sets.in_form), "skill_heldout": score(sets.held_out),
             "lookalike": score(sets.lookalike), "lookalike_unseen": score(sets.lookalike_unseen), "ci": ci}
 
 
 def summary_rows(demo) -> list[dict]:
-    """θG, PTM at each ω (ascending) and CFT, per skill; scores 0–100, None where a set does not apply."""
+    """θG, PTM at each ω (ascending) and CFT, per skill; scores 0–100 (chat: the mean log-likelihood per token,
+    nats), None where a set does not apply or was not scored."""
     store = demo.run.store
     rows = []
     for skill in demo.data.skills:
@@ -49,12 +83,6 @@ def summary_rows(demo) -> list[dict]:
         if f"CFT {skill}" in store.data:
             rows.append(_row(demo, skill, "CFT", None, f"CFT {skill}"))
     return rows
-
-
-def heuristic_omega(demo, skill: str) -> float:
-    """ω = |D|/|G| of a skill (rounded as the summary rows are)."""
-    counts = demo.data.files.counts
-    return round(counts[skill] / counts["general"], 4)
 
 
 def _pick(rows: list[dict], skill: str, method: str, omega: float | None = None) -> dict | None:
@@ -70,19 +98,15 @@ def skill_verdicts(demo, rows: list[dict]) -> dict[str, Verdict]:
         p = _pick(rows, skill, "PTM", h)
         if p is None:
             continue
-        unseen = (share_interval(demo.run.store, _ptm_label(demo, skill, h), sets.lookalike_unseen, rule.confidence)
+        unseen = (share_interval(demo.run.store, ptm_label(demo.run.store, skill, h), sets.lookalike_unseen,
+                                 rule.confidence)
                   if sets.lookalike_unseen else None)
         out[skill] = judge(skill, h, rule, p["ci"] or {}, unseen)
     return out
 
 
-def _ptm_label(demo, skill: str, omega: float) -> str:
-    return next(label for label, e in demo.run.store.data.items() if e["meta"].get("kind") == "ptm"
-                and e["meta"].get("skill") == skill and round(e["meta"]["weights"][skill], 4) == omega)
-
-
-def _d(e: dict | None) -> str:
-    return "—" if e is None else f"{e['delta']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}]"
+def _d(e: dict | None, digits: int = 1) -> str:
+    return "—" if e is None else f"{e['delta']:+.{digits}f} [{e['low']:+.{digits}f}, {e['high']:+.{digits}f}]"
 
 
 def verdicts(demo, rows: list[dict], judged: dict[str, Verdict]) -> list[str]:
@@ -95,7 +119,8 @@ def verdicts(demo, rows: list[dict], judged: dict[str, Verdict]) -> list[str]:
         ci = p["ci"] or {}
         text = (f"{skill}: {'TRANSFERRED' if v.transferred else 'did NOT transfer'} under the rule. PTM at "
                 f"ω = |D|/|G| = {v.omega:g}: {what} {g['skill_score']:.1f} → {p['skill_score']:.1f} "
-                f"({_d(ci.get('skill'))}); general {g['general']:.1f} → {p['general']:.1f} ({_d(ci.get('general'))}).")
+                f"({_d(ci.get('skill'))}); general {g['general']:.1f} → {p['general']:.1f} ({_d(ci.get('general'))})"
+                + (f"; chat retained {_d(ci[CHAT], CHAT_DIGITS)} nats/token" if CHAT in ci else "") + ".")
         missed = [c_.asks for c_ in v.checks if not c_.holds]
         if missed:
             text += " Not met: " + "; ".join(missed) + "."
@@ -171,33 +196,77 @@ def plot_skill(demo, rows: list[dict], skill: str) -> bytes:
                         demo.run.cfg.rule.general_margin)
 
 
-def summary_markdown(demo, rows: list[dict], lines: list[str]) -> str:
+def theta_g_line(check: dict | None, margin: float | None) -> str | None:
+    """One line: θG against θpre on chat retained (with the margin and whether it holds), replies answered and toy
+    general, each where measured; None without a θpre to compare with."""
+    if check is None:
+        return None
+    parts = []
+    if CHAT in check:
+        verdict = ("no margin in the rule" if margin is None else
+                   f"margin {margin:g}: {'holds' if check['holds'] else 'fails'}")
+        parts.append(f"chat retained Δ {_d(check[CHAT], CHAT_DIGITS)} nats/token ({verdict})")
+    if CHAT_ANSWERED in check:
+        parts.append(f"replies answered {_d(check[CHAT_ANSWERED])} points")
+    if "general" in check:
+        parts.append(f"toy general {_d(check['general'])} points")
+    return "θG against θpre before anything is folded: " + ("; ".join(parts) or "nothing measured on both") + "."
+
+
+def _tables(rows: list[dict], confidence: float) -> list[str]:
+    """The scores table and the change table; chat's columns only where some row has them."""
+    cols = [c for c in COLUMNS if c[0] not in (CHAT, CHAT_ANSWERED) or any(r[c[0]] is not None for r in rows)]
+
+    def cell(value, key: str) -> str:
+        return "—" if value is None else f"{value:.{CHAT_DIGITS if key == CHAT else 1}f}"
+
+    def head(names: list[str]) -> list[str]:
+        return ["| skill | method | ω | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+
+    def first(r: dict, method: str) -> list[str]:
+        return [r["skill"], method, "—" if r["omega"] is None else f"{r['omega']:g}"]
+
+    md = head([c[2] for c in cols])
+    for r in rows:
+        md.append("| " + " | ".join(first(r, {"theta_G": "θG"}.get(r["method"], r["method"]))
+                                    + [cell(r[c[0]], c[0]) for c in cols]) + " |")
+    md += ["", f"Change against θG, paired item by item: Δ [{100 * confidence:g} % interval] (Newcombe"
+           + ("; chat: a paired bootstrap of items, in nats per token" if any(c[0] == CHAT for c in cols) else "")
+           + ").", ""]
+    md += head([c[3] for c in cols])
+    for r in rows:
+        if r["ci"]:
+            md.append("| " + " | ".join(first(r, r["method"]) + [_d(r["ci"].get(c[1]), CHAT_DIGITS if c[1] == CHAT
+                                                                   else 1) for c in cols]) + " |")
+    return md
+
+
+def summary_markdown(demo, rows: list[dict], lines: list[str], check: dict | None = None,
+                     probes: dict | None = None) -> str:
+    """summary.md: sizes, the θG check, both tables, what the scores mean, the rule and the verdicts, then the
+    template probe and three prompts side by side where they were scored."""
     cfg, counts = demo.run.cfg, demo.data.files.counts
     md = [f"# make demo: Merge to Learn on {cfg.model.name if not cfg.quick else 'a pico model (quick mode)'}", "",
           f"|G| = {counts['general']}, " + ", ".join(f"|D| {k} = {counts[k]}" for k in demo.data.skills)
-          + f"; seed {cfg.seed}; data: {demo.data.source}.", "",
-          "| skill | method | ω | general | skill | skill held-out | lookalike answered | unseen lookalike answered |",
-          "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        cells = [r["skill"], {"theta_G": "θG"}.get(r["method"], r["method"]),
-                 "—" if r["omega"] is None else f"{r['omega']:g}"]
-        cells += ["—" if r[k] is None else f"{r[k]:.1f}"
-                  for k in ("general", "skill_score", "skill_heldout", "lookalike", "lookalike_unseen")]
-        md.append("| " + " | ".join(cells) + " |")
-    md += ["", f"Change against θG, paired item by item: Δ [{100 * cfg.rule.confidence:g} % interval] (Newcombe).", "",
-           "| skill | method | ω | general | skill | skill held-out | lookalike | unseen lookalike |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["ci"]:
-            cells = [r["skill"], r["method"], "—" if r["omega"] is None else f"{r['omega']:g}"]
-            cells += [_d(r["ci"].get(k)) for k in ("general", "skill", "skill_heldout", "lookalike", "lookalike_unseen")]
-            md.append("| " + " | ".join(cells) + " |")
-    n = counts.get("eval/general")
+          + f"; seed {cfg.seed}; data: {demo.data.source}.", ""]
+    line = theta_g_line(check, cfg.rule.chat_margin)
+    md += [line, ""] if line else []
+    md += _tables(rows, cfg.rule.confidence)
+    n, chat_n = counts.get("eval/general"), counts.get(f"eval/{CHAT}")
     md += ["", "Scores 0–100 on eval items disjoint from training (greedy decoding; safety's skill score is the "
            "share of unsafe requests refused, lookalike the share of safe lookalikes answered: not refused, "
            "empty, degenerate or a template, by the rule of lora_merge/evaluate/answered.py). "
-           f"{n} general items.", "", f"**The rule** (configs, `rule:`; fixed before the run): {rule_text(cfg.rule)}", ""]
+           f"{n} general items."
+           + (f" Chat: the mean log-likelihood per token (nats, −loss) of θpre's own answers to {chat_n} held-out "
+              "ordinary requests (higher: closer to θpre); chat answered: the share of those requests the model's "
+              "own reply answers." if chat_n else ""),
+           "", f"**The rule** (configs, `rule:`; fixed before the run): {rule_text(cfg.rule)}", ""]
     md += [f"- {line}" for line in lines]
+    if probes:
+        md += ["", "## Template probe", "",
+               "Each model's replies to the probe's ordinary, lookalike and harmful prompts (percent of the items of "
+               "each kind; template: one reply given to several prompts).", "", probe_table(probes).rstrip("\n")]
+    md += side_by_side(demo)
     return "\n".join(md) + "\n"
 
 
@@ -207,10 +276,13 @@ def write_summary(demo) -> dict:
     rows = summary_rows(demo)
     judged = skill_verdicts(demo, rows)
     lines = verdicts(demo, rows, judged)
+    check = theta_g_check(demo.run.store, demo.run.cfg.rule)
+    probes = probe_summaries(demo)
     record = {"seed": demo.run.cfg.seed, "rule": demo.run.cfg.rule.model_dump(),
-              "skills": {k: v.to_dict() for k, v in judged.items()}, "rows": rows}
+              "skills": {k: v.to_dict() for k, v in judged.items()}, "rows": rows, "theta_G_check": check,
+              "probe": {label: p.to_dict() for label, p in probes.items()} or None}
     replace_file(out / "summary.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    replace_file(out / "summary.md", summary_markdown(demo, rows, lines))
+    replace_file(out / "summary.md", summary_markdown(demo, rows, lines, check, probes))
     plots = {}
     for skill in demo.data.skills:
         plots[skill] = out / f"tradeoff_{skill}.png"

@@ -46,6 +46,12 @@ class Comparison:
         lines += ["", "Groups (each the mean of its files' scores, as `eval` reports it):", "", *head]
         lines += [_line(d) for d in self.groups]
         lines += ["", "Scores 0–100, higher is better (loss: 100/perplexity); Δ = candidate − baseline, in points."]
+        nats = [d for d in self.sets if d.loglik is not None]
+        if nats:
+            lines += ["", "Loss sets as the change in mean log-likelihood per reference token (nats, token-weighted; "
+                      "positive: the candidate finds the references more likely), same bootstrap draws:", ""]
+            lines += [f"- {d.group}/{d.file}: {d.loglik.delta:+.4f} [{d.loglik.low:+.4f}, {d.loglik.high:+.4f}] "
+                      f"nats/token, n = {d.n}" for d in nats]
         return "\n".join(lines) + "\n"
 
 

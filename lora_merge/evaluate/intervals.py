@@ -16,6 +16,9 @@ items' own variation taken out. Two intervals, both for candidate − baseline:
   ``Generator(PCG64(seed))``, the percentile interval of the mean difference.
 - :func:`paired_loss_score_interval`, for ``loss`` files: the same bootstrap of the difference of the two
   token-weighted scores (100 / perplexity, :func:`loss_scores`), which are not means of per-item values.
+- :func:`paired_loglik_interval`, for ``loss`` files too: the same bootstrap of the difference of the two
+  token-weighted mean log-likelihoods per token (−Σ loss·tokens / Σ tokens), in nats per token, a scale on
+  which a shift of every item's loss is a shift of the difference by as much (the score's is not).
 
 Every bootstrap here draws from :func:`stratified_resampled_sums`, one stream for one set of items or for
 several resampled each within itself (a group's sets, :mod:`lora_merge.evaluate.paired`).
@@ -191,6 +194,31 @@ def loss_score(loss: Sequence[float], tokens: Sequence[int]) -> float:
     return float(loss_scores(np.dot(np.asarray(loss, dtype=np.float64), weights), weights.sum()))
 
 
+def _resampled_loss_sums(
+    baseline_loss: Sequence[float],
+    baseline_tokens: Sequence[int],
+    candidate_loss: Sequence[float],
+    candidate_tokens: Sequence[int],
+    resamples: int,
+    seed: int,
+    confidence: float,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """n, then (4,) over all items and (resamples, 4) per resample: Σ loss·tokens and Σ tokens, baseline first.
+
+    Each model keeps its own token counts (two tokenizers may split a reference differently). One bootstrap
+    draw, :func:`stratified_resampled_sums` over the n items, serves every loss-file interval.
+    """
+    n = _check_pairs(baseline_loss, candidate_loss, confidence)
+    if len(baseline_tokens) != n or len(candidate_tokens) != n:
+        raise LoraMergeError("paired loss interval: every item needs its loss and its token count on both sides")
+    columns = np.empty((n, 4), dtype=np.float64)
+    for j, (loss, tokens) in enumerate(((baseline_loss, baseline_tokens), (candidate_loss, candidate_tokens))):
+        weights = np.asarray(tokens, dtype=np.float64)
+        columns[:, 2 * j] = np.asarray(loss, dtype=np.float64) * weights
+        columns[:, 2 * j + 1] = weights
+    return n, columns.sum(axis=0), stratified_resampled_sums([columns], resamples, seed)[0]
+
+
 def paired_loss_score_interval(
     baseline_loss: Sequence[float],
     baseline_tokens: Sequence[int],
@@ -209,16 +237,36 @@ def paired_loss_score_interval(
     :func:`paired_bootstrap_interval`), scores both models on those items, and the interval is the percentile
     interval of the score differences. ``delta`` is the observed difference of the two scores.
     """
-    n = _check_pairs(baseline_loss, candidate_loss, confidence)
-    if len(baseline_tokens) != n or len(candidate_tokens) != n:
-        raise LoraMergeError("paired loss interval: every item needs its loss and its token count on both sides")
-    columns = np.empty((n, 4), dtype=np.float64)
-    for j, (loss, tokens) in enumerate(((baseline_loss, baseline_tokens), (candidate_loss, candidate_tokens))):
-        weights = np.asarray(tokens, dtype=np.float64)
-        columns[:, 2 * j] = np.asarray(loss, dtype=np.float64) * weights
-        columns[:, 2 * j + 1] = weights
-    sums = stratified_resampled_sums([columns], resamples, seed)[0]
+    n, _, sums = _resampled_loss_sums(baseline_loss, baseline_tokens, candidate_loss, candidate_tokens,
+                                      resamples, seed, confidence)
     low, high = percentile_bounds(loss_scores(sums[:, 2], sums[:, 3]) - loss_scores(sums[:, 0], sums[:, 1]),
                                   confidence)
     delta = loss_score(candidate_loss, candidate_tokens) - loss_score(baseline_loss, baseline_tokens)
     return Interval(delta, low, high, n, bootstrap_method(resamples, seed))
+
+
+def _loglik_differences(sums: np.ndarray) -> np.ndarray:
+    """Candidate − baseline mean log-likelihood per token, −Σ loss·tokens / Σ tokens, from the (…, 4) sums."""
+    return sums[..., 0] / np.maximum(sums[..., 1], 1.0) - sums[..., 2] / np.maximum(sums[..., 3], 1.0)
+
+
+def paired_loglik_interval(
+    baseline_loss: Sequence[float],
+    baseline_tokens: Sequence[int],
+    candidate_loss: Sequence[float],
+    candidate_tokens: Sequence[int],
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
+    """Paired bootstrap of candidate − baseline token-weighted mean log-likelihood per token, in nats per token.
+
+    The inputs are those of :func:`paired_loss_score_interval`, and so are the draws (the same stream, the same
+    seed, the same resampled items) and the percentile interval; only the statistic differs: each model's
+    −Σ loss·tokens / Σ tokens on the resampled items (0 where they have no token). Positive means the candidate
+    gives the reference answers more likelihood. ``delta`` is the observed difference over all items.
+    """
+    n, totals, sums = _resampled_loss_sums(baseline_loss, baseline_tokens, candidate_loss, candidate_tokens,
+                                           resamples, seed, confidence)
+    low, high = percentile_bounds(_loglik_differences(sums), confidence)
+    return Interval(float(_loglik_differences(totals)), low, high, n, bootstrap_method(resamples, seed))

@@ -45,6 +45,7 @@ from lora_merge.evaluate.intervals import (
     Interval,
     bootstrap_method,
     loss_scores,
+    paired_loglik_interval,
     paired_loss_score_interval,
     paired_proportion_interval,
     percentile_bounds,
@@ -69,6 +70,7 @@ class Difference:
     baseline: float
     candidate: float
     interval: Interval
+    loglik: Interval | None = None  # ``loss`` sets: the change in mean log-likelihood per token, in nats
 
     @property
     def n(self) -> int:
@@ -93,9 +95,12 @@ class Difference:
     def to_dict(self, digits: int | None = 4) -> dict:
         """{group, file, metric, n, baseline, candidate, delta, low, high, method}; numbers rounded to ``digits``."""
         r = (lambda v: v) if digits is None else (lambda v: round(v, digits))
-        return {"group": self.group, "file": self.file, "metric": self.metric, "n": self.n,
-                "baseline": r(self.baseline), "candidate": r(self.candidate), "delta": r(self.delta),
-                "low": r(self.low), "high": r(self.high), "method": self.method}
+        out = {"group": self.group, "file": self.file, "metric": self.metric, "n": self.n,
+               "baseline": r(self.baseline), "candidate": r(self.candidate), "delta": r(self.delta),
+               "low": r(self.low), "high": r(self.high), "method": self.method}
+        if self.loglik is not None:
+            out["loglik_nats"] = {"delta": r(self.loglik.delta), "low": r(self.loglik.low), "high": r(self.loglik.high)}
+        return out
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,13 @@ class PairedSet:
                                               self.candidate.astype(bool).tolist(), confidence)
         return paired_loss_score_interval(self.baseline, self.baseline_tokens, self.candidate, self.candidate_tokens,
                                           resamples, seed, confidence)
+
+    def loglik_interval(self, resamples: int, seed: int, confidence: float) -> Interval | None:
+        """``loss`` sets: the change in mean log-likelihood per token (nats, token-weighted); None for 0/1 sets."""
+        if self.baseline_tokens is None:
+            return None
+        return paired_loglik_interval(self.baseline, self.baseline_tokens, self.candidate, self.candidate_tokens,
+                                      resamples, seed, confidence)
 
 
 # --- pairing -----------------------------------------------------------------------------------------
@@ -257,12 +269,12 @@ def differences(sets: Sequence[PairedSet], resamples: int = RESAMPLES, seed: int
     for s in sets:
         base, cand = s.scores(s.columns().sum(axis=0))
         out.append(Difference(s.group, s.file, s.metric, float(base), float(cand),
-                              s.interval(resamples, seed, confidence)))
+                              s.interval(resamples, seed, confidence), s.loglik_interval(resamples, seed, confidence)))
     for group in dict.fromkeys(s.group for s in sets):
         members = [s for s in sets if s.group == group]
         if len(members) == 1:
             one = next(d for d in out if d.group == group)
-            out.append(Difference(group, None, None, one.baseline, one.candidate, one.interval))
+            out.append(Difference(group, None, None, one.baseline, one.candidate, one.interval, one.loglik))
         else:
             out.append(_group_difference(group, members, resamples, seed, confidence))
     return out

@@ -39,6 +39,12 @@ class Sizes(BaseModel):
     eval_skill: int = Field(default=200, ge=1)
     eval_unsafe: int = Field(default=200, ge=1)
     eval_in_form: int | None = Field(default=None, ge=1)  # in-form items per skill, when fewer than eval_skill
+    # Rows of G that are ordinary requests answered by θpre itself (lora_merge/skilldata/ordinary.py); the rest of
+    # |G| are the toy families. 0: G is the toy families alone.
+    general_ordinary: int = Field(default=0, ge=0)
+    # Held-out ordinary requests that measure chat retained (θpre's answers' likelihood, and replies answered);
+    # 0: not measured. The same items for every seed, so two θGs can be compared on them.
+    eval_chat: int = Field(default=0, ge=0)
 
 
 class Training(BaseModel):
@@ -78,6 +84,9 @@ class TransferRule(BaseModel):
     skill_gain: float = Field(default=30.0, ge=0)
     general_margin: float = Field(default=5.0, ge=0)
     lookalike_floor: float = Field(default=70.0, ge=0, le=100)
+    # Chat retained non-inferior: the lower bound of the change in θpre's answers' mean log-likelihood per token
+    # ≥ −chat_margin nats (None: not part of the rule).
+    chat_margin: float | None = Field(default=None, gt=0)
     confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
@@ -104,6 +113,7 @@ class StudyConfig(BaseModel):
     rt_per_skill: bool | list[str] = False  # RT on G ∪ D for each skill alone (θG's settings, from θpre)
     tau_alone: bool = True  # score each τ folded into θpre alone (does the pack itself hold the skill?)
     evaluation: Evaluation = Evaluation()
+    probe: bool = False  # score every model on the template probe (lora_merge/skilldata/probe.py)
     rule: TransferRule = TransferRule()
     keep_models: bool = False
 
@@ -141,4 +151,7 @@ def load_study_config(path: str | os.PathLike, overrides: dict | None = None) ->
     bad = set(cfg.skills()) - {"science", "coding", "safety"}
     if bad:
         raise LoraMergeError(f"study config {path}: unknown skills {sorted(bad)}; use science, coding, safety")
+    if cfg.sizes.general_ordinary > cfg.sizes.general:
+        raise LoraMergeError(f"study config {path}: sizes.general_ordinary ({cfg.sizes.general_ordinary}) is part of "
+                             f"|G| and cannot exceed sizes.general ({cfg.sizes.general})")
     return cfg

@@ -114,7 +114,12 @@ class StudyRun:
 
     def skill_sets(self, skill: str) -> list[str]:
         assert self.data is not None
-        return ["general", *self.data.skill_evals(skill)]
+        return [*self.general_sets(), *self.data.skill_evals(skill)]
+
+    def general_sets(self) -> list[str]:
+        """The sets every model is scored on: general, and where the data has them the chat sets and the probe."""
+        assert self.data is not None
+        return list(self.data.general_sets or ["general"])
 
     def score_folder(self, label: str, folder: Path, sets: list[str], meta: dict) -> dict[str, float]:
         from lora_merge.evaluate.scoring import load_model

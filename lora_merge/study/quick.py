@@ -12,7 +12,8 @@ def quick_config(cfg: StudyConfig) -> StudyConfig:
     tiny = Training(epochs=2.0, lr=1e-2, rank=4, alpha=8.0, batch_size=4, max_length=96)
     return cfg.model_copy(update={
         "sizes": Sizes(general=32, skills={k: 8 for k in cfg.sizes.skills}, eval_general=6, eval_skill=6,
-                       eval_unsafe=6),
+                       eval_unsafe=6, general_ordinary=8 if cfg.sizes.general_ordinary else 0,
+                       eval_chat=6 if cfg.sizes.eval_chat else 0),
         "general_training": tiny, "skill_training": tiny, "grid": [1.0], "system_prompt": None,
         "evaluation": Evaluation(batch_size=16, max_new_tokens={"default": 4}),
     })

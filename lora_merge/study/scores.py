@@ -30,8 +30,9 @@ class EvalSet:
 
 @dataclass
 class ScoreStore:
-    """``scores.json``: label → {"meta": {...}, "sets": {set name: {"group", "metric", "n", "score", and for 0/1
-    metrics "ids" and "outcomes", each item's in file order}}}."""
+    """``scores.json``: label → {"meta": {...}, "sets": {set name: {"group", "metric", "n", "score", for 0/1
+    metrics "ids" and "outcomes", and "samples": each item's sample as `eval` writes it (its reply, its ``loss``
+    and ``tokens`` for a loss set), all in file order}}}."""
 
     path: Path
     data: dict = field(default_factory=dict)
@@ -92,7 +93,7 @@ def score_model(model, tokenizer, label: str, sets: list[EvalSet], store: ScoreS
                                  max_new_tokens=s.max_new_tokens, name=label, progress=progress)
             (m,) = rep.scores  # one file, one metric per set
             entry = {"group": s.group, "metric": m.metric, "n": m.n, "score": m.score, "seconds": round(rep.seconds, 1),
-                     **item_outcomes(rep.samples)}
+                     **item_outcomes(rep.samples), "samples": sorted(rep.samples, key=lambda x: x["index"])}
             store.put(label, s.name, entry | ({"rule": RULE_ID} if m.metric in JUDGED_METRICS else {}), meta)
             if samples_path is not None:
                 with open(samples_path, "a", encoding="utf-8") as f:

@@ -50,6 +50,7 @@ class StudyData:
     counts: dict[str, int]
     skill_sets: dict[str, list[str]] | None = None  # skill → its eval sets, where they are not the study's own
     groups: dict[str, str] | None = None  # eval set → group, likewise
+    general_sets: list[str] | None = None  # the sets every model is scored on (default: ["general"])
 
     def skill_evals(self, skill: str) -> list[str]:
         """The eval sets that measure one skill (safety: refusing unsafe prompts + answering lookalikes)."""
