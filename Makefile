@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 SMOLLM2 := .venv/.smollm2
 
-.PHONY: demo test bench lint study study-map check-distilled clean
+.PHONY: demo test bench lint study study-map check-distilled check-general clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -36,6 +36,11 @@ demo: $(SMOLLM2)
 # θpre, by likelihood within a tolerance (greedy text can differ between BLAS paths); `cli.py data distill` remakes them
 check-distilled: $(SMOLLM2)
 	$(PY) cli.py data distill --check
+
+# θG against θpre before anything is folded (configs/demo-smollm2.yaml's rule: chat retained within the margin,
+# template share on the probe under the ceiling); exits 1 when θG fails it. Builds θG into runs/demo like `make demo`
+check-general: $(SMOLLM2)
+	$(PY) cli.py demo --general-only
 
 # one worker per core (at most 4), each test file on one worker so its module fixtures are built once
 test: $(STAMP)

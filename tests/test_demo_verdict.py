@@ -136,3 +136,20 @@ def test_theta_g_check_against_theta_pre(store):
     assert theta_g_check(store, TransferRule())["holds"] is None  # no margin: measured, not judged
     del store.data["θG"]["sets"]["chat"]
     assert theta_g_check(store, TransferRule(chat_margin=0.05))["holds"] is None  # no chat interval
+
+
+def test_theta_g_check_holds_only_under_the_template_ceiling(store):
+    put_chat(store, "θG", [1.0, 1.0], [3, 3])
+    put_chat(store, "θpre", [1.0, 1.0], [3, 3])
+    store.data["θpre"]["meta"] = {"kind": "θpre"}
+    # 6 probe answers: 3 the same template reply (why "template"), 3 answered: a template share of 50 %
+    whys = ["template", "template", "template", "answered", "answered", "answered"]
+    store.data["θG"]["sets"]["probe"] = {"group": "probe", "metric": "compliance", "n": 6, "score": 50.0, "samples": [
+        {"id": f"p{i}", "index": i, "family": "probe/ordinary" if i % 2 else "probe/lookalike", "metric": "compliance",
+         "correct": why == "answered", "why": why, "output": "sure ." if why == "template" else f"reply {i}"}
+        for i, why in enumerate(whys)]}
+    check = theta_g_check(store, TransferRule(chat_margin=0.05, template_ceiling=50.0))
+    assert check["template"] == 50.0 and check["holds"] is True
+    assert theta_g_check(store, TransferRule(chat_margin=0.05, template_ceiling=49.9))["holds"] is False
+    assert theta_g_check(store, TransferRule(template_ceiling=49.9))["holds"] is False  # the ceiling alone judges
+    assert theta_g_check(store, TransferRule())["holds"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def _general_screen(demo, seconds: float) -> None:
         if label in run.store.data:
             click.echo(f"{label}: " + ", ".join(f"{k} {run.store.get(label, k):.1f}" for k in run.general_sets()
                                                  if run.store.get(label, k) is not None))
-    line = theta_g_line(theta_g_check(run.store, run.cfg.rule), run.cfg.rule.chat_margin)
+    check = theta_g_check(run.store, run.cfg.rule)
+    line = theta_g_line(check, run.cfg.rule.chat_margin, run.cfg.rule.template_ceiling)
     if line:
         click.echo(line)
     probes = probe_summaries(demo)
@@ -97,6 +99,8 @@ def _general_screen(demo, seconds: float) -> None:
         click.echo("\n" + probe_table(probes))
     click.echo(f"done in {int(seconds // 60)} min {seconds % 60:.0f} s; θG in {run.general}, scores in "
                f"{run.store.path}")
+    if check is not None and check["holds"] is False:
+        sys.exit(1)  # `make check-general`: θG failed the check the rule states
 
 
 def _check_seeds_options(world: str, n_seeds: int | None, first_seed: int | None, seed: int | None) -> None:

@@ -196,21 +196,28 @@ def plot_skill(demo, rows: list[dict], skill: str) -> bytes:
                         demo.run.cfg.rule.general_margin)
 
 
-def theta_g_line(check: dict | None, margin: float | None) -> str | None:
-    """One line: θG against θpre on chat retained (with the margin and whether it holds), replies answered and toy
-    general, each where measured; None without a θpre to compare with."""
+def theta_g_line(check: dict | None, margin: float | None, ceiling: float | None = None) -> str | None:
+    """One line: θG against θpre on chat retained (with the margin), replies answered and toy general, θG's
+    template share on the probe (with the ceiling), each where measured, and whether the check holds; None without
+    a θpre to compare with."""
     if check is None:
         return None
     parts = []
     if CHAT in check:
         verdict = ("no margin in the rule" if margin is None else
-                   f"margin {margin:g}: {'holds' if check['holds'] else 'fails'}")
+                   f"margin {margin:g}: {'holds' if check[CHAT]['low'] >= -margin else 'fails'}")
         parts.append(f"chat retained Δ {_d(check[CHAT], CHAT_DIGITS)} nats/token ({verdict})")
     if CHAT_ANSWERED in check:
         parts.append(f"replies answered {_d(check[CHAT_ANSWERED])} points")
     if "general" in check:
         parts.append(f"toy general {_d(check['general'])} points")
-    return "θG against θpre before anything is folded: " + ("; ".join(parts) or "nothing measured on both") + "."
+    if check.get("template") is not None:
+        limit = "" if ceiling is None else f" (ceiling {ceiling:g} %)"
+        parts.append(f"θG's template share on the probe {check['template']:.1f} %{limit}")
+    verdict = {True: " The check holds.", False: " The check FAILS: θG is not the chat model the rule asks for.",
+               None: ""}[check.get("holds")]
+    return ("θG against θpre before anything is folded: " + ("; ".join(parts) or "nothing measured on both") + "."
+            + verdict)
 
 
 def _tables(rows: list[dict], confidence: float) -> list[str]:
@@ -249,7 +256,7 @@ def summary_markdown(demo, rows: list[dict], lines: list[str], check: dict | Non
     md = [f"# make demo: Merge to Learn on {cfg.model.name if not cfg.quick else 'a pico model (quick mode)'}", "",
           f"|G| = {counts['general']}, " + ", ".join(f"|D| {k} = {counts[k]}" for k in demo.data.skills)
           + f"; seed {cfg.seed}; data: {demo.data.source}.", ""]
-    line = theta_g_line(check, cfg.rule.chat_margin)
+    line = theta_g_line(check, cfg.rule.chat_margin, cfg.rule.template_ceiling)
     md += [line, ""] if line else []
     md += _tables(rows, cfg.rule.confidence)
     n, chat_n = counts.get("eval/general"), counts.get(f"eval/{CHAT}")

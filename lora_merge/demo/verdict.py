@@ -117,14 +117,24 @@ def paired_endpoints(store: ScoreStore, label: str, sets: SkillSets, confidence:
 
 def theta_g_check(store: ScoreStore, rule: TransferRule) -> dict | None:
     """θG against θpre before anything is folded: general, chat and chat answered as :func:`paired_endpoints`
-    gives them, and ``holds``: chat's lower bound ≥ −``chat_margin`` (None without a margin or a chat interval).
-    None when θpre was not scored."""
+    gives them, θG's template share on the probe (``template``, where probed), and ``holds``: chat's lower bound
+    ≥ −``chat_margin`` and the template share ≤ ``template_ceiling``, each where the rule sets it and it was
+    measured (None when neither could be judged). None when θpre was not scored."""
+    from lora_merge.evaluate.template_probe import summarise_probe
+
     if PRE not in store.data:
         return None
     ci = general_endpoints(store, REFERENCE, rule.confidence, reference=PRE)
-    chat = ci.get(CHAT)
-    holds = None if rule.chat_margin is None or chat is None else chat["low"] >= -rule.chat_margin
-    return {**ci, "holds": holds}
+    chat, checks = ci.get(CHAT), []
+    if rule.chat_margin is not None and chat is not None:
+        checks.append(chat["low"] >= -rule.chat_margin)
+    probe = item_samples(store, REFERENCE, "probe")
+    if probe:
+        share = round(summarise_probe(probe).template_share, 1)
+        ci["template"] = share
+        if rule.template_ceiling is not None:
+            checks.append(share <= rule.template_ceiling)
+    return {**ci, "holds": all(checks) if checks else None}
 
 
 def share_interval(store: ScoreStore, label: str, set_name: str, confidence: float) -> dict | None:

@@ -87,6 +87,9 @@ class TransferRule(BaseModel):
     # Chat retained non-inferior: the lower bound of the change in θpre's answers' mean log-likelihood per token
     # ≥ −chat_margin nats (None: not part of the rule).
     chat_margin: float | None = Field(default=None, gt=0)
+    # θG's check before anything is folded (with chat_margin against θpre): at most this share (%) of its replies
+    # to the template probe's ordinary and lookalike requests are one reply given to several prompts (None: none).
+    template_ceiling: float | None = Field(default=None, ge=0, le=100)
     confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
