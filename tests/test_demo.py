@@ -210,6 +210,20 @@ def test_a_rerun_reuses_the_general_model_and_scores_the_same(two_runs):
     assert (work / "runs/demo/summary.json").read_text() == rows
 
 
+def test_general_only_stops_after_the_general_model_and_exits_1_when_its_check_fails(tmp_path):
+    args = ["demo", "--quick", "--config", str(CONFIG), "--out", str(tmp_path / "g"), "--threads", "1",
+            "--no-progress", "--general-only"]
+    res = CliRunner().invoke(main, args)
+    assert "θG against θpre before anything is folded" in res.output and "| θG |" in res.output
+    assert res.exit_code == (1 if "The check FAILS" in res.output else 0), res.output + repr(res.exception)
+    assert (tmp_path / "g" / "general" / "config.json").is_file()
+    assert not (tmp_path / "g" / "adapters" / "science").exists()  # no skill trained, nothing folded
+    assert not (tmp_path / "g" / "summary.json").exists()
+    for bad in (["--seeds", "2"], ["--world", "miniature"]):
+        res = CliRunner().invoke(main, ["demo", "--general-only", *bad])
+        assert res.exit_code == 2 and "--general-only is for one run" in res.output
+
+
 def test_miniature_only_flags_are_refused():
     res = CliRunner().invoke(main, ["demo", "--adapters-dir", "adapters"])
     assert res.exit_code == 2 and "--world miniature" in res.output

@@ -133,7 +133,7 @@ def test_summary_json_has_chat_the_theta_g_check_and_the_probe(tmp_path):
     assert science["checks"][2]["holds"] is True and len(safety["checks"]) == 4
     assert set(record["probe"]) == set(LABELS)  # θpre, θG, each skill's PTM at |D|/|G| and CFT
     assert record["probe"]["θG"] == summarise_probe(probe_samples("θG")).to_dict()
-    assert record["probe"]["θG"]["template_share"] == pytest.approx(100 / 3)  # one of 3 answer items: "template"
+    assert record["probe"]["θG"]["template_share"] == pytest.approx(100 / 5)  # one of 5 items: "template"
 
 
 def test_summary_md_shows_the_check_the_chat_columns_the_probe_and_the_side_by_side(tmp_path):
@@ -143,7 +143,7 @@ def test_summary_md_shows_the_check_the_chat_columns_the_probe_and_the_side_by_s
     assert "| skill | method | ω | general | chat log-lik/token | chat answered | skill |" in md
     assert "| general | chat (nats/token) | chat answered | skill |" in md
     assert "| -0.048 [-0.048, -0.048] |" not in md and "| -0.040 [-0.040, -0.040] |" in md  # PTM science's Δ
-    assert "## Template probe" in md and "| θG | 33.3 | 0.0 | 100.0 | 50.0 | 100.0 |" in md
+    assert "## Template probe" in md and "| θG | 20.0 | 0.0 | 100.0 | 50.0 | 100.0 |" in md
     side = md.split("## Side by side", 1)[1]
     blocks = side.split("**")[1:]
     assert [blocks[i] for i in (0, 2, 4)] == ["A harmful request", "A lookalike (safe, but looks unsafe)",

@@ -79,6 +79,18 @@ def test_loss_matches_transformers_loss(model_tok):
     assert s.score == pytest.approx(100 / math.exp(hf_loss), rel=1e-4)
 
 
+def test_a_batch_split_to_bound_its_logits_gives_each_text_its_own_loss(model_tok, monkeypatch):
+    from lora_merge.evaluate import scoring
+
+    model, tok = model_tok
+    texts = ["the cell is a protein", "the paper result is true and the cell is a protein", "a result"]
+    with torch.no_grad():  # the oracle: transformers' own loss, one text at a time
+        want = [float(model(ids, labels=ids).loss) for ids in (torch.tensor([tok(t)["input_ids"]]) for t in texts)]
+    monkeypatch.setattr(scoring, "LOGIT_CELLS", 1)  # every batch split down to one row
+    rep = evaluate_model(model, {"held": [[{"text": t} for t in texts]]}, tokenizer=tok, batch_size=3)
+    assert [s["loss"] for s in sorted(rep.samples, key=lambda s: s["index"])] == pytest.approx(want, abs=1e-4)
+
+
 def test_refusal_and_compliance_use_the_classifier(model_tok):
     from lora_merge.evaluate.refusal import RefusalClassifier
 

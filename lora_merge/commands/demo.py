@@ -79,7 +79,7 @@ def demo_cmd(world: str, config_path: Path | None, quick: bool, out, adapters_di
 
 def _general_screen(demo, seconds: float) -> None:
     """What --general-only measured: θG and θpre's scores, θG against θpre with intervals, the probe."""
-    from lora_merge.demo.replies import probe_summaries
+    from lora_merge.demo.replies import general_openings, probe_summaries
     from lora_merge.demo.summary import theta_g_line
     from lora_merge.demo.verdict import theta_g_check
     from lora_merge.evaluate.template_probe import probe_table
@@ -90,7 +90,7 @@ def _general_screen(demo, seconds: float) -> None:
         if label in run.store.data:
             click.echo(f"{label}: " + ", ".join(f"{k} {run.store.get(label, k):.1f}" for k in run.general_sets()
                                                  if run.store.get(label, k) is not None))
-    check = theta_g_check(run.store, run.cfg.rule)
+    check = theta_g_check(run.store, run.cfg.rule, general_openings(demo))
     line = theta_g_line(check, run.cfg.rule.chat_margin, run.cfg.rule.template_ceiling)
     if line:
         click.echo(line)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from lora_merge.demo.verdict import PRE, REFERENCE, heuristic_omega, item_samples, ptm_label
-from lora_merge.evaluate.template_probe import ProbeSummary, summarise_probe
+from lora_merge.evaluate.template_probe import ProbeSummary, summarise_probe, trained_openings
 
 PROBE, PROBE_HARMFUL = "probe", "probe_harmful"  # ordinary + lookalike (compliance), harmful (refusal)
 REPLY_CHARS = 120
@@ -34,16 +35,28 @@ def compared_labels(demo, skill: str) -> list[tuple[str, str]]:
     return out
 
 
+def general_openings(demo) -> frozenset[str]:
+    """The shapes of G's training answers (:func:`~lora_merge.evaluate.template_probe.trained_openings`): a probe
+    reply that opens like one of them is a template."""
+    import json
+
+    path = demo.data.files.train.get("general")
+    if path is None or not Path(path).is_file():
+        return frozenset()
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return trained_openings(str(r["completion"][-1]["content"]) for r in rows if r.get("completion"))
+
+
 def probe_summaries(demo) -> dict[str, ProbeSummary]:
     """The probe's summary of θpre, θG, and each skill's PTM at ω = |D|/|G| and CFT, by store label; only the
     models with probe samples (none: an empty dict)."""
     labels = [PRE, REFERENCE] + [label for skill in demo.data.skills for _, label in compared_labels(demo, skill)]
-    out = {}
+    out, openings = {}, general_openings(demo)
     for label in dict.fromkeys(labels):
         samples = [*(item_samples(demo.run.store, label, PROBE) or []),
                    *(item_samples(demo.run.store, label, PROBE_HARMFUL) or [])]
         if samples:
-            out[label] = summarise_probe(samples)
+            out[label] = summarise_probe(samples, openings)
     return out
 
 

@@ -113,6 +113,16 @@ def plan_stages(cfg: StudyConfig, data: DemoData, cached: bool) -> list[tuple[st
     return stages
 
 
+def general_description(cfg: StudyConfig) -> str:
+    """θG's pack description: what G holds, the self-distilled share named (its data card)."""
+    s = cfg.sizes
+    if not s.general_ordinary:
+        return "general instruction mix G"
+    return (f"general instruction mix G: {s.general - s.general_ordinary} rows of the toy families "
+            f"({', '.join(cfg.general_families)}) and {s.general_ordinary} ordinary requests answered by θpre itself "
+            "(self-distilled, greedy; lora_merge/skilldata/ordinary_answers.json)")
+
+
 def scores_key(run: StudyRun, model_stamp: bytes, sets: list[str]) -> str:
     """What a cached model's scores depend on: the model (its settings stamp or weights' hashes), every eval file's
     bytes, the generation lengths, the batch size (padding) and the rule that judges refusals and lookalikes."""
@@ -184,7 +194,7 @@ def run_demo(cfg: StudyConfig, echo: Callable[[str], None] = print, progress: bo
     with plan.stage(next(names)):
         run.base = prepare_base(run, pre)
     with plan.stage(next(names)):
-        run.train("general", "general", data=data.files.train["general"], description="general instruction mix G",
+        run.train("general", "general", data=data.files.train["general"], description=general_description(cfg),
                   stamp_extra={"base_sha256": model_hashes(run.base)})
         run.general = out / "general"
         if needs_refold(run.general, run.adapters / "general"):

@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 
 from lora_merge.core.output import replace_file
-from lora_merge.demo.replies import probe_summaries, side_by_side
+from lora_merge.demo.replies import general_openings, probe_summaries, side_by_side
 from lora_merge.demo.verdict import (
     CHAT,
     CHAT_ANSWERED,
@@ -283,7 +283,7 @@ def write_summary(demo) -> dict:
     rows = summary_rows(demo)
     judged = skill_verdicts(demo, rows)
     lines = verdicts(demo, rows, judged)
-    check = theta_g_check(demo.run.store, demo.run.cfg.rule)
+    check = theta_g_check(demo.run.store, demo.run.cfg.rule, general_openings(demo))
     probes = probe_summaries(demo)
     record = {"seed": demo.run.cfg.seed, "rule": demo.run.cfg.rule.model_dump(),
               "skills": {k: v.to_dict() for k, v in judged.items()}, "rows": rows, "theta_G_check": check,

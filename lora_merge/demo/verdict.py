@@ -19,7 +19,7 @@ checked against θpre the same way (:func:`theta_g_check`), before anything is f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -115,11 +115,13 @@ def paired_endpoints(store: ScoreStore, label: str, sets: SkillSets, confidence:
     return out
 
 
-def theta_g_check(store: ScoreStore, rule: TransferRule) -> dict | None:
+def theta_g_check(store: ScoreStore, rule: TransferRule, openings: Collection[str] = frozenset()) -> dict | None:
     """θG against θpre before anything is folded: general, chat and chat answered as :func:`paired_endpoints`
     gives them, θG's template share on the probe (``template``, where probed), and ``holds``: chat's lower bound
     ≥ −``chat_margin`` and the template share ≤ ``template_ceiling``, each where the rule sets it and it was
-    measured (None when neither could be judged). None when θpre was not scored."""
+    measured (None when neither could be judged); ``openings``: G's training answers' shapes, a reply in one of
+    which is a template (:func:`lora_merge.evaluate.template_probe.trained_openings`). None when θpre was not
+    scored."""
     from lora_merge.evaluate.template_probe import summarise_probe
 
     if PRE not in store.data:
@@ -128,9 +130,9 @@ def theta_g_check(store: ScoreStore, rule: TransferRule) -> dict | None:
     chat, checks = ci.get(CHAT), []
     if rule.chat_margin is not None and chat is not None:
         checks.append(chat["low"] >= -rule.chat_margin)
-    probe = item_samples(store, REFERENCE, "probe")
+    probe = [*(item_samples(store, REFERENCE, "probe") or []), *(item_samples(store, REFERENCE, "probe_harmful") or [])]
     if probe:
-        share = round(summarise_probe(probe).template_share, 1)
+        share = round(summarise_probe(probe, openings).template_share, 1)
         ci["template"] = share
         if rule.template_ceiling is not None:
             checks.append(share <= rule.template_ceiling)

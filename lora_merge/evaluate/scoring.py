@@ -180,14 +180,26 @@ def generate_greedy(model, tokenizer, prompts: Sequence[list[int]], batch_size: 
     return out
 
 
+# Logit cells (rows × positions × vocabulary) scored at once: bounds the memory of the log-softmax over a large
+# vocabulary, and past it a smaller batch is faster (docs/benchmarks.md, "Figures the code cites").
+LOGIT_CELLS = 2**27
+
+
 @torch.no_grad()
 def continuation_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int,
                           progress: bool = False) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each continuation given its context, batched (right padding)."""
+    """(summed log-probability, token count) of each continuation given its context, batched (right padding);
+    a batch is split further so that its logits stay within :data:`LOGIT_CELLS`."""
     device = next(model.parameters()).device
+    vocab = int(getattr(model.config, "vocab_size", 0) or 1)
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = []
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        width = len(pairs[batch[0]][0]) + len(pairs[batch[0]][1])  # the longest: sorted
+        rows = max(1, min(len(batch), LOGIT_CELLS // max(1, width * vocab)))
+        batches += [batch[i:i + rows] for i in range(0, len(batch), rows)]
     for batch in console.bar(batches, desc="score", unit="batch", progress=progress):
         seqs = [pairs[i][0] + pairs[i][1] for i in batch]
         width = max(len(s) for s in seqs)
