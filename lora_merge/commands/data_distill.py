@@ -16,7 +16,7 @@ DEFAULT_PRE = Path("runs/demo/pre")  # the demo's θpre cache: converted from th
               "the one recorded with them (what `make check-distilled` runs).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Where to write the answers (default: the shipped lora_merge/skilldata/ordinary_answers.json).")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Requests asked (or scored) at once.")
 def distill_cmd(pre: Path, check: bool, out: Path | None, batch_size: int) -> None:
     """θpre's greedy answers to lora_merge/skilldata/ordinary_prompts.jsonl (self-distilled rows of G).
 
