@@ -30,7 +30,7 @@ from lora_merge.study.driver import StudyRun, load_average, needs_refold, prepar
 # First ETA guesses until the run measures its own rate: the plan rescales them by the pace the run actually
 # keeps, so they only set the first estimate (where they came from: docs/benchmarks.md, "Figures the code cites").
 TRAIN_TOKENS_PER_S = 180.0  # tokens counted by lora_merge.train.run (prompt + completion, per epoch)
-SCORE_ITEMS_PER_S = 17.0  # greedy scoring at batch 50 with the demo's short answers
+SCORE_ITEMS_PER_S = 6.5  # items of every set the demo scores (toy answers, chat likelihoods, 24-token replies)
 LOAD_SECONDS = 3.0  # loading or folding one model
 PREPARE_SECONDS = {True: 2.0, False: 35.0}  # θpre cached (hashes checked) / converted from the GGUF
 OWNED = ("adapters", "general", "models", "results", "data", "evals", "stamps", "train", "summary.json",
