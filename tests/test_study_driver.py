@@ -111,6 +111,12 @@ def test_config_errors_name_the_problem(tmp_path):
         load_study_config(bad)
     with pytest.raises(LoraMergeError, match="does not exist"):
         load_study_config(tmp_path / "missing.yaml")
+    bad.write_text("sizes: {general: 40, general_ordinary: 60}\n")  # the ordinary rows are part of |G|
+    with pytest.raises(LoraMergeError, match=r"general_ordinary \(60\) is part of \|G\|"):
+        load_study_config(bad)
+    bad.write_text("rule: {chat_margin: -0.1}\n")
+    with pytest.raises(LoraMergeError, match="chat_margin"):
+        load_study_config(bad)
 
 
 def test_the_shipped_config_is_valid():
