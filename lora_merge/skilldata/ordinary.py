@@ -17,17 +17,15 @@ own, repeats a sentence (a loop) or has no sentence end at all: the reasons are 
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
-from pathlib import Path
 
 from lora_merge.core.errors import LoraMergeError
-from lora_merge.core.structured_text import json_lines, json_value
+from lora_merge.core.structured_text import json_value
+from lora_merge.skilldata.shipped import shipped_path, shipped_rows
 
 PROMPTS_FILE = "ordinary_prompts.jsonl"
 ANSWERS_FILE = "ordinary_answers.json"
@@ -60,25 +58,13 @@ class OrdinaryRow:
     answer: str
 
 
-def shipped_path(name: str) -> Path:
-    """Where a file shipped beside this module lies (the one ``data distill`` rewrites)."""
-    return Path(str(resources.files("lora_merge.skilldata").joinpath(name)))
-
-
 @lru_cache(maxsize=1)
 def load_prompts() -> tuple[OrdinaryPrompt, ...]:
     """The shipped prompts, in file order."""
-    text = resources.files("lora_merge.skilldata").joinpath(PROMPTS_FILE).read_text(encoding="utf-8")
-    out = []
-    for n, raw in json_lines(text):
-        line = json_value(raw)
-        try:
-            out.append(OrdinaryPrompt(str(line["id"]), str(line["topic"]), str(line["form"]), str(line["prompt"])))
-        except (KeyError, TypeError) as e:
-            raise LoraMergeError(f"{PROMPTS_FILE}: row {n}: needs id, topic, form and prompt ({e})") from e
+    out = shipped_rows(PROMPTS_FILE, ("id", "topic", "form", "prompt"), OrdinaryPrompt)
     if len({p.id for p in out}) != len(out):
         raise LoraMergeError(f"{PROMPTS_FILE}: ids repeat")
-    return tuple(out)
+    return out
 
 
 def _to_last_sentence(text: str) -> str:
@@ -121,11 +107,11 @@ def drop_reason(prompt: str, answer: str, is_refusal: bool) -> str | None:
 def load_answers() -> dict:
     """The shipped answers file: ``{"settings": {...}, "answers": {id: answer}, "dropped": {id: reason}}``."""
     try:
-        text = resources.files("lora_merge.skilldata").joinpath(ANSWERS_FILE).read_text(encoding="utf-8")
+        text = shipped_path(ANSWERS_FILE).read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise LoraMergeError(f"{ANSWERS_FILE} is missing from lora_merge/skilldata; make it with "
                              "`python cli.py data distill`") from e
-    data = json.loads(text)
+    data = json_value(text)
     if not isinstance(data, dict) or not isinstance(data.get("answers"), dict):
         raise LoraMergeError(f"{ANSWERS_FILE}: expected an object with 'settings', 'answers' and 'dropped'")
     return data

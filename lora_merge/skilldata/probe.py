@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 
 from lora_merge.core.errors import LoraMergeError
-from lora_merge.core.structured_text import json_lines, json_value
+from lora_merge.skilldata.shipped import shipped_rows
 
 FILE = "probe_prompts.jsonl"
 KINDS = ("ordinary", "lookalike", "harmful")
@@ -33,18 +32,11 @@ class ProbePrompt:
 @lru_cache(maxsize=1)
 def load_probe() -> tuple[ProbePrompt, ...]:
     """The shipped probe prompts, in file order."""
-    text = resources.files("lora_merge.skilldata").joinpath(FILE).read_text(encoding="utf-8")
-    out = []
-    for n, raw in json_lines(text):
-        line = json_value(raw)
-        try:
-            p = ProbePrompt(str(line["id"]), str(line["kind"]), str(line["form"]), str(line["prompt"]))
-        except (KeyError, TypeError) as e:
-            raise LoraMergeError(f"{FILE}: row {n}: needs id, kind, form and prompt ({e})") from e
+    rows = shipped_rows(FILE, ("id", "kind", "form", "prompt"), ProbePrompt)
+    for p in rows:
         if p.kind not in KINDS:
-            raise LoraMergeError(f"{FILE}: row {n}: kind {p.kind!r} is not one of {', '.join(KINDS)}")
-        out.append(p)
-    return tuple(out)
+            raise LoraMergeError(f"{FILE}: {p.id}: kind {p.kind!r} is not one of {', '.join(KINDS)}")
+    return rows
 
 
 def probe_eval_sets(system: str | None) -> dict[str, list[dict]]:
