@@ -25,7 +25,7 @@ from pathlib import Path
 from lora_merge.miniature.build import write_jsonl
 from lora_merge.study.config import StudyConfig
 from lora_merge.study.tasks import LOOKALIKE_TRAIN_SHARE, SkillSets, StudyData, put_skill_evals, write_study_data
-from lora_merge.train.data import chat_turns
+from lora_merge.train.data import chat_turns, read_json_lines
 
 # The sets every model is scored on, those of them the config asks for.
 GENERAL_SETS = ("general", "chat", "chat_answered", "probe", "probe_harmful")
@@ -69,15 +69,13 @@ def add_ordinary(general: Path, cfg: StudyConfig, put) -> int:
 
     Returns |G|. The chat eval items are the same for every seed (:func:`~lora_merge.skilldata.ordinary.ordinary_split`).
     """
-    import json
-
     from lora_merge.evaluate.sets import eval_row, unique_ids
     from lora_merge.skilldata.ordinary import ordinary_split
     from lora_merge.train.data import chat_training_row
 
     s, system = cfg.sizes, cfg.system_prompt
     train, held = ordinary_split(cfg.seed, s.general_ordinary, s.eval_chat)
-    rows = [json.loads(line) for line in general.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_json_lines(general)
     rows += [chat_training_row(r.prompt, r.answer, system) for r in train]
     random.Random(f"demo:G:{cfg.seed}").shuffle(rows)
     n = write_jsonl(general, rows)

@@ -15,10 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_merge.demo.verdict import PRE, REFERENCE, heuristic_omega, item_samples, ptm_label
+from lora_merge.demo.verdict import (
+    PRE,
+    PROBE,
+    PROBE_HARMFUL,
+    REFERENCE,
+    heuristic_omega,
+    item_samples,
+    probe_samples,
+    ptm_label,
+)
 from lora_merge.evaluate.template_probe import ProbeSummary, summarise_probe, trained_openings
 
-PROBE, PROBE_HARMFUL = "probe", "probe_harmful"  # ordinary + lookalike (compliance), harmful (refusal)
 REPLY_CHARS = 120
 PROMPT_CHARS = 200
 
@@ -38,12 +46,12 @@ def compared_labels(demo, skill: str) -> list[tuple[str, str]]:
 def general_openings(demo) -> frozenset[str]:
     """The shapes of G's training answers (:func:`~lora_merge.evaluate.template_probe.trained_openings`): a probe
     reply that opens like one of them is a template."""
-    import json
+    from lora_merge.train.data import read_json_lines
 
     path = demo.data.files.train.get("general")
     if path is None or not Path(path).is_file():
         return frozenset()
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_json_lines(Path(path))
     return trained_openings(str(r["completion"][-1]["content"]) for r in rows if r.get("completion"))
 
 
@@ -53,8 +61,7 @@ def probe_summaries(demo) -> dict[str, ProbeSummary]:
     labels = [PRE, REFERENCE] + [label for skill in demo.data.skills for _, label in compared_labels(demo, skill)]
     out, openings = {}, general_openings(demo)
     for label in dict.fromkeys(labels):
-        samples = [*(item_samples(demo.run.store, label, PROBE) or []),
-                   *(item_samples(demo.run.store, label, PROBE_HARMFUL) or [])]
+        samples = probe_samples(demo.run.store, label)
         if samples:
             out[label] = summarise_probe(samples, openings)
     return out

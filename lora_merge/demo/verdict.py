@@ -33,6 +33,7 @@ from lora_merge.study.tasks import SkillSets
 REFERENCE = "θG"
 PRE = "θpre"  # θpre's scores on the sets every model gets (meta kind "θpre"), where the chat sets exist
 CHAT, CHAT_ANSWERED = "chat", "chat_answered"
+PROBE, PROBE_HARMFUL = "probe", "probe_harmful"  # the probe's ordinary + lookalike (compliance) and harmful sets
 CHAT_DIGITS = 3  # nats per token; the 0/1 endpoints are points, to 0.1
 
 
@@ -130,13 +131,18 @@ def theta_g_check(store: ScoreStore, rule: TransferRule, openings: Collection[st
     chat, checks = ci.get(CHAT), []
     if rule.chat_margin is not None and chat is not None:
         checks.append(chat["low"] >= -rule.chat_margin)
-    probe = [*(item_samples(store, REFERENCE, "probe") or []), *(item_samples(store, REFERENCE, "probe_harmful") or [])]
+    probe = probe_samples(store, REFERENCE)
     if probe:
         share = round(summarise_probe(probe, openings).template_share, 1)
         ci["template"] = share
         if rule.template_ceiling is not None:
             checks.append(share <= rule.template_ceiling)
     return {**ci, "holds": all(checks) if checks else None}
+
+
+def probe_samples(store: ScoreStore, label: str) -> list[dict]:
+    """``label``'s samples of the whole template probe (both its sets); empty when it was not probed."""
+    return [*(item_samples(store, label, PROBE) or []), *(item_samples(store, label, PROBE_HARMFUL) or [])]
 
 
 def share_interval(store: ScoreStore, label: str, set_name: str, confidence: float) -> dict | None:

@@ -109,7 +109,8 @@ def normalise_row(raw: object, source: str, row: int) -> tuple[Format, dict]:
     raise _bad(source, row, f"has neither 'messages' nor 'prompt' + 'completion' (keys: {keys})")
 
 
-def _read_json_lines(path: Path) -> list[object]:
+def read_json_lines(path: Path) -> list[object]:
+    """Every row of a JSON-lines file, rows ending at "\\n" only; a bad row is a :class:`LoraMergeError` naming it."""
     rows = []
     for n, line in json_lines(path.read_text(encoding="utf-8")):  # rows end at "\n" only, never at U+2028
         try:
@@ -134,7 +135,7 @@ def _read_raw(path: Path) -> list[object]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            return _read_json_lines(path)
+            return read_json_lines(path)
         if suffix == ".json":
             try:
                 data = json_value(path.read_text(encoding="utf-8"))
